@@ -1,0 +1,220 @@
+//! The upload-area jail. A client path (SFTP, `scp -t`, exec arguments) is normalised once,
+//! here, into a [`JailedPath`]; nothing else turns client text into a filesystem path.
+//!
+//! Checks, in order: refuse NUL, backslash, control characters and U+FFFD (names that mean
+//! different things to different layers); split on `/`, dropping empty and `.` parts; refuse
+//! `..` (no climbing, even when it would stay inside); refuse names of the server's own
+//! temp files. The result is the area root joined with clean parts, so containment holds
+//! component by component, never by string prefix. Symlinks are refused at use by
+//! [`JailedPath::check_no_symlinks`]: the server never creates any and never follows one.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Prefix of in-progress upload files: hidden from listings and not addressable by clients.
+pub const UPLOAD_TEMP_PREFIX: &str = ".upload-";
+
+/// Longest accepted client path and path part, in bytes.
+const MAX_PATH: usize = 1024;
+const MAX_PART: usize = 255;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JailError {
+    #[error("{0:?} is not an allowed file name: {1}")]
+    BadName(String, &'static str),
+    #[error("{0:?} leaves your upload area")]
+    Escape(String),
+    #[error("{0:?} goes through a symbolic link, which uploads may not use")]
+    Symlink(String),
+}
+
+/// One user's private upload area, `data/incoming/<user>/`.
+#[derive(Debug, Clone)]
+pub struct UploadArea {
+    root: PathBuf,
+}
+
+/// A path inside an upload area: `parts` are clean names, `full` is root joined with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailedPath {
+    full: PathBuf,
+    parts: Vec<String>,
+}
+
+impl UploadArea {
+    pub fn new(root: PathBuf) -> Self {
+        UploadArea { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the area (0700) when it does not exist yet.
+    pub fn ensure_exists(&self) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+    }
+
+    /// Resolves a client path. Absolute paths are taken from the area's root (`/x` is the
+    /// area's `x`); relative ones from the root too, which is every session's directory.
+    pub fn resolve(&self, client_path: &str) -> Result<JailedPath, JailError> {
+        let bad = |why: &'static str| JailError::BadName(client_path.to_string(), why);
+        if client_path.len() > MAX_PATH {
+            return Err(bad("it is too long"));
+        }
+        if client_path.contains('\0') {
+            return Err(bad("it contains a NUL byte"));
+        }
+        if client_path.contains('\\') {
+            return Err(bad("it contains a backslash"));
+        }
+        if client_path
+            .chars()
+            .any(|c| c.is_control() || c == '\u{fffd}')
+        {
+            return Err(bad("it contains control or replacement characters"));
+        }
+        let mut parts = Vec::new();
+        for part in client_path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(JailError::Escape(client_path.to_string())),
+                name if name.len() > MAX_PART => {
+                    return Err(bad("a part of it is longer than 255 bytes"));
+                }
+                name if name.starts_with(UPLOAD_TEMP_PREFIX) => {
+                    return Err(bad("it is reserved for uploads in progress"));
+                }
+                name => parts.push(name.to_string()),
+            }
+        }
+        let mut full = self.root.clone();
+        full.extend(&parts);
+        Ok(JailedPath { full, parts })
+    }
+}
+
+impl JailedPath {
+    /// The real path on disk.
+    pub fn full(&self) -> &Path {
+        &self.full
+    }
+
+    /// True for the area's root itself.
+    pub fn is_root(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The path as the client sees it: `/` for the root, `/a/b` below it.
+    pub fn client_view(&self) -> String {
+        format!("/{}", self.parts.join("/"))
+    }
+
+    /// The last part, for a file.
+    pub fn file_name(&self) -> Option<&str> {
+        self.parts.last().map(String::as_str)
+    }
+
+    /// Refuses when any existing part of the path (inside the area) is a symbolic link.
+    pub fn check_no_symlinks(&self, area: &UploadArea) -> Result<(), JailError> {
+        let mut current = area.root.clone();
+        for part in &self.parts {
+            current.push(part);
+            match std::fs::symlink_metadata(&current) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(JailError::Symlink(self.client_view()));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area() -> UploadArea {
+        UploadArea::new(PathBuf::from("/data/incoming/alice"))
+    }
+
+    #[test]
+    fn normalises_inside_the_area() {
+        let area = area();
+        for (client, full, view) in [
+            (
+                "img.tar.xz",
+                "/data/incoming/alice/img.tar.xz",
+                "/img.tar.xz",
+            ),
+            (
+                "./img.tar.xz",
+                "/data/incoming/alice/img.tar.xz",
+                "/img.tar.xz",
+            ),
+            (
+                "/img.tar.xz",
+                "/data/incoming/alice/img.tar.xz",
+                "/img.tar.xz",
+            ),
+            ("a//b/./c", "/data/incoming/alice/a/b/c", "/a/b/c"),
+            (".", "/data/incoming/alice", "/"),
+            ("/", "/data/incoming/alice", "/"),
+            ("", "/data/incoming/alice", "/"),
+        ] {
+            let jailed = area.resolve(client).unwrap();
+            assert_eq!(jailed.full(), Path::new(full), "{client}");
+            assert_eq!(jailed.client_view(), view, "{client}");
+        }
+    }
+
+    #[test]
+    fn refuses_escapes_and_odd_names() {
+        let area = area();
+        for client in ["..", "../bob/x", "a/../../x", "/../../etc/passwd", "a/.."] {
+            assert_eq!(
+                area.resolve(client),
+                Err(JailError::Escape(client.to_string())),
+                "{client}"
+            );
+        }
+        for client in [
+            "a\0b",
+            "a\\b",
+            "a\nb",
+            "bad\u{fffd}",
+            ".upload-123",
+            &"x".repeat(300),
+            &"a/".repeat(600),
+        ] {
+            assert!(
+                matches!(area.resolve(client), Err(JailError::BadName(..))),
+                "{client:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_inside_the_area_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = UploadArea::new(dir.path().to_path_buf());
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
+        let jailed = area.resolve("link/passwd").unwrap();
+        assert_eq!(
+            jailed.check_no_symlinks(&area),
+            Err(JailError::Symlink("/link/passwd".into()))
+        );
+        assert!(
+            area.resolve("plain")
+                .unwrap()
+                .check_no_symlinks(&area)
+                .is_ok()
+        );
+    }
+}

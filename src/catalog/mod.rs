@@ -1,0 +1,387 @@
+//! The image store: import, remove, aliases, retention, verify, and publishing the stream.
+//!
+//! # How a change is made
+//! Every change runs as a [`Transaction`]:
+//! 1. Heavy work (reading, hashing and copying image files) happens *before* the transaction,
+//!    into staged files under `tmp/`, so a 1 GiB import does not block other writers.
+//! 2. `begin` takes the lock `state/lock` (one writer at a time across processes, so the CLI is
+//!    safe while a server runs), finishes any crashed transaction (see below) and loads the
+//!    record `state/catalog.json`.
+//! 3. The change is checked against the record (duplicate fingerprint, conflicting serial,
+//!    alias collisions) and staged files are renamed into `www/images/…`. Each placed path is
+//!    first written to the journal `state/journal.json`.
+//! 4. `commit` writes the record, then `images.json`, then `index.json` (each a temp file,
+//!    fsync, rename, directory fsync), then deletes the journal.
+//!
+//! The record is the commit point. A crash before it leaves placed files that no record names:
+//! the next `begin` finds the journal, deletes them and republishes the stream from the record.
+//! A crash after it leaves a stale stream: the same recovery republishes it. Readers (the HTTP
+//! side, `list`) never lock: every file they read is replaced by rename, whole.
+//!
+//! Regenerating the stream never re-reads an image file: sizes and hashes live in the record.
+//! Removed images leave the index at once, but their files stay downloadable for a grace
+//! period (daemons cache an index for an hour) and are deleted by a later transaction.
+
+pub mod alias;
+pub mod hashing;
+pub mod import;
+pub mod record;
+pub mod remove;
+pub mod store;
+pub mod verify;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data_dir::DataDir;
+use crate::fsutil;
+use crate::image::{ImageError, ScanLimits};
+use crate::streams;
+use record::{CatalogState, LocatedImage, STATE_FORMAT};
+use store::{LocalStore, Store};
+
+pub use import::{ImportOutcome, ImportRequest, ImportSource, KnownDigest, Transfer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The input is not a usable image; the message starts with the file's name.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The request contradicts what is published: a serial, fingerprint or alias conflict.
+    #[error("{0}")]
+    Conflict(String),
+    /// Nothing matches the fingerprint, alias or product that was given.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is malformed: a bad alias, serial or option value.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file operation failed; the message names the file.
+    #[error("{}", fsutil::plain_message(.0))]
+    Io(#[from] io::Error),
+    #[error("the catalog record {path} is unreadable ({message}); restore it from a backup")]
+    CorruptState { path: String, message: String },
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// Tunables of the catalog.
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    /// Seconds a removed image's files stay downloadable.
+    pub grace_period_secs: i64,
+    pub scan_limits: ScanLimits,
+    /// Largest accepted split metadata tarball.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        CatalogSettings {
+            grace_period_secs: 3600,
+            scan_limits: ScanLimits::default(),
+            max_metadata_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct Catalog {
+    dirs: DataDir,
+    store: Box<dyn Store>,
+    settings: CatalogSettings,
+}
+
+impl Catalog {
+    /// Opens the catalog in `dirs`, creating its folders, and publishes an empty stream when
+    /// there is none yet (so a new server answers clients at once).
+    pub fn open(dirs: DataDir, settings: CatalogSettings) -> Result<Catalog> {
+        dirs.create_layout()?;
+        let store = Box::new(LocalStore::new(dirs.www(), dirs.tmp()));
+        let catalog = Catalog {
+            dirs,
+            store,
+            settings,
+        };
+        if !catalog.state_path().exists() || !catalog.dirs.www().join(streams::INDEX_PATH).exists()
+        {
+            let mut txn = catalog.begin()?;
+            txn.force_publish = true;
+            txn.commit()?;
+        }
+        Ok(catalog)
+    }
+
+    pub fn dirs(&self) -> &DataDir {
+        &self.dirs
+    }
+
+    pub fn settings(&self) -> &CatalogSettings {
+        &self.settings
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dirs.state().join("catalog.json")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dirs.state().join("journal.json")
+    }
+
+    /// The committed record. Never locks: the file is only ever replaced whole.
+    pub fn load(&self) -> Result<CatalogState> {
+        let path = self.state_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(CatalogState::default()),
+            Err(e) => return Err(fsutil::with_path(e, "cannot read", &path).into()),
+        };
+        let state: CatalogState =
+            serde_json::from_slice(&bytes).map_err(|e| CatalogError::CorruptState {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        if state.format != STATE_FORMAT {
+            return Err(CatalogError::CorruptState {
+                path: path.display().to_string(),
+                message: format!(
+                    "format {} is not {STATE_FORMAT}; this binary is older than the data",
+                    state.format
+                ),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Regenerates `images.json` and `index.json` from the record.
+    pub fn rebuild(&self) -> Result<()> {
+        let mut txn = self.begin()?;
+        txn.force_publish = true;
+        txn.commit()
+    }
+
+    /// Deletes retired files whose grace period is over. Returns how many were deleted.
+    pub fn sweep(&self) -> Result<usize> {
+        let now = unix_now();
+        if !self
+            .load()?
+            .retired
+            .iter()
+            .any(|retired| retired.delete_after <= now)
+        {
+            return Ok(0);
+        }
+        let txn = self.begin()?;
+        let before = txn.state.retired.len();
+        let after = txn.commit_returning_retired()?;
+        Ok(before.saturating_sub(after))
+    }
+
+    /// Takes the writer lock, recovers from a crashed transaction and loads the record.
+    pub(crate) fn begin(&self) -> Result<Transaction<'_>> {
+        let lock_path = self.dirs.state().join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fsutil::with_path(e, "cannot open the lock file", &lock_path))?;
+        lock.lock()
+            .map_err(|e| fsutil::with_path(e, "cannot lock", &lock_path))?;
+        fsutil::remove_orphaned_temp_files(&self.dirs.tmp())?;
+        let state = self.load()?;
+        let mut txn = Transaction {
+            catalog: self,
+            _lock: lock,
+            original: state.clone(),
+            state,
+            placed: Vec::new(),
+            force_publish: false,
+            now: unix_now(),
+        };
+        txn.recover()?;
+        Ok(txn)
+    }
+}
+
+/// What a crashed transaction may have left behind.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    /// Paths under `www/` this transaction placed; those the record does not name are undone.
+    placed: Vec<String>,
+}
+
+/// One change to the catalog, holding the writer lock. Dropped without `commit`, it deletes
+/// the files it placed.
+pub(crate) struct Transaction<'a> {
+    catalog: &'a Catalog,
+    _lock: File,
+    original: CatalogState,
+    pub state: CatalogState,
+    placed: Vec<String>,
+    force_publish: bool,
+    pub now: i64,
+}
+
+impl Transaction<'_> {
+    fn recover(&mut self) -> Result<()> {
+        let journal_path = self.catalog.journal_path();
+        let journal: Journal = match fs::read(&journal_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fsutil::with_path(e, "cannot read", &journal_path).into()),
+        };
+        for path in &journal.placed {
+            if !self.state.path_in_use(path) {
+                tracing::warn!(path, "removing a file placed by an interrupted change");
+                self.catalog.store().delete(path)?;
+            }
+        }
+        self.publish_stream()?;
+        remove_if_exists(&journal_path)?;
+        Ok(())
+    }
+
+    /// Places a staged file at `path` under `www/`, recording it in the journal first.
+    pub fn place(&mut self, staged: &import::StagedFile, path: &str) -> Result<()> {
+        self.placed.push(path.to_string());
+        let journal = Journal {
+            placed: self.placed.clone(),
+        };
+        let bytes = serde_json::to_vec(&journal).map_err(io::Error::other)?;
+        fsutil::write_atomic(
+            &self.catalog.dirs.tmp(),
+            &self.catalog.journal_path(),
+            &bytes,
+        )?;
+        self.catalog.store().publish_file(staged.path(), path)?;
+        Ok(())
+    }
+
+    /// Writes the record and the stream (when anything changed) and ends the transaction.
+    pub fn commit(self) -> Result<()> {
+        self.commit_returning_retired().map(|_| ())
+    }
+
+    fn commit_returning_retired(mut self) -> Result<usize> {
+        self.sweep_expired()?;
+        let changed = self.state != self.original;
+        if changed || self.force_publish {
+            if changed {
+                self.state.updated = self.now.max(self.original.updated);
+            }
+            let bytes = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
+            fsutil::write_atomic(&self.catalog.dirs.tmp(), &self.catalog.state_path(), &bytes)?;
+            self.publish_stream()?;
+        }
+        remove_if_exists(&self.catalog.journal_path())?;
+        self.placed.clear();
+        Ok(self.state.retired.len())
+    }
+
+    /// images.json first: index.json must never name a product images.json lacks.
+    fn publish_stream(&self) -> Result<()> {
+        let stream = streams::generate(&self.state);
+        let store = self.catalog.store();
+        store.write_atomic(streams::IMAGES_PATH, &stream.images_json)?;
+        store.write_atomic(streams::INDEX_PATH, &stream.index_json)?;
+        Ok(())
+    }
+
+    /// Deletes expired retired files (files first: a crash then leaves only a stale list entry).
+    fn sweep_expired(&mut self) -> Result<()> {
+        let now = self.now;
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.retired)
+            .into_iter()
+            .partition(|r| r.delete_after <= now);
+        self.state.retired = kept;
+        for retired in expired {
+            if self.state.live_path(&retired.path).is_none() {
+                self.catalog.store().delete(&retired.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a file that no live item uses any more to the retired list.
+    pub fn retire(&mut self, file: &record::StoredFile) {
+        let path = file.path.as_str();
+        if self.state.live_path(path).is_none()
+            && !self.state.retired.iter().any(|r| r.path == path)
+        {
+            let delete_after = self.now + self.catalog.settings.grace_period_secs;
+            self.state.retired.push(record::RetiredFile {
+                path: path.to_string(),
+                sha256: file.sha256.clone(),
+                delete_after,
+            });
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        self.catalog
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        for path in self.placed.drain(..) {
+            if let Err(e) = self.catalog.store().delete(&path) {
+                tracing::warn!(path, error = %e, "cannot undo a placed file");
+            }
+        }
+        let _ = fs::remove_file(self.catalog.journal_path());
+    }
+}
+
+fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(fsutil::with_path(e, "cannot remove", path))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Finds the one live image whose fingerprint starts with `prefix`.
+pub fn find_by_fingerprint<'a>(state: &'a CatalogState, prefix: &str) -> Result<LocatedImage<'a>> {
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CatalogError::Invalid(format!(
+            "{prefix:?} is not a fingerprint; give the first hex digits of one (`list` shows them)"
+        )));
+    }
+    let matches: Vec<LocatedImage<'_>> = state
+        .images()
+        .filter(|located| located.image.fingerprint.starts_with(&prefix))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CatalogError::NotFound(format!(
+            "no image has a fingerprint starting with {prefix}; `list` shows the fingerprints"
+        ))),
+        many => Err(CatalogError::Invalid(format!(
+            "{prefix} matches {} images ({}); give more digits",
+            many.len(),
+            many.iter()
+                .map(|m| short(m.image.fingerprint))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The first 12 hex digits of a fingerprint, as `lxc image list` shows them.
+pub fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
+}

@@ -1,0 +1,245 @@
+//! The catalog's own record (`state/catalog.json`): everything the stream is generated from,
+//! so that publishing never re-reads an image file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::{ImageType, RootKind};
+
+/// Version of the state file's layout; bumped only with a migration.
+pub const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CatalogState {
+    pub format: u32,
+    /// Unix seconds of the last change; the stream's `updated` fields come from it, so that
+    /// `rebuild` of an unchanged catalog writes identical bytes.
+    pub updated: i64,
+    /// Product id (`os:release:arch:variant`) → product.
+    pub products: BTreeMap<String, Product>,
+    /// Files that left the index and stay downloadable until their deadline.
+    #[serde(default)]
+    pub retired: Vec<RetiredFile>,
+}
+
+impl Default for CatalogState {
+    fn default() -> Self {
+        CatalogState {
+            format: STATE_FORMAT,
+            updated: 0,
+            products: BTreeMap::new(),
+            retired: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Product {
+    pub os: String,
+    pub release: String,
+    /// Debian architecture name.
+    pub arch: String,
+    pub variant: String,
+    pub aliases: BTreeSet<String>,
+    /// Written as both `requirements` and `lxd_requirements`.
+    #[serde(default)]
+    pub requirements: BTreeMap<String, String>,
+    /// Serial → version; serials sort as strings in time order.
+    pub versions: BTreeMap<String, Version>,
+}
+
+impl Product {
+    pub fn id(os: &str, release: &str, arch: &str, variant: &str) -> String {
+        format!("{os}:{release}:{arch}:{variant}")
+    }
+
+    /// The image types any version of this product holds.
+    pub fn image_types(&self) -> BTreeSet<ImageType> {
+        self.versions
+            .values()
+            .flat_map(|version| version.images().map(|image| image.image_type))
+            .collect()
+    }
+
+    /// The newest version holding an image of `image_type`: the one that owns the aliases.
+    pub fn newest_of_type(&self, image_type: ImageType) -> Option<&str> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|(_, version)| version.images().any(|image| image.image_type == image_type))
+            .map(|(serial, _)| serial.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Version {
+    pub description: String,
+    /// `creation_date` from metadata.yaml, unix seconds.
+    pub created: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    pub files: VersionFiles,
+}
+
+/// The files of one version: a metadata tarball with up to one root per image type, or one
+/// unified tarball.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "layout", rename_all = "snake_case")]
+pub enum VersionFiles {
+    Split {
+        metadata: StoredFile,
+        roots: BTreeMap<ImageType, Root>,
+    },
+    Unified {
+        tarball: StoredFile,
+        image_type: ImageType,
+        imported: Provenance,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Root {
+    pub kind: RootKind,
+    pub file: StoredFile,
+    /// sha256(metadata ‖ root): the image's fingerprint.
+    pub combined_sha256: String,
+    pub imported: Provenance,
+}
+
+/// A published file: its path under `www/`, exact size and lowercase sha256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Who imported an image, when, and from which files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Provenance {
+    pub by: String,
+    pub at: i64,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetiredFile {
+    pub path: String,
+    /// Lets an import of identical content take the file back instead of renaming around it.
+    pub sha256: String,
+    /// Unix seconds after which the file is deleted.
+    pub delete_after: i64,
+}
+
+/// One image: a (metadata, root) pair or a unified tarball, as clients see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRef<'a> {
+    pub image_type: ImageType,
+    pub fingerprint: &'a str,
+    /// The metadata tarball (split) or the unified tarball.
+    pub metadata: &'a StoredFile,
+    /// The root file of a split image.
+    pub root: Option<&'a Root>,
+    pub imported: &'a Provenance,
+}
+
+impl ImageRef<'_> {
+    pub fn size(&self) -> u64 {
+        self.metadata.size + self.root.map_or(0, |root| root.file.size)
+    }
+}
+
+impl Version {
+    pub fn images(&self) -> impl Iterator<Item = ImageRef<'_>> {
+        let (split, unified) = match &self.files {
+            VersionFiles::Split { metadata, roots } => (
+                Some(roots.iter().map(move |(image_type, root)| ImageRef {
+                    image_type: *image_type,
+                    fingerprint: &root.combined_sha256,
+                    metadata,
+                    root: Some(root),
+                    imported: &root.imported,
+                })),
+                None,
+            ),
+            VersionFiles::Unified {
+                tarball,
+                image_type,
+                imported,
+            } => (
+                None,
+                Some(ImageRef {
+                    image_type: *image_type,
+                    fingerprint: &tarball.sha256,
+                    metadata: tarball,
+                    root: None,
+                    imported,
+                }),
+            ),
+        };
+        split.into_iter().flatten().chain(unified)
+    }
+
+    /// Every file the version publishes.
+    pub fn stored_files(&self) -> Vec<&StoredFile> {
+        match &self.files {
+            VersionFiles::Split { metadata, roots } => std::iter::once(metadata)
+                .chain(roots.values().map(|root| &root.file))
+                .collect(),
+            VersionFiles::Unified { tarball, .. } => vec![tarball],
+        }
+    }
+}
+
+/// An image located in the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct LocatedImage<'a> {
+    pub product_id: &'a str,
+    pub product: &'a Product,
+    pub serial: &'a str,
+    pub version: &'a Version,
+    pub image: ImageRef<'a>,
+}
+
+impl LocatedImage<'_> {
+    /// The product aliases this image carries: those of the newest version of its type.
+    pub fn owned_aliases(&self) -> Vec<&str> {
+        if self.product.newest_of_type(self.image.image_type) == Some(self.serial) {
+            self.product.aliases.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl CatalogState {
+    /// Every image, in product id and serial order (newest serial last).
+    pub fn images(&self) -> impl Iterator<Item = LocatedImage<'_>> {
+        self.products.iter().flat_map(|(product_id, product)| {
+            product.versions.iter().flat_map(move |(serial, version)| {
+                version.images().map(move |image| LocatedImage {
+                    product_id,
+                    product,
+                    serial,
+                    version,
+                    image,
+                })
+            })
+        })
+    }
+
+    /// True when a live item or a retired file uses `path`.
+    pub fn path_in_use(&self, path: &str) -> bool {
+        self.retired.iter().any(|retired| retired.path == path) || self.live_path(path).is_some()
+    }
+
+    /// The sha256 of the live file at `path`, if any.
+    pub fn live_path(&self, path: &str) -> Option<&StoredFile> {
+        self.products
+            .values()
+            .flat_map(|product| product.versions.values())
+            .flat_map(|version| version.stored_files())
+            .find(|file| file.path == path)
+    }
+}

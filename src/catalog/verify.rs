@@ -1,0 +1,185 @@
+//! `verify`: re-read every published file and compare it with the record: size, sha256 and
+//! combined fingerprint; report files no image references and a stream that drifted from the
+//! record. Every problem is reported; none stops the check.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use super::hashing::{self, Progress};
+use super::record::{StoredFile, VersionFiles};
+use super::{Catalog, Result};
+use crate::streams;
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub images: usize,
+    pub files: usize,
+    pub bytes: u64,
+    /// One sentence per problem.
+    pub problems: Vec<String>,
+}
+
+impl Catalog {
+    pub fn verify(&self, progress: &mut dyn Progress) -> Result<VerifyReport> {
+        let state = self.load()?;
+        let mut report = VerifyReport::default();
+        for (product_id, product) in &state.products {
+            for (serial, version) in &product.versions {
+                let place = format!("{product_id} {serial}");
+                match &version.files {
+                    VersionFiles::Split { metadata, roots } => {
+                        let Some(meta_bytes) = self.check_metadata(metadata, &place, &mut report)
+                        else {
+                            continue;
+                        };
+                        for root in roots.values() {
+                            report.images += 1;
+                            let mut seed = Sha256::new();
+                            seed.update(&meta_bytes);
+                            if let Some(combined) = self.check_file(
+                                &root.file,
+                                Some(seed),
+                                &place,
+                                &mut report,
+                                progress,
+                            ) && combined != root.combined_sha256
+                            {
+                                report.problems.push(format!(
+                                    "{place}: the combined fingerprint of {} and {} is {combined}, the record says {}",
+                                    metadata.path, root.file.path, root.combined_sha256
+                                ));
+                            }
+                        }
+                    }
+                    VersionFiles::Unified { tarball, .. } => {
+                        report.images += 1;
+                        self.check_file(tarball, None, &place, &mut report, progress);
+                    }
+                }
+            }
+        }
+        self.check_orphans(&state, &mut report)?;
+        self.check_stream(&state, &mut report);
+        Ok(report)
+    }
+
+    /// Reads a metadata tarball whole (it is small) and checks it.
+    fn check_metadata(
+        &self,
+        file: &StoredFile,
+        place: &str,
+        report: &mut VerifyReport,
+    ) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let read = self
+            .store()
+            .open(&file.path)
+            .and_then(|f| f.take(file.size.saturating_add(1)).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            report.problems.push(format!("{place}: {e}"));
+            return None;
+        }
+        report.files += 1;
+        report.bytes += bytes.len() as u64;
+        self.compare(
+            file,
+            bytes.len() as u64,
+            &hashing::sha256_hex(&bytes),
+            place,
+            report,
+        );
+        Some(bytes)
+    }
+
+    /// Hashes one file (and the combined hash when a seed is given) and compares it.
+    fn check_file(
+        &self,
+        file: &StoredFile,
+        seed: Option<Sha256>,
+        place: &str,
+        report: &mut VerifyReport,
+        progress: &mut dyn Progress,
+    ) -> Option<String> {
+        let digest = self.store().open(&file.path).and_then(|mut f| {
+            progress.start(&file.path, Some(file.size));
+            let digest = hashing::digest_stream(&mut f, seed, None, progress);
+            progress.finish();
+            digest
+        });
+        match digest {
+            Ok(digest) => {
+                report.files += 1;
+                report.bytes += digest.size;
+                self.compare(file, digest.size, &digest.sha256, place, report);
+                digest.combined
+            }
+            Err(e) => {
+                report.problems.push(format!("{place}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn compare(
+        &self,
+        file: &StoredFile,
+        size: u64,
+        sha256: &str,
+        place: &str,
+        report: &mut VerifyReport,
+    ) {
+        if size != file.size {
+            report.problems.push(format!(
+                "{place}: {} has {size} bytes, the record says {}",
+                file.path, file.size
+            ));
+        } else if sha256 != file.sha256 {
+            report.problems.push(format!(
+                "{place}: {} has sha256 {sha256}, the record says {}",
+                file.path, file.sha256
+            ));
+        }
+    }
+
+    fn check_orphans(
+        &self,
+        state: &super::record::CatalogState,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let mut known: BTreeSet<&str> = state.retired.iter().map(|r| r.path.as_str()).collect();
+        for product in state.products.values() {
+            for version in product.versions.values() {
+                known.extend(version.stored_files().into_iter().map(|f| f.path.as_str()));
+            }
+        }
+        for path in self.store().list("images")? {
+            if !known.contains(path.as_str()) {
+                report.problems.push(format!(
+                    "{path} belongs to no image (an orphan); delete it or import it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_stream(&self, state: &super::record::CatalogState, report: &mut VerifyReport) {
+        let expected = streams::generate(state);
+        for (path, bytes) in [
+            (streams::IMAGES_PATH, &expected.images_json),
+            (streams::INDEX_PATH, &expected.index_json),
+        ] {
+            let mut published = Vec::new();
+            let read = self
+                .store()
+                .open(path)
+                .and_then(|mut f| f.read_to_end(&mut published));
+            if read.is_err() || &published != bytes {
+                report.problems.push(format!(
+                    "{path} does not match the catalog record; run `rebuild`"
+                ));
+            }
+        }
+    }
+}

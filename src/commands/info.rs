@@ -1,0 +1,162 @@
+//! `info <fingerprint-prefix|alias>`: everything the catalog knows about an image.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::list::ImageSummary;
+use super::output::{TextFormat, rfc3339, write_json};
+use super::{CommandError, Context};
+use crate::catalog::import::human_size;
+use crate::catalog::record::{CatalogState, LocatedImage};
+use crate::catalog::{CatalogError, find_by_fingerprint};
+
+/// Show an image's details, by fingerprint prefix or alias
+#[derive(Debug, clap::Args)]
+pub struct Info {
+    /// A fingerprint (or its first digits) or an alias
+    pub image: String,
+    #[arg(long, value_enum, default_value_t = TextFormat::Text)]
+    pub format: TextFormat,
+}
+
+#[derive(Serialize)]
+struct FileInfo<'a> {
+    ftypes: Vec<&'static str>,
+    path: &'a str,
+    size: u64,
+    sha256: &'a str,
+}
+
+#[derive(Serialize)]
+struct ImageDetails<'a> {
+    #[serde(flatten)]
+    summary: ImageSummary,
+    requirements: &'a std::collections::BTreeMap<String, String>,
+    imported_by: &'a str,
+    imported_at: String,
+    sources: &'a [String],
+    files: Vec<FileInfo<'a>>,
+}
+
+/// The images an argument names: a unique fingerprint prefix, else the images an alias points
+/// at (the newest version of each product that carries it, per image type).
+fn resolve<'a>(
+    state: &'a CatalogState,
+    wanted: &str,
+) -> Result<Vec<LocatedImage<'a>>, CatalogError> {
+    let by_alias: Vec<LocatedImage<'a>> = state
+        .images()
+        .filter(|located| located.owned_aliases().contains(&wanted))
+        .collect();
+    if !by_alias.is_empty() {
+        return Ok(by_alias);
+    }
+    if wanted.chars().all(|c| c.is_ascii_hexdigit()) && !wanted.is_empty() {
+        return find_by_fingerprint(state, wanted).map(|one| vec![one]);
+    }
+    Err(CatalogError::NotFound(format!(
+        "no image has the alias or fingerprint {wanted:?}; `list` shows them"
+    )))
+}
+
+fn details<'a>(located: &LocatedImage<'a>) -> ImageDetails<'a> {
+    let image = located.image;
+    let mut files = vec![FileInfo {
+        ftypes: match image.root {
+            Some(_) => vec!["lxd.tar.xz", "incus.tar.xz"],
+            None => vec!["lxd_combined.tar.gz", "incus_combined.tar.gz"],
+        },
+        path: &image.metadata.path,
+        size: image.metadata.size,
+        sha256: &image.metadata.sha256,
+    }];
+    if let Some(root) = image.root {
+        files.push(FileInfo {
+            ftypes: vec![root.kind.ftype()],
+            path: &root.file.path,
+            size: root.file.size,
+            sha256: &root.file.sha256,
+        });
+    }
+    ImageDetails {
+        summary: ImageSummary::of(located),
+        requirements: &located.product.requirements,
+        imported_by: &image.imported.by,
+        imported_at: rfc3339(image.imported.at),
+        sources: &image.imported.sources,
+        files,
+    }
+}
+
+impl Info {
+    pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
+        let state = ctx.catalog.load()?;
+        let images: Vec<ImageDetails<'_>> =
+            resolve(&state, &self.image)?.iter().map(details).collect();
+        match self.format {
+            TextFormat::Json => write_json(ctx.out, &images)?,
+            TextFormat::Text => {
+                for (i, d) in images.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(ctx.out)?;
+                    }
+                    write_text(ctx.out, d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> {
+    let s = &d.summary;
+    writeln!(out, "Fingerprint: {}", s.fingerprint)?;
+    writeln!(out, "Product: {}", s.product)?;
+    writeln!(out, "Type: {}", s.image_type)?;
+    writeln!(
+        out,
+        "OS: {}  Release: {}  Variant: {}  Architecture: {}",
+        s.os, s.release, s.variant, s.arch
+    )?;
+    writeln!(out, "Serial: {}", s.serial)?;
+    writeln!(out, "Description: {}", s.description)?;
+    writeln!(out, "Created: {}", s.created)?;
+    writeln!(out, "Size: {} ({} bytes)", human_size(s.size), s.size)?;
+    writeln!(
+        out,
+        "Aliases: {}",
+        if s.aliases.is_empty() {
+            "-".to_string()
+        } else {
+            s.aliases.join(", ")
+        }
+    )?;
+    if !d.requirements.is_empty() {
+        let pairs: Vec<String> = d
+            .requirements
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(out, "Requirements: {}", pairs.join(", "))?;
+    }
+    writeln!(
+        out,
+        "Imported: {} by {} from {}",
+        d.imported_at,
+        d.imported_by,
+        d.sources.join(", ")
+    )?;
+    writeln!(out, "Files:")?;
+    for file in &d.files {
+        writeln!(
+            out,
+            "  {} ({}, {} bytes, sha256 {})",
+            file.path,
+            file.ftypes.join(" + "),
+            file.size,
+            file.sha256
+        )?;
+    }
+    Ok(())
+}

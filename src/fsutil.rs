@@ -1,0 +1,142 @@
+//! Durable file operations. A file is published by writing a temp file, fsyncing it, renaming
+//! it over the target and fsyncing the directory: after a crash a reader sees the old file or
+//! the new one, never a mix, and a rename that was reported done stays done.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Adds the path to an I/O error, so that "No such file" says which file.
+pub fn with_path(e: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("{action} {}: {}", path.display(), plain_message(&e)),
+    )
+}
+
+/// An io::Error's message without the "(os error N)" suffix.
+pub fn plain_message(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| with_path(e, "cannot sync directory", dir))
+}
+
+/// A fresh temp path in `tmp_dir`: `<prefix>-<pid>-<counter>`. The pid lets a later process
+/// tell a crashed writer's leftovers from a live one's.
+pub fn temp_path(tmp_dir: &Path, prefix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    tmp_dir.join(format!("{prefix}-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `dest` atomically and durably, staging in `tmp_dir` (same filesystem).
+pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(tmp_dir, "write");
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| with_path(e, "cannot create", &tmp))?;
+        file.write_all(bytes)
+            .map_err(|e| with_path(e, "cannot write", &tmp))?;
+        file.sync_all()
+            .map_err(|e| with_path(e, "cannot sync", &tmp))?;
+        rename_durably(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames `from` to `to` (creating `to`'s parents) and fsyncs the target directory.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| with_path(e, "cannot create", parent))?;
+    fs::rename(from, to).map_err(|e| with_path(e, "cannot rename into", to))?;
+    fsync_dir(parent)
+}
+
+/// Removes the temp files in `tmp_dir` whose writer process is gone.
+pub fn remove_orphaned_temp_files(tmp_dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(tmp_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(with_path(e, "cannot list", tmp_dir)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(writer_pid) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            let result = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if result.is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn writer_pid(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let _counter = parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+/// Removes `dir` and its now-empty parents up to (not including) `stop`.
+pub fn remove_empty_dirs(mut dir: &Path, stop: &Path) {
+    while dir.starts_with(stop) && dir != stop {
+        if fs::remove_dir(dir).is_err() {
+            break;
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_carry_the_pid() {
+        let path = temp_path(Path::new("/x"), "stage");
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(writer_pid(name), Some(std::process::id()));
+        assert_eq!(writer_pid("README"), None);
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a/b.json");
+        write_atomic(dir.path(), &dest, b"one").unwrap();
+        write_atomic(dir.path(), &dest, b"two").unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a")]);
+    }
+}

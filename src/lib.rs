@@ -1,0 +1,18 @@
+//! simplestream-server: a private image server for LXD and Incus in one binary.
+//!
+//! # Layout
+//! - [`image`]: reads what publishers hand over (metadata and unified tarballs, roots).
+//! - [`catalog`]: the image store: import, remove, aliases, retention, verify; publishes the
+//!   stream atomically under a cross-process lock.
+//! - [`streams`]: the simplestreams JSON model, tied field by field to the client contract.
+//! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
+//! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
+//! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
+
+pub mod access;
+pub mod catalog;
+pub mod commands;
+pub mod data_dir;
+pub mod fsutil;
+pub mod image;
+pub mod streams;
