@@ -7,12 +7,16 @@
 //! - [`streams`]: the simplestreams JSON model, tied field by field to the client contract.
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
+//! - [`serve`]: the long-running command: HTTPS and SSH in one process.
+//! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
 pub mod access;
 pub mod catalog;
 pub mod commands;
+pub mod config;
 pub mod data_dir;
 pub mod fsutil;
 pub mod image;
+pub mod serve;
 pub mod streams;

@@ -111,6 +111,7 @@ pub enum ProgressStyle {
 pub struct Context<'a> {
     pub caller: &'a Caller,
     pub catalog: &'a Catalog,
+    pub config: &'a crate::config::Config,
     pub out: &'a mut dyn Write,
     pub err: &'a mut dyn Write,
     /// Standard input, for `import -`.
