@@ -82,6 +82,10 @@ async fn serve(_config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));
 
+    // Each listener prints `listening <https|ssh> <address>` once bound; `ready` follows the
+    // last one. Scripts and tests read these lines (with port 0, they carry the real port).
+    announce("ready");
+
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
@@ -118,4 +122,12 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// Prints one line of the startup protocol on stdout, flushed at once.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }

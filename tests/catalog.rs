@@ -18,3 +18,10 @@ fn split_container_import_publishes_twin_metadata_items() {
     let fingerprint = support::sha256_of(&[&t.file("lxd.tar.xz"), &t.file("root.squashfs")]);
     assert!(out.contains(&fingerprint), "{out}");
 }
+
+#[test]
+fn serve_announces_ready() {
+    let t = TestDir::new();
+    let server = support::server::Server::start(&t, &[]);
+    assert!(server.terminate().success());
+}
