@@ -61,8 +61,12 @@ pub fn parse(yaml: &[u8], now_unix: i64) -> Result<ImageMetadata, String> {
         return Err("is empty".into());
     }
     let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
-        let first_line = e.to_string().lines().next().unwrap_or("").to_string();
-        format!("is not valid YAML ({first_line})")
+        let text = e.to_string();
+        let first_line = text.lines().next().unwrap_or("");
+        format!(
+            "is not valid YAML ({})",
+            first_line.strip_prefix("error: ").unwrap_or(first_line)
+        )
     })?;
     let Value::Object(top) = doc else {
         return Err(format!("must be a YAML mapping, found {}", kind(&doc)));

@@ -167,7 +167,14 @@ pub fn describe(head: &[u8]) -> &'static str {
         Some(Compression::None) => "a plain tar",
         Some(Compression::Xz) => "an xz stream",
         None if head.starts_with(b"\x7fELF") => "an ELF binary",
-        None if head.iter().take(64).all(|b| b.is_ascii()) => "a text file",
+        None if head.iter().all(|b| *b == 0) => "nothing but zero bytes at its start (a raw disk?)",
+        None if head
+            .iter()
+            .take(64)
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) =>
+        {
+            "a text file"
+        }
         None => "data of an unknown format",
     }
 }

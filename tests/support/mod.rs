@@ -3,6 +3,8 @@
 //! Each test file includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod clients;
+pub mod contract;
 pub mod server;
 
 use std::io::Write;
