@@ -394,12 +394,15 @@ impl Catalog {
                 (staged, digest, combined)
             }
             (None, _) => {
-                let (staged, mut copy) = stage_new(&self.dirs.tmp())?;
+                let (staged, copy) = stage_new(&self.dirs.tmp())?;
+                let cloned = fsutil::try_reflink(&root_file, &copy)
+                    .map_err(|e| fsutil::with_path(e, "cannot copy", &root_path))?;
+                let mut sink = (!cloned).then(|| fsutil::WritebackFile::new(copy));
                 progress.start(&root_label, Some(root_size));
                 let digest = hashing::digest_stream(
                     &mut root_file,
                     Some(meta_hasher),
-                    Some(&mut copy),
+                    sink.as_mut().map(|s| s as &mut (dyn Write + Send)),
                     progress,
                 )
                 .map_err(|e| fsutil::with_path(e, "cannot copy", &root_path))?;
@@ -436,7 +439,9 @@ impl Catalog {
         now: i64,
         progress: &mut dyn Progress,
     ) -> Result<StagedImage> {
-        let (label, mut reader, total, linked): (
+        // `prestaged`: the source already linked (move) or cloned (copy on a CoW filesystem)
+        // into tmp/, so the pass below only reads.
+        let (label, mut reader, total, prestaged): (
             String,
             Box<dyn Read + Send>,
             Option<u64>,
@@ -449,11 +454,16 @@ impl Catalog {
                     .metadata()
                     .map_err(|e| fsutil::with_path(e, "cannot stat", &path))?
                     .len();
-                let linked = match transfer {
+                let prestaged = match transfer {
                     Transfer::Move => stage_link(&self.dirs.tmp(), &path)?,
-                    Transfer::Copy => None,
+                    Transfer::Copy => {
+                        let (staged, copy) = stage_new(&self.dirs.tmp())?;
+                        let cloned = fsutil::try_reflink(&file, &copy)
+                            .map_err(|e| fsutil::with_path(e, "cannot copy", &path))?;
+                        cloned.then_some(staged)
+                    }
                 };
-                (label, Box::new(file), Some(size), linked)
+                (label, Box::new(file), Some(size), prestaged)
             }
             ImportSource::Stream { label, reader } => (label, reader, None, None),
         };
@@ -481,14 +491,15 @@ impl Catalog {
             .into());
         }
 
-        let (staged, copy_file) = match linked {
+        let (staged, copy_file) = match prestaged {
             Some(staged) => (staged, None),
             None => {
                 let (staged, file) = stage_new(&self.dirs.tmp())?;
                 (staged, Some(file))
             }
         };
-        let mut copy = copy_file.map(|file| BufWriter::with_capacity(1 << 20, file));
+        let mut copy = copy_file
+            .map(|file| BufWriter::with_capacity(1 << 20, fsutil::WritebackFile::new(file)));
         progress.start(&label, total);
         let whole = io::Cursor::new(head.clone()).chain(reader);
         let mut hashing =
