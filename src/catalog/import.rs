@@ -93,6 +93,8 @@ pub struct ImportRequest {
     pub requirements: BTreeMap<String, String>,
     pub transfer: Transfer,
     pub imported_by: String,
+    /// The fingerprint another tree published for these files: refused when they give another.
+    pub expected_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -558,6 +560,14 @@ impl Catalog {
             None => serial_from_unix(meta.creation_date),
         };
         let fingerprint = staged.fingerprint().to_string();
+        if let Some(expected) = &request.expected_fingerprint
+            && expected != &fingerprint
+        {
+            return Err(CatalogError::Conflict(format!(
+                "the source tree gives fingerprint {expected}, but the files hash to {fingerprint}: \
+                 its combined hash is wrong; check the files, then import them with `import`"
+            )));
+        }
         let image_type = staged.image_type();
         let mut txn = self.begin()?;
 
@@ -889,9 +899,11 @@ pub fn validate_serial(serial: &str) -> Result<()> {
     }
     if !serial
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'))
     {
-        return Err(invalid("may hold only letters, digits, '_', '.' and '-'"));
+        return Err(invalid(
+            "may hold only letters, digits, '_', '.', ':' and '-'",
+        ));
     }
     let date = &serial[..8];
     let valid_date = date.chars().all(|c| c.is_ascii_digit())

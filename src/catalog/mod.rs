@@ -28,6 +28,7 @@ pub mod import;
 pub mod record;
 pub mod remove;
 pub mod store;
+pub mod tree;
 pub mod verify;
 
 use std::fs::{self, File, OpenOptions};

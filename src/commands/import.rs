@@ -91,6 +91,7 @@ impl Import {
             requirements: self.requirements.into_iter().collect::<BTreeMap<_, _>>(),
             transfer,
             imported_by: ctx.caller.name(),
+            expected_fingerprint: None,
         };
         let outcome = {
             let mut progress = ProgressReporter::new(&mut *ctx.err, ctx.progress);

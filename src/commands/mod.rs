@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod help;
 pub mod import;
+pub mod import_tree;
 pub mod info;
 pub mod list;
 pub mod output;
@@ -27,6 +28,7 @@ use crate::catalog::{Catalog, CatalogError};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     Import(import::Import),
+    ImportTree(import_tree::ImportTree),
     List(list::List),
     Info(info::Info),
     #[command(subcommand)]
@@ -43,6 +45,7 @@ pub enum Command {
 /// Each command's name and the least role that may run it.
 pub const ROLES: &[(&str, Role)] = &[
     ("import", Role::Publisher),
+    ("import-tree", Role::Admin),
     ("list", Role::Reader),
     ("info", Role::Reader),
     ("alias", Role::Admin),
@@ -67,6 +70,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Import(_) => "import",
+            Command::ImportTree(_) => "import-tree",
             Command::List(_) => "list",
             Command::Info(_) => "info",
             Command::Alias(_) => "alias",
@@ -83,6 +87,7 @@ impl Command {
     fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
         match self {
             Command::Import(cmd) => cmd.run(ctx),
+            Command::ImportTree(cmd) => cmd.run(ctx),
             Command::List(cmd) => cmd.run(ctx),
             Command::Info(cmd) => cmd.run(ctx),
             Command::Alias(cmd) => cmd.run(ctx),
