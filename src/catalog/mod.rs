@@ -10,13 +10,15 @@
 //! 3. The change is checked against the record (duplicate fingerprint, conflicting serial,
 //!    alias collisions) and staged files are renamed into `www/images/…`. Each placed path is
 //!    first written to the journal `state/journal.json`.
-//! 4. `commit` writes the record, then `images.json`, then `index.json` (each a temp file,
-//!    fsync, rename, directory fsync), then deletes the journal.
+//! 4. `commit` writes the journal (if nothing was placed), the record, then `images.json`, then
+//!    `index.json` (each a temp file, fsync, rename, directory fsync), then deletes the journal.
 //!
 //! The record is the commit point. A crash before it leaves placed files that no record names:
 //! the next `begin` finds the journal, deletes them and republishes the stream from the record.
-//! A crash after it leaves a stale stream: the same recovery republishes it. Readers (the HTTP
-//! side, `list`) never lock: every file they read is replaced by rename, whole.
+//! A crash after it leaves a stale stream: the same recovery republishes it. Opening the
+//! catalog runs that recovery when a journal is found, so every command starts from a whole
+//! tree. Readers (the HTTP side, `list`) never lock: every file they read is replaced by
+//! rename, whole.
 //!
 //! Regenerating the stream never re-reads an image file: sizes and hashes live in the record.
 //! Removed images leave the index at once, but their files stay downloadable for a grace
@@ -106,7 +108,11 @@ impl Catalog {
             store,
             settings,
         };
-        if !catalog.state_path().exists() || !catalog.dirs.www().join(streams::INDEX_PATH).exists()
+        // A journal left by a crashed writer is finished now, so that even read-only commands
+        // (verify, list) see a consistent tree.
+        if !catalog.state_path().exists()
+            || !catalog.dirs.www().join(streams::INDEX_PATH).exists()
+            || catalog.journal_path().exists()
         {
             let mut txn = catalog.begin()?;
             txn.force_publish = true;
@@ -252,6 +258,12 @@ impl Transaction<'_> {
     /// Places a staged file at `path` under `www/`, recording it in the journal first.
     pub fn place(&mut self, staged: &import::StagedFile, path: &str) -> Result<()> {
         self.placed.push(path.to_string());
+        self.write_journal()?;
+        self.catalog.store().publish_file(staged.path(), path)?;
+        Ok(())
+    }
+
+    fn write_journal(&self) -> Result<()> {
         let journal = Journal {
             placed: self.placed.clone(),
         };
@@ -261,7 +273,6 @@ impl Transaction<'_> {
             &self.catalog.journal_path(),
             &bytes,
         )?;
-        self.catalog.store().publish_file(staged.path(), path)?;
         Ok(())
     }
 
@@ -276,6 +287,10 @@ impl Transaction<'_> {
         if changed || self.force_publish {
             if changed {
                 self.state.updated = self.now.max(self.original.updated);
+            }
+            if self.placed.is_empty() {
+                // A crash between the record and the stream must leave a journal behind.
+                self.write_journal()?;
             }
             let bytes = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
             fsutil::write_atomic(&self.catalog.dirs.tmp(), &self.catalog.state_path(), &bytes)?;
