@@ -15,6 +15,31 @@ pub fn with_path(e: io::Error, action: &str, path: &Path) -> io::Error {
     )
 }
 
+/// A file name fit for a one-line message: names with control characters (a newline could
+/// forge a second message line) or invisible direction marks (which can make `gpj.exe` read
+/// as `exe.jpg`) are shown quoted and escaped.
+pub fn printable_name(name: &str) -> String {
+    let tricky = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if name.chars().any(tricky) {
+        let escaped: String = name
+            .chars()
+            .map(|c| {
+                if tricky(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    } else {
+        name.to_string()
+    }
+}
+
 /// An io::Error's message without the "(os error N)" suffix.
 pub fn plain_message(e: &io::Error) -> String {
     let text = e.to_string();

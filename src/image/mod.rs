@@ -23,7 +23,7 @@ pub struct ImageError {
 impl ImageError {
     pub fn new(file: impl Into<String>, problem: impl Into<String>) -> Self {
         ImageError {
-            file: file.into(),
+            file: crate::fsutil::printable_name(&file.into()),
             problem: problem.into(),
         }
     }

@@ -1,0 +1,512 @@
+//! The hostile input corpus: each case is imported with `--move` and must fail with exactly
+//! the one line a user sees, exit status 1, nothing published (the whole www/ tree compared
+//! byte for byte) and nothing moved (every source file still there, unchanged).
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::{Meta, TestDir};
+
+const GOOD_CREATED: i64 = 1_764_244_800;
+
+struct Corpus {
+    t: TestDir,
+}
+
+impl Corpus {
+    fn new() -> Corpus {
+        let t = TestDir::new();
+        // Something published already, so "unchanged" means something.
+        let meta = t.file("published.tar.xz");
+        support::metadata_tarball(&meta, &Meta::default());
+        let root = t.file("published.squashfs");
+        support::squashfs(&root, "published");
+        t.ok(&[
+            "import",
+            meta.to_str().unwrap(),
+            root.to_str().unwrap(),
+            "--alias",
+            "taken",
+        ]);
+        Corpus { t }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.t.file(name)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.path(name), bytes).unwrap();
+        name.to_string()
+    }
+
+    fn tar(&self, name: &str, entries: &[(&str, &[u8])], compression: &str) -> String {
+        support::tarball(&self.path(name), entries, compression);
+        name.to_string()
+    }
+
+    fn meta(&self, name: &str, yaml: &str) -> String {
+        self.tar(name, &[("metadata.yaml", yaml.as_bytes())], "xz")
+    }
+
+    fn squashfs(&self, name: &str) -> String {
+        support::squashfs(&self.path(name), name);
+        name.to_string()
+    }
+
+    /// Runs `import --move <args>` in the test directory and checks the refusal.
+    fn refuses(&self, args: &[&str], expected: &str) {
+        let before = self.t.snapshot_www();
+        let sources: Vec<(PathBuf, Option<Vec<u8>>)> = args
+            .iter()
+            .filter(|a| !a.starts_with("--"))
+            .map(|a| (self.path(a), std::fs::read(self.path(a)).ok()))
+            .collect();
+        let output = self
+            .t
+            .command(&[&["import", "--move"], args].concat())
+            .current_dir(self.t.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!("simplestream-server: {expected}\n"),
+            "{args:?}"
+        );
+        assert_eq!(
+            self.t.snapshot_www(),
+            before,
+            "{args:?} changed the published tree"
+        );
+        for (path, content) in sources {
+            assert_eq!(
+                std::fs::read(&path).ok(),
+                content,
+                "{args:?} moved or changed {}",
+                path.display()
+            );
+        }
+        assert!(
+            std::fs::read_dir(self.t.data().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{args:?} left a staged file"
+        );
+    }
+}
+
+fn yaml(meta: &Meta) -> String {
+    meta.yaml()
+}
+
+fn default_yaml() -> String {
+    yaml(&Meta {
+        release: "corpus",
+        ..Meta::default()
+    })
+}
+
+/// A raw tar header for names and links that tar::Builder refuses to write.
+fn raw_entry(name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    {
+        let ustar = header.as_ustar_mut().unwrap();
+        ustar.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(link) = link {
+            ustar.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+    }
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(kind);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn raw_tar(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out: Vec<u8> = entries.concat();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn metadata_tarballs() {
+    let c = Corpus::new();
+    let root = c.squashfs("root.squashfs");
+    let good = default_yaml();
+    let xz = std::fs::read(c.path(&c.meta("full.tar.xz", &good))).unwrap();
+    let gz = support::compress(
+        &raw_tar(&[raw_entry(
+            "metadata.yaml",
+            tar::EntryType::Regular,
+            None,
+            good.as_bytes(),
+        )]),
+        "gz",
+    );
+
+    c.refuses(
+        &[
+            &c.write("notatar.tar.xz", b"this is not an archive\n"),
+            &root,
+        ],
+        "notatar.tar.xz is not a tarball (it is a text file)",
+    );
+    c.refuses(
+        &[&c.write("empty.tar.xz", b""), &root],
+        "empty.tar.xz is not a tarball (it is an empty file)",
+    );
+    c.refuses(
+        &[&c.write("elf.tar.xz", b"\x7fELF\x02\x01\x01"), &root],
+        "elf.tar.xz is not a tarball (it is an ELF binary)",
+    );
+    c.refuses(
+        &[&c.write("trunc.tar.xz", &xz[..xz.len() - 40]), &root],
+        "trunc.tar.xz is truncated or corrupt (premature eof)",
+    );
+    c.refuses(
+        &[&c.write("trunc.tar.gz", &gz[..gz.len() / 2]), &root],
+        "trunc.tar.gz is truncated or corrupt (incomplete deflate stream)",
+    );
+    c.refuses(
+        &[
+            &c.tar("nometa.tar.xz", &[("templates/hostname.tpl", b"x")], "xz"),
+            &root,
+        ],
+        "nometa.tar.xz has no metadata.yaml; pass the metadata tarball first",
+    );
+    c.refuses(
+        &[&c.meta("emptyyaml.tar.xz", ""), &root],
+        "metadata.yaml in emptyyaml.tar.xz is empty",
+    );
+    c.refuses(
+        &[&c.meta("notyaml.tar.xz", "architecture: [x86_64\n"), &root],
+        "metadata.yaml in notyaml.tar.xz is not valid YAML (line 1 column 15: unclosed bracket '[')",
+    );
+    c.refuses(
+        &[&c.meta("list.tar.xz", "- a\n- b\n"), &root],
+        "metadata.yaml in list.tar.xz must be a YAML mapping, found list",
+    );
+    c.refuses(
+        &[
+            &c.meta(
+                "types.tar.xz",
+                &good.replace("architecture: x86_64", "architecture: {a: 1}"),
+            ),
+            &root,
+        ],
+        "metadata.yaml in types.tar.xz has `architecture` of type mapping, expected a string",
+    );
+    c.refuses(
+        &[&c.meta("datetype.tar.xz", &good.replace(&GOOD_CREATED.to_string(), "true")), &root],
+        "metadata.yaml in datetype.tar.xz has `creation_date` of type boolean, expected unix seconds",
+    );
+    c.refuses(
+        &[&c.meta("arch.tar.xz", &good.replace("x86_64", "loong64")), &root],
+        "metadata.yaml in arch.tar.xz has unknown architecture \"loong64\"; LXD knows x86_64/amd64, aarch64/arm64, armv7l/armhf, i686/i386, ppc64le/ppc64el, s390x and riscv64",
+    );
+    c.refuses(
+        &[
+            &c.meta(
+                "noprops.tar.xz",
+                &format!("architecture: x86_64\ncreation_date: {GOOD_CREATED}\n"),
+            ),
+            &root,
+        ],
+        "metadata.yaml in noprops.tar.xz has no `properties` (os, release, variant, description)",
+    );
+    c.refuses(
+        &[
+            &c.meta(
+                "norelease.tar.xz",
+                &good.replace("  release: \"corpus\"\n", ""),
+            ),
+            &root,
+        ],
+        "metadata.yaml in norelease.tar.xz has no `properties.release`",
+    );
+    c.refuses(
+        &[&c.meta("badname.tar.xz", &good.replace("os: testos", "os: \"test os\"")), &root],
+        "metadata.yaml in badname.tar.xz has `properties.os` \"test os\": it may hold only letters, digits, '.', '_', '+' and '-'",
+    );
+    c.refuses(
+        &[&c.meta("zero.tar.xz", &good.replace(&GOOD_CREATED.to_string(), "0")), &root],
+        "metadata.yaml in zero.tar.xz has creation_date 0, before the year 2000; set it to the build time in unix seconds",
+    );
+    c.refuses(
+        &[&c.meta("future.tar.xz", &good.replace(&GOOD_CREATED.to_string(), "4102444800")), &root],
+        "metadata.yaml in future.tar.xz has creation_date 4102444800, more than a day in the future; check the build host's clock",
+    );
+    let huge = format!("{good}padding: \"{}\"\n", "x".repeat(1 << 20));
+    c.refuses(
+        &[&c.meta("huge.tar.xz", &huge), &root],
+        &format!(
+            "huge.tar.xz has a metadata.yaml of {} bytes; the limit is 1048576 bytes",
+            huge.len()
+        ),
+    );
+    let two = raw_tar(&[
+        raw_entry(
+            "metadata.yaml",
+            tar::EntryType::Regular,
+            None,
+            good.as_bytes(),
+        ),
+        raw_entry(
+            "./metadata.yaml",
+            tar::EntryType::Regular,
+            None,
+            good.as_bytes(),
+        ),
+    ]);
+    c.refuses(
+        &[&c.write("two.tar", &two), &root],
+        "two.tar has two metadata.yaml entries",
+    );
+}
+
+#[test]
+fn hostile_tar_entries() {
+    let c = Corpus::new();
+    let root = c.squashfs("root.squashfs");
+    let good = default_yaml();
+    let meta_entry = raw_entry(
+        "metadata.yaml",
+        tar::EntryType::Regular,
+        None,
+        good.as_bytes(),
+    );
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "dotdot.tar",
+            raw_entry(
+                "templates/../../etc/cron.d/x",
+                tar::EntryType::Regular,
+                None,
+                b"x",
+            ),
+            "has an entry \"templates/../../etc/cron.d/x\" that climbs out with '..'",
+        ),
+        (
+            "absolute.tar",
+            raw_entry("/etc/passwd", tar::EntryType::Regular, None, b"x"),
+            "has an entry with an absolute path \"/etc/passwd\"",
+        ),
+        (
+            "symlink.tar",
+            raw_entry(
+                "templates/hostname.tpl",
+                tar::EntryType::Symlink,
+                Some("/etc/shadow"),
+                b"",
+            ),
+            "has a symbolic link \"templates/hostname.tpl\" outside rootfs/",
+        ),
+        (
+            "hardlink.tar",
+            raw_entry(
+                "templates/x",
+                tar::EntryType::Link,
+                Some("../../etc/shadow"),
+                b"",
+            ),
+            "has a hard link \"templates/x\" to \"../../etc/shadow\" outside the archive",
+        ),
+        (
+            "device.tar",
+            raw_entry("templates/null", tar::EntryType::Char, None, b""),
+            "has a special file \"templates/null\" outside rootfs/",
+        ),
+    ];
+    for (name, entry, problem) in cases {
+        let file = c.write(name, &raw_tar(&[meta_entry.clone(), entry]));
+        c.refuses(&[&file, &root], &format!("{name} {problem}"));
+    }
+    // A bomb: the header promises 300 MiB of zeros before metadata.yaml. It is refused from the
+    // header alone, before anything inflates.
+    let mut bomb_header = tar::Header::new_ustar();
+    bomb_header.set_path("rootfs/zeros").unwrap();
+    bomb_header.set_size(300 << 20);
+    bomb_header.set_entry_type(tar::EntryType::Regular);
+    bomb_header.set_cksum();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, bomb_header.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+    }
+    std::io::Write::write_all(&mut encoder, &meta_entry).unwrap();
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "the bomb is small on disk");
+    c.refuses(
+        &[&c.write("bomb.tar.gz", &bomb)],
+        "bomb.tar.gz has no metadata.yaml in its first 256 MiB",
+    );
+}
+
+#[test]
+fn roots() {
+    let c = Corpus::new();
+    let meta = c.meta("meta.tar.xz", &default_yaml());
+    let squashfs = std::fs::read(c.path(&c.squashfs("real.squashfs"))).unwrap();
+    let mut bad_version = squashfs.clone();
+    bad_version[28] = 3;
+    let disk = c.path("real.qcow2");
+    support::qcow2(&disk, "q");
+
+    c.refuses(&[&meta, &c.write("zero.squashfs", b"")], "zero.squashfs is an empty file, not an image root: give a squashfs, a qcow2 disk or a root.tar.xz");
+    c.refuses(&[&meta, &c.write("text.squashfs", b"hsq? not quite\n")], "text.squashfs is a text file, not an image root: give a squashfs, a qcow2 disk or a root.tar.xz");
+    c.refuses(
+        &[&meta, &c.write("raw.qcow2", &vec![0u8; 1 << 16])],
+        "raw.qcow2 is nothing but zero bytes at its start (a raw disk?), not an image root: give a squashfs, a qcow2 disk or a root.tar.xz",
+    );
+    let used = u64::from_le_bytes(squashfs[40..48].try_into().unwrap()) as usize;
+    c.refuses(
+        &[&meta, &c.write("trunc.squashfs", &squashfs[..used - 10])],
+        &format!(
+            "trunc.squashfs is truncated: its superblock says {used} bytes, the file has {}",
+            used - 10
+        ),
+    );
+    c.refuses(
+        &[&meta, &c.write("v3.squashfs", &bad_version)],
+        "v3.squashfs is not a squashfs 4.0 image (its superblock is damaged)",
+    );
+    c.refuses(
+        &[
+            &meta,
+            &c.write(
+                "xztext.tar.xz",
+                &support::compress(b"not a tar at all", "xz"),
+            ),
+        ],
+        "xztext.tar.xz is an xz stream but not an xz-compressed tarball",
+    );
+    c.refuses(&[&meta, &c.meta("second-meta.tar.xz", &default_yaml())], "second-meta.tar.xz is a metadata tarball, not a root; pass the metadata tarball first, then the root");
+    c.refuses(
+        &[&meta, &c.tar("root.tar.gz", &[("etc/hostname", b"x")], "gz")],
+        "root.tar.gz is a gzip stream, not an image root: give a squashfs, a qcow2 disk or a root.tar.xz (a root tarball must be xz-compressed: root.tar.xz)",
+    );
+    c.refuses(
+        &[&c.write("first.squashfs", &squashfs), &meta],
+        "first.squashfs is a squashfs image; pass the metadata tarball first, then the root",
+    );
+    c.refuses(
+        &[disk.file_name().unwrap().to_str().unwrap(), &meta],
+        "real.qcow2 is a qcow2 disk; pass the metadata tarball first, then the root",
+    );
+    c.refuses(
+        &[&meta, "missing.squashfs"],
+        "cannot open missing.squashfs: No such file or directory",
+    );
+}
+
+#[test]
+fn unified_tarballs() {
+    let c = Corpus::new();
+    let good = default_yaml();
+    let disk = c.path("d.qcow2");
+    support::qcow2(&disk, "d");
+    let qcow2 = std::fs::read(&disk).unwrap();
+    c.refuses(&[&c.tar("onlymeta.tar.gz", &[("metadata.yaml", good.as_bytes())], "gz")], "onlymeta.tar.gz holds only metadata; pass the root file (squashfs, qcow2 disk or root.tar.xz) after it");
+    c.refuses(&[&c.tar("rawvm.tar.gz", &[("metadata.yaml", good.as_bytes()), ("rootfs.img", &vec![0u8; 4096])], "gz")], "rawvm.tar.gz has a rootfs.img that is nothing but zero bytes at its start (a raw disk?), not a qcow2 disk (LXD and Incus run only qcow2 VM disks)");
+    c.refuses(
+        &[&c.tar(
+            "both.tar.gz",
+            &[
+                ("metadata.yaml", good.as_bytes()),
+                ("rootfs/etc/hostname", b"x"),
+                ("rootfs.img", &qcow2),
+            ],
+            "gz",
+        )],
+        "both.tar.gz has both rootfs/ and rootfs.img; a unified image holds one of them",
+    );
+    c.refuses(
+        &[&c.tar("norootmeta.tar.gz", &[("rootfs/etc/hostname", b"x")], "gz")],
+        "norootmeta.tar.gz has no metadata.yaml; pass the metadata tarball first",
+    );
+}
+
+#[test]
+fn conflicts_with_what_is_published() {
+    let c = Corpus::new();
+    let published_meta = "published.tar.xz";
+    let published_root = "published.squashfs";
+    c.refuses(
+        &[published_meta, published_root, "--serial", "20260101_0000"],
+        &format!(
+            "image {} is already published as testos:1:amd64:default version 20251127_1200",
+            &support::sha256_of(&[&c.path(published_meta), &c.path(published_root)])[..12]
+        ),
+    );
+    let other_meta = c.tar(
+        "other.tar.xz",
+        &[
+            ("metadata.yaml", Meta::default().yaml().as_bytes()),
+            ("templates/z.tpl", b"z"),
+        ],
+        "xz",
+    );
+    let other_root = c.squashfs("other.squashfs");
+    c.refuses(&[&other_meta, &other_root], "version 20251127_1200 of testos:1:amd64:default already exists with a different metadata tarball; pass --serial to publish this one as a new version");
+    let release2 = c.meta(
+        "r2.tar.xz",
+        &yaml(&Meta {
+            release: "2",
+            ..Meta::default()
+        }),
+    );
+    c.refuses(
+        &[&release2, &other_root, "--alias", "taken"],
+        "alias \"taken\" already belongs to testos:1:amd64:default for amd64 container images; remove it there first (`alias remove taken --product testos:1:amd64:default`) or import with --no-default-alias",
+    );
+    c.refuses(
+        &[&release2, &other_root, "--alias", "bad alias"],
+        "alias \"bad alias\" may hold only letters, digits, '.', '_', '+', '-' and '/'",
+    );
+    c.refuses(
+        &[&release2, &other_root, "--serial", "soon"],
+        "serial \"soon\" must be 8 to 32 characters long; use the form YYYYMMDD_hhmm",
+    );
+    c.refuses(&[&release2, &other_root, "--requirement", "a b=c"], "requirement key \"a b\" may hold only letters, digits, '_', '-' and '.' (e.g. secureboot=false)");
+}
+
+#[test]
+fn tricky_file_names_are_shown_escaped() {
+    let c = Corpus::new();
+    let root = c.squashfs("root.squashfs");
+    let newline = c.write("evil\nname.tar.xz", b"text");
+    c.refuses(
+        &[&newline, &root],
+        "\"evil\\u{a}name.tar.xz\" is not a tarball (it is a text file)",
+    );
+    // U+202E turns "gpj.exe" into something that reads "exe.jpg".
+    let rtl = c.write("image\u{202e}gpj.tar.xz", b"text");
+    c.refuses(
+        &[&rtl, &root],
+        "\"image\\u{202e}gpj.tar.xz\" is not a tarball (it is a text file)",
+    );
+}
+
+#[test]
+fn the_published_tree_survives_the_whole_corpus() {
+    // After every refusal above the catalog still verifies: nothing half-done is left.
+    let c = Corpus::new();
+    let root = c.squashfs("root.squashfs");
+    c.refuses(
+        &[&c.write("x.tar.xz", b"junk"), &root],
+        "x.tar.xz is not a tarball (it is a text file)",
+    );
+    let verify = c.t.run(&["verify"]);
+    assert!(verify.status.success());
+    assert_eq!(support::contract::assert_contract(&c.t.www()).len(), 1);
+}
