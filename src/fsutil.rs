@@ -63,25 +63,55 @@ pub fn temp_path(tmp_dir: &Path, prefix: &str) -> PathBuf {
     tmp_dir.join(format!("{prefix}-{}-{n}", std::process::id()))
 }
 
-/// Writes `bytes` to `dest` atomically and durably, staging in `tmp_dir` (same filesystem).
-pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temp_path(tmp_dir, "write");
-    let result = (|| {
+/// A fully written and synced file in the staging folder, deleted on drop unless it was
+/// renamed away. Writing first and renaming later lets a change allocate all its space before
+/// its commit point, so a full disk can only stop it before anything is visible.
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `bytes` for the file `what` (named in errors: "journal.json", "images.json").
+    pub fn write(tmp_dir: &Path, what: &str, bytes: &[u8]) -> io::Result<TempFile> {
+        let temp = TempFile {
+            path: temp_path(tmp_dir, "write"),
+        };
+        let fail = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot write {what}: {}", plain_message(&e)),
+            )
+        };
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)
-            .map_err(|e| with_path(e, "cannot create", &tmp))?;
-        file.write_all(bytes)
-            .map_err(|e| with_path(e, "cannot write", &tmp))?;
-        file.sync_all()
-            .map_err(|e| with_path(e, "cannot sync", &tmp))?;
-        rename_durably(&tmp, dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+            .open(&temp.path)
+            .map_err(fail)?;
+        file.write_all(bytes).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        Ok(temp)
     }
-    result
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Renamed away on success: NotFound is the normal case.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Writes `bytes` to `dest` atomically and durably, staging in `tmp_dir` (same filesystem).
+pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let what = dest.file_name().map_or_else(
+        || dest.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let temp = TempFile::write(tmp_dir, &what, bytes)?;
+    rename_durably(temp.path(), dest)
 }
 
 /// Renames `from` to `to` (creating `to`'s parents) and fsyncs the target directory.

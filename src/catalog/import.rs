@@ -168,6 +168,18 @@ fn stage_link(tmp: &Path, source: &Path) -> Result<Option<StagedFile>> {
     }
 }
 
+/// A failed copy into the catalog, naming the source as the user gave it.
+fn copy_error(e: io::Error, label: &str) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "cannot copy {} into the data directory: {}",
+            fsutil::printable_name(label),
+            fsutil::plain_message(&e)
+        ),
+    )
+}
+
 fn sync_staged(staged: &StagedFile) -> Result<()> {
     File::open(&staged.path)
         .and_then(|f| f.sync_all())
@@ -398,7 +410,7 @@ impl Catalog {
             (None, _) => {
                 let (staged, copy) = stage_new(&self.dirs.tmp())?;
                 let cloned = fsutil::try_reflink(&root_file, &copy)
-                    .map_err(|e| fsutil::with_path(e, "cannot copy", &root_path))?;
+                    .map_err(|e| copy_error(e, &root_label))?;
                 let mut sink = (!cloned).then(|| fsutil::WritebackFile::new(copy));
                 progress.start(&root_label, Some(root_size));
                 let digest = hashing::digest_stream(
@@ -407,7 +419,7 @@ impl Catalog {
                     sink.as_mut().map(|s| s as &mut (dyn Write + Send)),
                     progress,
                 )
-                .map_err(|e| fsutil::with_path(e, "cannot copy", &root_path))?;
+                .map_err(|e| copy_error(e, &root_label))?;
                 progress.finish();
                 let combined = digest.combined.clone().unwrap_or_default();
                 (staged, digest, combined)
@@ -460,8 +472,8 @@ impl Catalog {
                     Transfer::Move => stage_link(&self.dirs.tmp(), &path)?,
                     Transfer::Copy => {
                         let (staged, copy) = stage_new(&self.dirs.tmp())?;
-                        let cloned = fsutil::try_reflink(&file, &copy)
-                            .map_err(|e| fsutil::with_path(e, "cannot copy", &path))?;
+                        let cloned =
+                            fsutil::try_reflink(&file, &copy).map_err(|e| copy_error(e, &label))?;
                         cloned.then_some(staged)
                     }
                 };

@@ -63,7 +63,7 @@ pub enum CatalogError {
     #[error("{0}")]
     Invalid(String),
     /// A file operation failed; the message names the file.
-    #[error("{}", fsutil::plain_message(.0))]
+    #[error("{}", describe_io(.0))]
     Io(#[from] io::Error),
     #[error("the catalog record {path} is unreadable ({message}); restore it from a backup")]
     CorruptState { path: String, message: String },
@@ -102,7 +102,7 @@ impl Catalog {
     /// there is none yet (so a new server answers clients at once).
     pub fn open(dirs: DataDir, settings: CatalogSettings) -> Result<Catalog> {
         dirs.create_layout()?;
-        let store = Box::new(LocalStore::new(dirs.www(), dirs.tmp()));
+        let store = Box::new(LocalStore::new(dirs.www()));
         let catalog = Catalog {
             dirs,
             store,
@@ -292,21 +292,41 @@ impl Transaction<'_> {
                 // A crash between the record and the stream must leave a journal behind.
                 self.write_journal()?;
             }
-            let bytes = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
-            fsutil::write_atomic(&self.catalog.dirs.tmp(), &self.catalog.state_path(), &bytes)?;
-            self.publish_stream()?;
+            // Everything that needs disk space is written before the commit point (the record's
+            // rename); after it come only renames. A full disk stops a change before it shows.
+            let record = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
+            let record =
+                fsutil::TempFile::write(&self.catalog.dirs.tmp(), "the catalog record", &record)?;
+            let stream = self.prepare_stream()?;
+            fsutil::rename_durably(record.path(), &self.catalog.state_path())?;
+            self.publish_prepared(stream)?;
         }
         remove_if_exists(&self.catalog.journal_path())?;
         self.placed.clear();
         Ok(self.state.retired.len())
     }
 
-    /// images.json first: index.json must never name a product images.json lacks.
+    /// Regenerates and publishes both stream files.
     fn publish_stream(&self) -> Result<()> {
+        let prepared = self.prepare_stream()?;
+        self.publish_prepared(prepared)
+    }
+
+    /// Writes both stream files to temp files, ready to be renamed into place.
+    fn prepare_stream(&self) -> Result<[fsutil::TempFile; 2]> {
         let stream = streams::generate(&self.state);
+        let tmp = self.catalog.dirs.tmp();
+        Ok([
+            fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
+            fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
+        ])
+    }
+
+    /// images.json first: index.json must never name a product images.json lacks.
+    fn publish_prepared(&self, [images, index]: [fsutil::TempFile; 2]) -> Result<()> {
         let store = self.catalog.store();
-        store.write_atomic(streams::IMAGES_PATH, &stream.images_json)?;
-        store.write_atomic(streams::INDEX_PATH, &stream.index_json)?;
+        store.publish_file(images.path(), streams::IMAGES_PATH)?;
+        store.publish_file(index.path(), streams::INDEX_PATH)?;
         Ok(())
     }
 
@@ -362,6 +382,21 @@ fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
             Err(fsutil::with_path(e, "cannot remove", path))
         }
         _ => Ok(()),
+    }
+}
+
+/// An I/O failure as a sentence; a full disk says so first, with what to do.
+fn describe_io(e: &io::Error) -> String {
+    let message = fsutil::plain_message(e);
+    if e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded {
+        let detail = message
+            .trim_end_matches(": No space left on device")
+            .trim_end_matches(": Disk quota exceeded");
+        format!(
+            "the disk holding the data directory is full ({detail}); nothing changed: free some space and try again"
+        )
+    } else {
+        message
     }
 }
 

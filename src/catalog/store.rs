@@ -1,6 +1,7 @@
 //! The published tree (`www/`) behind a small interface. The local filesystem is the embedded
 //! default; an S3-compatible backend (many stateless HTTP front ends serving one bucket, the
-//! JSON published with conditional writes) would implement the same five operations.
+//! JSON published with conditional writes) would implement the same four operations: a staged
+//! file becomes an object upload and `publish_file` a conditional copy into place.
 
 use std::fs::{self, File};
 use std::io;
@@ -12,8 +13,6 @@ pub trait Store: Send + Sync {
     /// Makes the fully written and synced local file `staged` visible at `path` (relative to
     /// the tree's root) in one atomic step.
     fn publish_file(&self, staged: &Path, path: &str) -> io::Result<()>;
-    /// Replaces `path` with `bytes` atomically (readers see the old or the new file).
-    fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
     /// Deletes `path`; a file that is already gone is not an error.
     fn delete(&self, path: &str) -> io::Result<()>;
     /// Opens `path` for reading.
@@ -22,15 +21,14 @@ pub trait Store: Send + Sync {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
 }
 
-/// `www/` on the local filesystem, staging through `tmp/` on the same filesystem.
+/// `www/` on the local filesystem; staged files come from `tmp/` on the same filesystem.
 pub struct LocalStore {
     root: PathBuf,
-    tmp: PathBuf,
 }
 
 impl LocalStore {
-    pub fn new(root: PathBuf, tmp: PathBuf) -> Self {
-        LocalStore { root, tmp }
+    pub fn new(root: PathBuf) -> Self {
+        LocalStore { root }
     }
 
     pub fn full_path(&self, path: &str) -> PathBuf {
@@ -41,10 +39,6 @@ impl LocalStore {
 impl Store for LocalStore {
     fn publish_file(&self, staged: &Path, path: &str) -> io::Result<()> {
         fsutil::rename_durably(staged, &self.full_path(path))
-    }
-
-    fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
-        fsutil::write_atomic(&self.tmp, &self.full_path(path), bytes)
     }
 
     fn delete(&self, path: &str) -> io::Result<()> {

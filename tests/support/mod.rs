@@ -361,3 +361,45 @@ pub fn sha256_of(paths: &[&Path]) -> String {
     }
     hex::encode(hasher.finalize())
 }
+
+/// A small tmpfs mounted for a test (a real ENOSPC), unmounted on drop. Needs root, as CI is.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the disk-full tests mount a tmpfs and must run as root (CI does)"
+        );
+        std::fs::create_dir_all(path).expect("mount point");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs failed");
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Bytes still free for an unprivileged writer.
+    pub fn available(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.path).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
