@@ -7,6 +7,7 @@
 //! - [`streams`]: the simplestreams JSON model, tied field by field to the client contract.
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
+//! - [`publish`]: export from a local LXD/Incus store, upload and import, in one command.
 //! - [`serve`]: the long-running command: HTTPS and SSH in one process.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
@@ -18,5 +19,6 @@ pub mod config;
 pub mod data_dir;
 pub mod fsutil;
 pub mod image;
+pub mod publish;
 pub mod serve;
 pub mod streams;

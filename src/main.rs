@@ -11,6 +11,7 @@ use simplestream_server::catalog::Catalog;
 use simplestream_server::commands::{self, Command, Context, ProgressStyle, report_error};
 use simplestream_server::config::{Config, LogFormat};
 use simplestream_server::data_dir::DataDir;
+use simplestream_server::publish::{self, PublishArgs};
 use simplestream_server::serve::{self, ServeArgs};
 
 #[global_allocator]
@@ -47,6 +48,7 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum TopCommand {
     Serve(ServeArgs),
+    Publish(PublishArgs),
     #[command(flatten)]
     Catalog(Command),
 }
@@ -64,38 +66,65 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    let dirs = DataDir::new(&cli.data_dir);
-    let config_path = cli.config.clone().unwrap_or_else(|| dirs.config_file());
-    let mut config = match Config::load(&config_path) {
-        Ok(config) => config,
-        Err(e) => return fail(&e.to_string()),
+    let Cli {
+        data_dir,
+        config,
+        grace_period,
+        command,
+    } = cli;
+    let common = Common {
+        data_dir,
+        config,
+        grace_period,
     };
-    if let Some(grace) = cli.grace_period {
-        config.catalog.grace_period_secs = grace;
+    match command {
+        // publish runs on a publisher's machine: no data directory, no catalog.
+        TopCommand::Publish(args) => {
+            init_logging(false, LogFormat::Text);
+            outcome(publish::run(args))
+        }
+        TopCommand::Serve(args) => match common.open(Some(&args)) {
+            Ok((config, catalog)) => outcome(serve::run(config, catalog)),
+            Err(code) => code,
+        },
+        TopCommand::Catalog(command) => match common.open(None) {
+            Ok((config, catalog)) => run_command(command, &config, &catalog),
+            Err(code) => code,
+        },
     }
-    if let TopCommand::Serve(args) = &cli.command {
-        args.apply(&mut config);
-    }
-    init_logging(&cli.command, config.log.format);
+}
 
-    let catalog = match Catalog::open(dirs, config.catalog_settings()) {
-        Ok(catalog) => catalog,
-        Err(e) => {
-            return fail(&format!(
+/// The options every data-directory command shares.
+struct Common {
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    grace_period: Option<i64>,
+}
+
+impl Common {
+    /// Loads the configuration (file, then flags) and opens the catalog.
+    fn open(&self, serve: Option<&ServeArgs>) -> Result<(Config, Catalog), ExitCode> {
+        let dirs = DataDir::new(&self.data_dir);
+        let config_path = self.config.clone().unwrap_or_else(|| dirs.config_file());
+        let mut config = Config::load(&config_path).map_err(|e| fail(&e.to_string()))?;
+        if let Some(grace) = self.grace_period {
+            config.catalog.grace_period_secs = grace;
+        }
+        if let Some(args) = serve {
+            args.apply(&mut config);
+        }
+        init_logging(serve.is_some(), config.log.format);
+        let catalog = Catalog::open(dirs, config.catalog_settings()).map_err(|e| {
+            fail(&format!(
                 "cannot open the data directory {}: {e}",
-                cli.data_dir.display()
-            ));
-        }
-    };
-    let command = match cli.command {
-        TopCommand::Serve(_) => {
-            return match serve::run(config, catalog) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&format!("{e:#}")),
-            };
-        }
-        TopCommand::Catalog(command) => command,
-    };
+                self.data_dir.display()
+            ))
+        })?;
+        Ok((config, catalog))
+    }
+}
+
+fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let progress = if stderr.is_terminal() {
@@ -107,8 +136,8 @@ fn main() -> ExitCode {
     let mut err = stderr.lock();
     let mut ctx = Context {
         caller: &Caller::Local,
-        catalog: &catalog,
-        config: &config,
+        catalog,
+        config,
         out: &mut out,
         err: &mut err,
         stdin: Some(Box::new(std::io::stdin())),
@@ -118,18 +147,21 @@ fn main() -> ExitCode {
     ExitCode::from(commands::execute(command, &mut ctx) as u8)
 }
 
+fn outcome(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     report_error(&mut std::io::stderr(), message);
     ExitCode::from(1)
 }
 
 /// `serve` logs at info (access log included); one-shot commands only warn.
-fn init_logging(command: &TopCommand, format: LogFormat) {
-    let default_level = if matches!(command, TopCommand::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+fn init_logging(serving: bool, format: LogFormat) {
+    let default_level = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIMPLESTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()

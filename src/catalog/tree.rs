@@ -300,14 +300,14 @@ fn collect_dirs_at_depth(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) -> 
     Ok(())
 }
 
-enum FileRole {
+pub(crate) enum FileRole {
     Metadata,
     Root,
     Unified,
 }
 
 /// Types a file by its content: roots by magic, tarballs by whether they hold metadata.yaml.
-fn classify(path: &Path) -> Result<FileRole, String> {
+pub(crate) fn classify(path: &Path) -> Result<FileRole, String> {
     let mut file = File::open(path).map_err(|e| fsutil::plain_message(&e))?;
     let size = file
         .metadata()
