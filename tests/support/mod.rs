@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod contract;
+pub mod lxd_daemon;
 pub mod server;
 
 use std::io::Write;
