@@ -8,6 +8,8 @@
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
 //! - [`serve`]: the long-running command: HTTPS and SSH in one process.
+//! - [`http`]: the HTTPS side: the simplestreams tree over TLS 1.3, the plain-HTTP first try,
+//!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
@@ -17,6 +19,8 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod fsutil;
+pub mod http;
 pub mod image;
+pub mod metrics;
 pub mod serve;
 pub mod streams;

@@ -1,0 +1,577 @@
+//! Static files from `data/www`, for HTTPS and for the plain-HTTP first try alike.
+//!
+//! A request path becomes a file in three checks, in this order:
+//! 1. [`clean_path`] decodes the path once and refuses what no published file can be named:
+//!    `..` and `.` parts, empty parts, hidden names, NUL, control characters, backslashes and
+//!    a `%` left after decoding (a double-encoded path). Refused paths are simply not found.
+//! 2. [`open_under`] resolves the real path and requires it to lie below the canonical
+//!    `www/`, so a symbolic link that leaves the tree is not found either.
+//! 3. The opened handle must be a regular file: directories are never listed.
+//!
+//! The answer (status, headers, body source) is a [`Reply`]; each front door sends it its own
+//! way: hyper streams a [`FileStream`] over TLS, the plain path uses `sendfile(2)`.
+
+use std::fs::File;
+use std::future::Future as _;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
+
+use super::HttpState;
+use super::cache_policy;
+use super::json_cache::{self, CachedJson};
+use super::preconditions::{self, Decision, Validators};
+
+/// Bytes read from disk per step of a TLS download; the next step is read while this one is
+/// being encrypted and sent.
+const CHUNK: usize = 256 * 1024;
+
+/// Where a reply's body comes from.
+#[derive(Debug)]
+pub enum ReplyBody {
+    Empty,
+    Bytes(Bytes),
+    File {
+        file: Arc<File>,
+        start: u64,
+        len: u64,
+    },
+}
+
+/// A response, before a front door sends it. `headers` includes `Content-Length`.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+impl Reply {
+    /// A short plain-text answer (errors, refusals).
+    pub fn text(status: StatusCode, text: &'static str) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
+        Reply {
+            status,
+            headers,
+            body: ReplyBody::Bytes(Bytes::from_static(text.as_bytes())),
+        }
+    }
+
+    pub fn not_found() -> Reply {
+        Reply::text(StatusCode::NOT_FOUND, "not found\n")
+    }
+
+    pub fn method_not_allowed() -> Reply {
+        let mut reply = Reply::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served here\n",
+        );
+        reply
+            .headers
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        reply
+    }
+
+    fn internal_error() -> Reply {
+        Reply::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log says more\n",
+        )
+    }
+
+    /// Drops the body, keeping the headers (a HEAD request).
+    pub fn without_body(mut self) -> Reply {
+        self.body = ReplyBody::Empty;
+        self
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let body = match self.body {
+            ReplyBody::Empty => axum::body::Body::empty(),
+            ReplyBody::Bytes(bytes) => axum::body::Body::from(bytes),
+            ReplyBody::File { file, start, len } => {
+                axum::body::Body::new(FileStream::new(file, start, len))
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+/// The fallback of the HTTPS pipeline: every path that is not a page is a file.
+pub async fn handle(
+    State(state): State<Arc<HttpState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return Reply::method_not_allowed().into_response();
+    }
+    match strip_base(&state.settings.base_path, uri.path()) {
+        Some(path) => respond(&state, &method, path, &headers)
+            .await
+            .into_response(),
+        None => Reply::not_found().into_response(),
+    }
+}
+
+/// The part of `path` below the base path (`/lxd`), or None when it is not below it.
+pub fn strip_base<'a>(base_path: &str, path: &'a str) -> Option<&'a str> {
+    if base_path.is_empty() {
+        return Some(path);
+    }
+    path.strip_prefix(base_path)
+        .filter(|rest| rest.starts_with('/'))
+}
+
+/// Decodes a request path (below the base path) into a clean path relative to www/, or None
+/// when no published file can have that name.
+pub fn clean_path(encoded: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()?;
+    let relative = decoded.strip_prefix('/')?;
+    if relative.is_empty()
+        || relative
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || c == '%' || c == '\u{fffd}')
+    {
+        return None;
+    }
+    if relative
+        .split('/')
+        .any(|part| part.is_empty() || part.starts_with('.'))
+    {
+        return None;
+    }
+    Some(relative.to_string())
+}
+
+/// Opens `full` for reading when its real path lies below `www` (canonical) and it is a
+/// regular file. Not found, not a directory, a symlink loop or a path leaving www are all
+/// `None`. Blocking.
+pub fn open_under(www: &Path, full: &Path) -> io::Result<Option<File>> {
+    let missing = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::InvalidFilename
+        ) || e.raw_os_error() == Some(libc::ELOOP)
+    };
+    let real = match std::fs::canonicalize(full) {
+        Ok(real) => real,
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !real.starts_with(www) {
+        return Ok(None);
+    }
+    // O_NONBLOCK: opening a FIFO someone left in www/ must not hang; it is refused below.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&real)
+    {
+        Ok(file) => file,
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
+/// Whether the client takes gzip (`gzip` or `*` with a non-zero quality).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|param| {
+                let param = param.trim();
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !refused && (name.eq_ignore_ascii_case("gzip") || name == "*")
+        })
+}
+
+/// Answers GET or HEAD for the file at `encoded_path` (below the base path).
+pub async fn respond(
+    state: &Arc<HttpState>,
+    method: &Method,
+    encoded_path: &str,
+    headers: &HeaderMap,
+) -> Reply {
+    let Some(relative) = clean_path(encoded_path) else {
+        return Reply::not_found();
+    };
+    let reply = if json_cache::is_cacheable(&relative) {
+        match cached_json(state, &relative).await {
+            Ok(Some(entry)) => json_reply(&entry, &relative, method, headers).await,
+            Ok(None) => file_reply(state, &relative, method, headers).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        file_reply(state, &relative, method, headers).await
+    };
+    match reply {
+        Ok(reply) if method == Method::HEAD => reply.without_body(),
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(path = %relative, error = %e, "cannot serve a file");
+            Reply::internal_error()
+        }
+    }
+}
+
+async fn cached_json(
+    state: &Arc<HttpState>,
+    relative: &str,
+) -> io::Result<Option<Arc<CachedJson>>> {
+    let state = state.clone();
+    let relative = relative.to_string();
+    tokio::task::spawn_blocking(move || {
+        let full = state.www.join(&relative);
+        state
+            .json
+            .get(&relative, &full, || open_under(&state.www, &full))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+async fn json_reply(
+    entry: &Arc<CachedJson>,
+    relative: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> io::Result<Reply> {
+    // A Range applies to the stored bytes: ranged requests get them uncompressed.
+    let gzip = accepts_gzip(headers) && !headers.contains_key(RANGE);
+    let (validators, bytes) = if gzip {
+        let compressed = entry.gzip().await?;
+        (
+            entry.validators.variant("gz", compressed.len() as u64),
+            compressed,
+        )
+    } else {
+        (entry.validators.clone(), entry.bytes.clone())
+    };
+    let mut reply = build(method, headers, relative, &validators, Source::Bytes(bytes));
+    reply
+        .headers
+        .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip && reply.status.is_success() {
+        reply
+            .headers
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    Ok(reply)
+}
+
+async fn file_reply(
+    state: &Arc<HttpState>,
+    relative: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> io::Result<Reply> {
+    let full = state.www.join(relative);
+    let www = state.www.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let Some(file) = open_under(&www, &full)? else {
+            return Ok(None);
+        };
+        let meta = file.metadata()?;
+        Ok::<_, io::Error>(Some((file, meta)))
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let Some((file, meta)) = opened else {
+        return Ok(Reply::not_found());
+    };
+    let validators = Validators::of(&meta);
+    Ok(build(
+        method,
+        headers,
+        relative,
+        &validators,
+        Source::File(Arc::new(file)),
+    ))
+}
+
+enum Source {
+    Bytes(Bytes),
+    File(Arc<File>),
+}
+
+/// Applies the preconditions and the range to one representation of a file.
+fn build(
+    method: &Method,
+    request: &HeaderMap,
+    relative: &str,
+    validators: &Validators,
+    source: Source,
+) -> Reply {
+    let mut headers = HeaderMap::new();
+    let etag = HeaderValue::from_str(&validators.etag).ok();
+    let last_modified = HeaderValue::from_str(&validators.last_modified_header()).ok();
+    headers.insert(CACHE_CONTROL, cache_policy::cache_control(relative));
+    headers.extend(etag.map(|v| (ETAG, v)));
+    headers.extend(last_modified.map(|v| (LAST_MODIFIED, v)));
+    let size = validators.size;
+    let (status, range) = match preconditions::evaluate(method, request, validators) {
+        Decision::NotModified => {
+            return Reply {
+                status: StatusCode::NOT_MODIFIED,
+                headers,
+                body: ReplyBody::Empty,
+            };
+        }
+        Decision::PreconditionFailed => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            return Reply {
+                status: StatusCode::PRECONDITION_FAILED,
+                headers,
+                body: ReplyBody::Empty,
+            };
+        }
+        Decision::RangeNotSatisfiable => {
+            let mut reply = Reply::text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "the requested range is not inside the file\n",
+            );
+            reply.headers.extend(
+                HeaderValue::from_str(&format!("bytes */{size}"))
+                    .ok()
+                    .map(|v| (CONTENT_RANGE, v)),
+            );
+            return reply;
+        }
+        Decision::Full => (StatusCode::OK, (0, size)),
+        Decision::Partial { start, len } => {
+            headers.extend(
+                HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                    .ok()
+                    .map(|v| (CONTENT_RANGE, v)),
+            );
+            (StatusCode::PARTIAL_CONTENT, (start, len))
+        }
+    };
+    headers.insert(CONTENT_TYPE, cache_policy::content_type(relative));
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(range.1));
+    let (start, len) = range;
+    let body = match source {
+        Source::Bytes(bytes) => {
+            ReplyBody::Bytes(bytes.slice(start as usize..(start + len) as usize))
+        }
+        Source::File(file) => ReplyBody::File { file, start, len },
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A file region as an HTTP body: reads [`CHUNK`] bytes at a time on the blocking pool, one
+/// read ahead, so disk reads overlap with encryption. Never holds more than two chunks.
+pub struct FileStream {
+    file: Arc<File>,
+    /// Where the next read starts, and how much is left to start reading.
+    offset: u64,
+    remaining: u64,
+    pending: Option<(u64, JoinHandle<io::Result<Bytes>>)>,
+}
+
+impl FileStream {
+    pub fn new(file: Arc<File>, start: u64, len: u64) -> FileStream {
+        FileStream {
+            file,
+            offset: start,
+            remaining: len,
+            pending: None,
+        }
+    }
+
+    fn start_read(&mut self) {
+        let len = self.remaining.min(CHUNK as u64);
+        let file = self.file.clone();
+        let offset = self.offset;
+        self.offset += len;
+        self.remaining -= len;
+        let job = tokio::task::spawn_blocking(move || {
+            // Only one read of a stream is in flight at a time, so the shared position is ours.
+            let mut reader = &*file;
+            reader.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::with_capacity(len as usize);
+            reader.take(len).read_to_end(&mut buf)?;
+            if (buf.len() as u64) < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was being sent",
+                ));
+            }
+            Ok(Bytes::from(buf))
+        });
+        self.pending = Some((len, job));
+    }
+}
+
+impl Body for FileStream {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.pending.is_none() {
+            if self.remaining == 0 {
+                return Poll::Ready(None);
+            }
+            self.start_read();
+        }
+        let Some((_, job)) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(Pin::new(job).poll(cx));
+        self.pending = None;
+        let chunk = result.map_err(io::Error::other).and_then(|r| r);
+        if chunk.is_ok() && self.remaining > 0 {
+            self.start_read();
+        }
+        Poll::Ready(Some(chunk.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining + self.pending.as_ref().map_or(0, |(len, _)| *len))
+    }
+}
+
+impl Drop for FileStream {
+    fn drop(&mut self) {
+        if let Some((_, job)) = self.pending.take() {
+            job.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths() {
+        assert_eq!(
+            clean_path("/streams/v1/index.json").as_deref(),
+            Some("streams/v1/index.json")
+        );
+        assert_eq!(
+            clean_path("/images/a%20b/x").as_deref(),
+            Some("images/a b/x")
+        );
+        for refused in [
+            "/",
+            "",
+            "relative",
+            "/../state/catalog.json",
+            "/streams/../../x",
+            "/streams/./v1/index.json",
+            "/%2e%2e/state",
+            "/streams/%2e%2e/%2e%2e/x",
+            "/%252e%252e/state",
+            "/streams%2f..%2f..%2fx",
+            "/streams//v1",
+            "/streams/v1/",
+            "/.hidden",
+            "/a\\..\\b",
+            "/a%5c..%5cb",
+            "/a%00b",
+            "/a%0ab",
+            "/%ff",
+        ] {
+            assert_eq!(clean_path(refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn base_paths_are_stripped_at_a_part_boundary() {
+        assert_eq!(strip_base("", "/x"), Some("/x"));
+        assert_eq!(strip_base("/lxd", "/lxd/x"), Some("/x"));
+        assert_eq!(strip_base("/lxd", "/lxdx/y"), None);
+        assert_eq!(strip_base("/lxd", "/x"), None);
+    }
+
+    #[test]
+    fn gzip_acceptance() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+            accepts_gzip(&headers)
+        };
+        assert!(accepts("gzip"));
+        assert!(accepts("br, GZIP;q=0.5"));
+        assert!(accepts("*"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn symlinks_out_of_www_and_directories_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(www.join("images/d")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::fs::write(www.join("images/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), www.join("images/out")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), www.join("images/outdir")).unwrap();
+        std::os::unix::fs::symlink(www.join("images/f"), www.join("images/in")).unwrap();
+        let www = std::fs::canonicalize(&www).unwrap();
+        let open = |rel: &str| open_under(&www, &www.join(rel)).unwrap().is_some();
+        assert!(open("images/f"));
+        assert!(open("images/in"));
+        assert!(!open("images/out"));
+        assert!(!open("images/outdir/secret"));
+        assert!(!open("images/d"));
+        assert!(!open("images/missing"));
+        assert!(!open("images/f/below-a-file"));
+    }
+}
