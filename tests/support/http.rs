@@ -275,7 +275,8 @@ pub fn curl_ok(args: &[&str]) -> Vec<u8> {
     output.stdout
 }
 
-/// A plain HTTP/1.1 request to 127.0.0.1 (for chromedriver's local API).
+/// A plain HTTP/1.1 request to 127.0.0.1 (for chromedriver's local API). Reads exactly
+/// one answer (`Content-Length` or chunked), since such servers may keep the connection open.
 pub fn local_http(
     addr: SocketAddr,
     method: &str,
@@ -287,41 +288,69 @@ pub fn local_http(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let (raw, _) = plain(addr, request.as_bytes(), Duration::from_secs(120));
-    let response = parse_response(&raw);
-    let body = if response.header("transfer-encoding") == Some("chunked") {
-        dechunk(&response.body)
-    } else {
-        response.body
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let answer = loop {
+        let n = stream.read(&mut buf).expect("read the answer");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(answer) = complete_body(&raw) {
+            break answer;
+        }
+        assert!(
+            n > 0,
+            "the connection closed mid-answer: {}",
+            String::from_utf8_lossy(&raw)
+        );
     };
-    serde_json::from_slice(&body).unwrap_or_else(|e| {
+    serde_json::from_slice(&answer).unwrap_or_else(|e| {
         panic!(
             "{method} {path}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&body)
+            String::from_utf8_lossy(&answer)
         )
     })
 }
 
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+/// The body of a whole answer in `raw`, or None while it is incomplete.
+fn complete_body(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut slots);
+    let httparse::Status::Complete(head_len) = response.parse(raw).ok()? else {
+        return None;
+    };
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let body = &raw[head_len..];
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return dechunk(body);
+    }
+    let length: usize = header("content-length")?.trim().parse().ok()?;
+    (body.len() >= length).then(|| body[..length].to_vec())
+}
+
+/// Decodes a chunked body, or None while the last chunk has not arrived.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&raw[..line_end])
-                .expect("chunk size")
-                .split(';')
-                .next()
-                .unwrap_or("0")
-                .trim(),
-            16,
-        )
-        .expect("chunk size");
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
         if size == 0 {
-            return out;
+            return Some(out);
         }
         let start = line_end + 2;
+        if raw.len() < start + size + 2 {
+            return None;
+        }
         out.extend_from_slice(&raw[start..start + size]);
         raw = &raw[start + size + 2..];
     }
