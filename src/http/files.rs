@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::future::Future as _;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
@@ -36,9 +36,25 @@ use super::cache_policy;
 use super::json_cache::{self, CachedJson};
 use super::preconditions::{self, Decision, Validators};
 
-/// Bytes read from disk per step of a TLS download; the next step is read while this one is
-/// being encrypted and sent.
+/// Bytes read per frame of a download.
 const CHUNK: usize = 256 * 1024;
+
+/// A vector holding `pad` zero bytes, with room for `len` more, such that the data appended
+/// after them starts 32 bytes into a 64-byte cache line. Hand out `bytes.slice(pad..)`.
+///
+/// Why: rustls copies each TLS record's plaintext to 5 bytes past the start of a fresh buffer
+/// before encrypting it in place. glibc 2.36 (Debian 12) makes copies of that size with
+/// `rep movsb`, which on AMD Zen CPUs runs at a fifteenth of its speed when the source sits
+/// earlier in its cache line than the destination: always the case for data at the start of
+/// an aligned buffer. Measured here: 2.4 GB/s against 38 GB/s, a third of the CPU time of a
+/// TLS download. Data that starts mid-line is copied fast. Later glibc releases avoid
+/// `rep movsb` on these CPUs; until then this costs nothing and saves that third.
+pub(super) fn mid_line_vec(len: usize) -> (Vec<u8>, usize) {
+    let mut buf = Vec::with_capacity(len + 64);
+    let pad = (32 + 64 - buf.as_ptr() as usize % 64) % 64;
+    buf.resize(pad, 0);
+    (buf, pad)
+}
 
 /// Where a reply's body comes from.
 #[derive(Debug)]
@@ -406,13 +422,19 @@ fn build(
     }
 }
 
-/// A file region as an HTTP body: reads [`CHUNK`] bytes at a time on the blocking pool, one
-/// read ahead, so disk reads overlap with encryption. Never holds more than two chunks.
+/// A file region as an HTTP body, [`CHUNK`] bytes per frame.
+///
+/// Each chunk is first read on the async thread with `RWF_NOWAIT`, which succeeds only when
+/// the data is in the page cache and never blocks: the common case costs no thread hop, and
+/// the bytes are still in this core's cache when rustls encrypts them. Data that must come
+/// from the disk is read on the blocking pool instead, so a slow disk never stalls the
+/// runtime (nginx's `aio threads` fallback, in effect).
 pub struct FileStream {
     file: Arc<File>,
-    /// Where the next read starts, and how much is left to start reading.
+    /// The next byte to read, and how many are left to read.
     offset: u64,
     remaining: u64,
+    /// A read from the disk in progress on the blocking pool.
     pending: Option<(u64, JoinHandle<io::Result<Bytes>>)>,
 }
 
@@ -426,28 +448,69 @@ impl FileStream {
         }
     }
 
-    fn start_read(&mut self) {
-        let len = self.remaining.min(CHUNK as u64);
+    /// Takes `len` bytes from the region and reads them on the blocking pool.
+    fn read_from_disk(&mut self, len: u64) -> JoinHandle<io::Result<Bytes>> {
         let file = self.file.clone();
         let offset = self.offset;
         self.offset += len;
         self.remaining -= len;
-        let job = tokio::task::spawn_blocking(move || {
-            // Only one read of a stream is in flight at a time, so the shared position is ours.
-            let mut reader = &*file;
-            reader.seek(SeekFrom::Start(offset))?;
-            let mut buf = Vec::with_capacity(len as usize);
-            reader.take(len).read_to_end(&mut buf)?;
-            if (buf.len() as u64) < len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was being sent",
-                ));
-            }
-            Ok(Bytes::from(buf))
-        });
-        self.pending = Some((len, job));
+        tokio::task::spawn_blocking(move || {
+            let (mut buf, pad) = mid_line_vec(len as usize);
+            buf.resize(pad + len as usize, 0);
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf[pad..], offset).map_err(
+                |e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        shrank()
+                    } else {
+                        e
+                    }
+                },
+            )?;
+            Ok(Bytes::from(buf).slice(pad..))
+        })
     }
+}
+
+fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the file shrank while it was being sent",
+    )
+}
+
+/// Reads up to `len` bytes at `offset` only if they are in the page cache; None when the
+/// read would have to wait for the disk (or the kernel cannot tell).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    let (mut buf, pad) = mid_line_vec(len);
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len.min(spare.len()),
+    };
+    let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: the iovec points into `buf`'s spare capacity, which outlives the call; the
+    // kernel writes at most `iov_len` bytes there.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Err(shrank());
+    }
+    // SAFETY: the kernel initialised the `n` bytes after the padding.
+    unsafe { buf.set_len(pad + n as usize) };
+    Ok(Some(Bytes::from(buf).slice(pad..)))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_cached(_file: &File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
+    Ok(None)
 }
 
 impl Body for FileStream {
@@ -462,7 +525,19 @@ impl Body for FileStream {
             if self.remaining == 0 {
                 return Poll::Ready(None);
             }
-            self.start_read();
+            let len = self.remaining.min(CHUNK as u64);
+            match read_cached(&self.file, self.offset, len as usize) {
+                Ok(Some(chunk)) => {
+                    self.offset += chunk.len() as u64;
+                    self.remaining -= chunk.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Ok(None) => {
+                    let job = self.read_from_disk(len);
+                    self.pending = Some((len, job));
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
         }
         let Some((_, job)) = self.pending.as_mut() else {
             return Poll::Ready(None);
@@ -470,9 +545,6 @@ impl Body for FileStream {
         let result = ready!(Pin::new(job).poll(cx));
         self.pending = None;
         let chunk = result.map_err(io::Error::other).and_then(|r| r);
-        if chunk.is_ok() && self.remaining > 0 {
-            self.start_read();
-        }
         Poll::Ready(Some(chunk.map(Frame::data)))
     }
 
@@ -481,6 +553,7 @@ impl Body for FileStream {
     }
 
     fn size_hint(&self) -> SizeHint {
+        // A pending read's bytes were taken from `remaining` and are not yet sent.
         SizeHint::with_exact(self.remaining + self.pending.as_ref().map_or(0, |(len, _)| *len))
     }
 }
@@ -529,6 +602,56 @@ mod tests {
         ] {
             assert_eq!(clean_path(refused), None, "{refused}");
         }
+    }
+
+    #[test]
+    fn mid_line_buffers_start_data_32_bytes_into_a_cache_line() {
+        for len in [0, 1, 5000, CHUNK] {
+            let (mut buf, pad) = mid_line_vec(len);
+            assert_eq!(buf.len(), pad);
+            assert!(buf.capacity() >= pad + len);
+            buf.extend_from_slice(&vec![7u8; len]);
+            let bytes = Bytes::from(buf).slice(pad..);
+            assert_eq!(bytes.len(), len);
+            if len > 0 {
+                assert_eq!(bytes.as_ptr() as usize % 64, 32);
+            }
+        }
+    }
+
+    fn pattern_file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, &content).unwrap();
+        (file, content)
+    }
+
+    #[tokio::test]
+    async fn a_file_region_streams_whole_from_the_cache_or_the_disk() {
+        use http_body_util::BodyExt;
+        let (file, content) = pattern_file(3 * CHUNK + 1234);
+        let file = Arc::new(file.reopen().unwrap());
+        let body = FileStream::new(file.clone(), 1000, 2 * CHUNK as u64 + 17);
+        assert_eq!(body.size_hint().exact(), Some(2 * CHUNK as u64 + 17));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], &content[1000..1000 + 2 * CHUNK + 17]);
+
+        // The blocking-pool path, as taken when the page cache does not hold the data.
+        let mut stream = FileStream::new(file, 5, 100);
+        let chunk = stream.read_from_disk(100).await.unwrap().unwrap();
+        assert_eq!(&chunk[..], &content[5..105]);
+        assert_eq!(chunk.as_ptr() as usize % 64, 32);
+        assert_eq!(stream.remaining, 0);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrinks_mid_download_is_an_error() {
+        use http_body_util::BodyExt;
+        let (file, _) = pattern_file(1000);
+        let handle = Arc::new(file.reopen().unwrap());
+        file.as_file().set_len(10).unwrap();
+        let result = FileStream::new(handle, 0, 1000).collect().await;
+        assert!(result.is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::files::mid_line_vec;
 use super::preconditions::Validators;
 
 pub const MAX_CACHED_BYTES: u64 = 32 << 20;
@@ -70,12 +71,10 @@ impl CachedJson {
 }
 
 fn gzip(plain: &[u8]) -> io::Result<Bytes> {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 8),
-        flate2::Compression::default(),
-    );
+    let (buf, pad) = mid_line_vec(plain.len() / 8);
+    let mut encoder = flate2::write::GzEncoder::new(buf, flate2::Compression::default());
     encoder.write_all(plain)?;
-    Ok(Bytes::from(encoder.finish()?))
+    Ok(Bytes::from(encoder.finish()?).slice(pad..))
 }
 
 /// Whether `relative` (a clean path under www/) is a file this cache holds.
@@ -117,12 +116,12 @@ impl JsonCache {
         if meta.size() > MAX_CACHED_BYTES {
             return Ok(None);
         }
-        let mut content = Vec::with_capacity(meta.size() as usize);
+        let (mut content, pad) = mid_line_vec(meta.size() as usize);
         (&mut file).take(meta.size()).read_to_end(&mut content)?;
         let entry = Arc::new(CachedJson {
             identity: FileIdentity::of(&meta),
             validators: Validators::of(&meta),
-            bytes: Bytes::from(content),
+            bytes: Bytes::from(content).slice(pad..),
             gzip: tokio::sync::OnceCell::new(),
         });
         let mut entries = self.lock();
