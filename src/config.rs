@@ -174,6 +174,25 @@ mod tests {
     }
 
     #[test]
+    fn http_and_tls_settings_parse() {
+        let config: Config = toml::from_str(
+            "[http]\nbase_path = \"/lxd\"\nplain_http_images = false\nremote_name = \"lab\"\n\
+             handshake_timeout_secs = 3\nshutdown_timeout_secs = 4\nmax_connections = 5\n\
+             [tls]\nsan = [\"images.test\"]\nreload_interval_secs = 6\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.base_path, "/lxd");
+        assert!(!config.http.plain_http_images);
+        assert_eq!(config.http.remote_name, "lab");
+        assert_eq!(config.http.handshake_timeout_secs, 3);
+        assert_eq!(config.http.shutdown_timeout_secs, 4);
+        assert_eq!(config.http.max_connections, 5);
+        assert_eq!(config.tls.san, ["images.test"]);
+        assert_eq!(config.tls.reload_interval_secs, 6);
+        assert_eq!(config.tls.cert, None);
+    }
+
+    #[test]
     fn partial_files_keep_defaults() {
         let config: Config = toml::from_str("[ssh]\nlisten = \"127.0.0.1:2200\"\n").unwrap();
         assert_eq!(config.ssh.listen.port(), 2200);

@@ -61,8 +61,8 @@ pub fn record_request(scheme: Scheme, status: u16, bytes: u64) {
     BYTES_SENT[scheme.index()].fetch_add(bytes, Ordering::Relaxed);
 }
 
-/// Counts one TLS handshake, finished or failed (timeouts and zero-byte connections are not
-/// handshakes and are not counted).
+/// Counts one TLS handshake, finished or failed (one that times out counts as failed).
+/// Connections that never send a TLS record (LXD's zero-byte probes) are not handshakes.
 pub fn record_tls_handshake(ok: bool) {
     if ok {
         TLS_HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);

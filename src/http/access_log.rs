@@ -26,7 +26,7 @@ use crate::metrics::{self, Scheme};
 pub struct AccessRecord {
     scheme: Scheme,
     remote: SocketAddr,
-    method: Method,
+    method: String,
     path: String,
     user_agent: String,
     started: Instant,
@@ -47,17 +47,18 @@ fn clip(text: &str) -> String {
 }
 
 impl AccessRecord {
+    /// `method` and `path` as the client sent them (`-` when the request was unreadable).
     pub fn new(
         scheme: Scheme,
         remote: SocketAddr,
-        method: &Method,
+        method: &str,
         path: &str,
         user_agent: Option<&str>,
     ) -> AccessRecord {
         AccessRecord {
             scheme,
             remote,
-            method: method.clone(),
+            method: clip(method),
             path: clip(path),
             user_agent: clip(user_agent.unwrap_or("-")),
             started: Instant::now(),
@@ -102,7 +103,7 @@ pub async fn layer(
     let record = AccessRecord::new(
         Scheme::Https,
         remote,
-        request.method(),
+        request.method().as_str(),
         request.uri().path(),
         request
             .headers()

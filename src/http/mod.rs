@@ -62,6 +62,13 @@ impl HttpSettings {
         let base_path = normalize_base_path(&http.base_path).map_err(anyhow::Error::msg)?;
         crate::commands::remote_info::check_remote_name(&http.remote_name)
             .map_err(anyhow::Error::msg)?;
+        if let Some(url) = &http.public_url
+            && (!url.starts_with("https://") || url_host(url).is_none())
+        {
+            anyhow::bail!(
+                "http.public_url {url:?} must be an https:// URL with a host (LXD and Incus refuse anything else), e.g. https://images.example.com:8443"
+            );
+        }
         if http.max_connections == 0 {
             anyhow::bail!("http.max_connections is 0; set it to at least 1");
         }
@@ -256,6 +263,23 @@ mod tests {
         assert_eq!(public_url(&http, "", v6), "https://[::1]:9");
         http.public_url = Some("https://images.example.com/".into());
         assert_eq!(public_url(&http, "", listen), "https://images.example.com");
+    }
+
+    #[test]
+    fn settings_refuse_what_clients_cannot_use() {
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let mut config = Config::default();
+        config.http.public_url = Some("http://images.example.com".into());
+        let err = HttpSettings::from_config(&config, listen).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        config.http.public_url = None;
+        config.http.remote_name = "a b".into();
+        assert!(HttpSettings::from_config(&config, listen).is_err());
+        config.http.remote_name = "lab".into();
+        config.http.base_path = "lxd/".into();
+        let settings = HttpSettings::from_config(&config, listen).unwrap();
+        assert_eq!(settings.base_path, "/lxd");
+        assert_eq!(settings.public_url, "https://127.0.0.1:8443/lxd");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpSta
             return;
         }
         Ok(Err(HeadError::Bad(status, text))) => {
-            let record = AccessRecord::new(Scheme::Http, remote, &Method::GET, "-", None);
+            let record = AccessRecord::new(Scheme::Http, remote, "-", "-", None);
             let reply = Reply::text(status, text);
             let sent = send(&mut stream, reply, false).await;
             record.finish(status.as_u16(), *sent.as_ref().unwrap_or(&0), sent.is_ok());
@@ -69,7 +69,7 @@ pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpSta
     let record = AccessRecord::new(
         Scheme::Http,
         remote,
-        &head.method,
+        head.method.as_str(),
         path,
         head.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
     );
