@@ -43,6 +43,9 @@ pub struct HttpConfig {
     /// Seconds a new connection may take to send its first byte and finish the TLS handshake
     /// (or, in plain HTTP, its request head) before it is closed quietly.
     pub handshake_timeout_secs: u64,
+    /// Seconds a response may wait for a client that reads nothing before the connection is
+    /// closed (like nginx's `send_timeout`).
+    pub send_timeout_secs: u64,
     /// Seconds in-flight downloads may take to finish after SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
     /// Connections served at once; further clients wait in the kernel's accept queue.
@@ -101,6 +104,7 @@ impl Default for HttpConfig {
             public_url: None,
             remote_name: "private".to_string(),
             handshake_timeout_secs: 10,
+            send_timeout_secs: 60,
             shutdown_timeout_secs: 30,
             max_connections: 4096,
         }

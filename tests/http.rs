@@ -836,6 +836,48 @@ fn silent_and_zero_byte_connections_are_closed_quietly() {
     assert_eq!(output.matches(" access: ").count(), 1, "{output}");
 }
 
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let t = TestDir::new();
+    write_config(&t, "[http]\nsend_timeout_secs = 1\n");
+    let big = put(&t, "images/test/big.bin", b"");
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (server, client) = start(&t, &[]);
+    let request = b"GET /images/test/big.bin HTTP/1.1\r\nHost: x\r\nUser-Agent: stalled\r\n\r\n";
+    // Over TLS and over plain HTTP: ask, then never read.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _tls = runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = client.connect().await.unwrap();
+        tls.write_all(request).await.unwrap();
+        tls
+    });
+    let mut tcp = std::net::TcpStream::connect(server.https()).unwrap();
+    std::io::Write::write_all(&mut tcp, request).unwrap();
+
+    let output = wait_until(Duration::from_secs(20), "both downloads cut off", || {
+        let output = server.output();
+        let cut = |scheme: &str| {
+            output.lines().any(|l| {
+                l.contains("request aborted")
+                    && l.contains(&format!("scheme=\"{scheme}\""))
+                    && l.contains("user_agent=stalled")
+            })
+        };
+        (cut("https") && cut("http")).then_some(output)
+    });
+    assert!(problems(&output).is_empty(), "{output}");
+    assert_eq!(client.get("/healthz").status, 200);
+}
+
 // ---------------------------------------------------------------------------------------
 // Pages, base path, logs, shutdown, curl
 

@@ -14,6 +14,7 @@
 //! - [`cache_policy`]: `Cache-Control` by path, and the content types.
 //! - [`catalog_page`], [`metrics`], [`access_log`]: the HTML catalog, Prometheus text, and
 //!   the one log line per request.
+//! - [`send_timeout`]: closes connections whose client stopped reading.
 
 pub mod access_log;
 pub mod app;
@@ -24,6 +25,7 @@ pub mod json_cache;
 pub mod metrics;
 pub mod plain;
 pub mod preconditions;
+pub mod send_timeout;
 pub mod server;
 pub mod tls;
 
@@ -47,6 +49,7 @@ pub struct HttpSettings {
     pub base_path: String,
     pub plain_http_images: bool,
     pub handshake_timeout: Duration,
+    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
     pub reload_interval: Duration,
@@ -77,6 +80,7 @@ impl HttpSettings {
             base_path,
             plain_http_images: http.plain_http_images,
             handshake_timeout: Duration::from_secs(http.handshake_timeout_secs.max(1)),
+            send_timeout: Duration::from_secs(http.send_timeout_secs.max(1)),
             shutdown_timeout: Duration::from_secs(http.shutdown_timeout_secs),
             max_connections: http.max_connections,
             reload_interval: Duration::from_secs(config.tls.reload_interval_secs.max(1)),

@@ -60,7 +60,7 @@ pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpSta
         Ok(Err(HeadError::Bad(status, text))) => {
             let record = AccessRecord::new(Scheme::Http, remote, "-", "-", None);
             let reply = Reply::text(status, text);
-            let sent = send(&mut stream, reply, false).await;
+            let sent = send(&mut stream, reply, false, state.settings.send_timeout).await;
             record.finish(status.as_u16(), *sent.as_ref().unwrap_or(&0), sent.is_ok());
             return;
         }
@@ -76,7 +76,7 @@ pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpSta
     let reply = answer(&state, &head, path).await;
     let status = reply.status.as_u16();
     let head_only = head.method == Method::HEAD;
-    let sent = send(&mut stream, reply, head_only).await;
+    let sent = send(&mut stream, reply, head_only, state.settings.send_timeout).await;
     if let Err(e) = &sent {
         tracing::debug!(%remote, error = %e, "a plain-HTTP client went away during the answer");
     }
@@ -191,8 +191,14 @@ fn to_head(request: &httparse::Request<'_, '_>) -> Result<RequestHead, HeadError
     })
 }
 
-/// Writes the status line, headers and (unless `head_only`) the body. Returns body bytes sent.
-async fn send(stream: &mut TcpStream, reply: Reply, head_only: bool) -> std::io::Result<u64> {
+/// Writes the status line, headers and (unless `head_only`) the body, failing when the
+/// client reads nothing for `limit`. Returns the body bytes sent.
+async fn send(
+    stream: &mut TcpStream,
+    reply: Reply,
+    head_only: bool,
+    limit: Duration,
+) -> std::io::Result<u64> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         reply.status.as_str(),
@@ -215,21 +221,44 @@ async fn send(stream: &mut TcpStream, reply: Reply, head_only: bool) -> std::io:
     };
     match body {
         ReplyBody::Empty => {
-            stream.write_all(&head).await?;
+            write_all(stream, &head, limit).await?;
             Ok(0)
         }
         ReplyBody::Bytes(bytes) => {
-            let mut all = Vec::with_capacity(head.len() + bytes.len());
-            all.extend_from_slice(&head);
-            all.extend_from_slice(&bytes);
-            stream.write_all(&all).await?;
+            head.extend_from_slice(&bytes);
+            write_all(stream, &head, limit).await?;
             Ok(bytes.len() as u64)
         }
         ReplyBody::File { file, start, len } => {
-            stream.write_all(&head).await?;
-            send_file(stream, &file, start, len).await
+            write_all(stream, &head, limit).await?;
+            send_file(stream, &file, start, len, limit).await
         }
     }
+}
+
+/// Writes `bytes` whole, failing when the socket accepts nothing for `limit`.
+async fn write_all(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = tokio::time::timeout(limit, stream.write(bytes))
+            .await
+            .map_err(|_| timed_out())??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client read nothing for the send timeout",
+    )
 }
 
 /// `sendfile(2)` from `file` at `start`, `len` bytes, waiting for the socket as needed.
@@ -241,13 +270,16 @@ async fn send_file(
     file: &std::fs::File,
     start: u64,
     len: u64,
+    limit: Duration,
 ) -> std::io::Result<u64> {
     let socket = stream.as_raw_fd();
     let source = file.as_raw_fd();
     let mut offset = libc::off_t::try_from(start).map_err(std::io::Error::other)?;
     let mut sent = 0u64;
     while sent < len {
-        stream.writable().await?;
+        tokio::time::timeout(limit, stream.writable())
+            .await
+            .map_err(|_| timed_out())??;
         let count = (len - sent).min(MAX_SENDFILE) as usize;
         let result = stream.try_io(Interest::WRITABLE, || {
             // SAFETY: both descriptors are open for the duration of the call and `offset`

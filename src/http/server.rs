@@ -29,11 +29,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
+use super::send_timeout::SendTimeout;
 use super::{HttpState, app, plain};
 use crate::metrics;
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// h2 connections stay open between requests; pings find the peers that vanished.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a failing `accept` (e.g. out of file descriptors) waits before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -159,10 +164,12 @@ async fn serve_tls(
         let mut router = router.clone();
         async move { router.call(request).await }
     });
-    let io = TokioIo::new(tls);
+    let io = TokioIo::new(SendTimeout::new(tls, state.settings.send_timeout));
     let result = if h2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
