@@ -88,11 +88,13 @@ pub struct JsonCache {
 }
 
 impl JsonCache {
-    /// The current version of `relative`, whose real path is `full` (already checked to lie
-    /// inside www/ by the caller when `checked` is a fresh open). Blocking: stats and reads.
+    /// The current version of `relative` (a clean path; `full` is it joined to www/), or None
+    /// when it does not exist or is too large to hold. Blocking: stats and reads.
     ///
-    /// On a hit this is one `stat`. On a miss `open` is called to open the file safely and
-    /// the file is read from that handle, so the bytes and the identity always agree.
+    /// On a hit this is one `stat` of `full`: a copy is used only while the file there is the
+    /// very one it was read from. On a miss `open` opens the file with the containment checks
+    /// (a symlink swapped in changes the identity, so it always comes through here) and the
+    /// bytes are read from that handle, so the bytes and the identity always agree.
     pub fn get(
         &self,
         relative: &str,
