@@ -276,6 +276,9 @@ async fn cached_json(
     state: &Arc<HttpState>,
     relative: &str,
 ) -> io::Result<Option<Arc<CachedJson>>> {
+    if let Some(entry) = state.json.lookup(relative, &state.www.join(relative)) {
+        return Ok(Some(entry));
+    }
     let state = state.clone();
     let relative = relative.to_string();
     tokio::task::spawn_blocking(move || {

@@ -88,27 +88,29 @@ pub struct JsonCache {
 }
 
 impl JsonCache {
-    /// The current version of `relative` (a clean path; `full` is it joined to www/), or None
-    /// when it does not exist or is too large to hold. Blocking: stats and reads.
+    /// The held copy of `relative` (a clean path; `full` is it joined to www/) when the file
+    /// at `full` is still the very one it was read from. One `stat` of a file served moments
+    /// ago, whose inode is in memory: cheap enough for the async threads.
+    pub fn lookup(&self, relative: &str, full: &Path) -> Option<Arc<CachedJson>> {
+        let identity = FileIdentity::of(&std::fs::metadata(full).ok()?);
+        let entry = self.lock().get(relative).cloned()?;
+        (entry.identity == identity).then_some(entry)
+    }
+
+    /// The current version of `relative`, from memory or read again; None when it does not
+    /// exist or is too large to hold. Blocking: stats and reads.
     ///
-    /// On a hit this is one `stat` of `full`: a copy is used only while the file there is the
-    /// very one it was read from. On a miss `open` opens the file with the containment checks
-    /// (a symlink swapped in changes the identity, so it always comes through here) and the
-    /// bytes are read from that handle, so the bytes and the identity always agree.
+    /// On a miss `open` opens the file with the containment checks (a symlink swapped in
+    /// changes the identity, so it always comes through here) and the bytes are read from
+    /// that handle, so the bytes and the identity always agree.
     pub fn get(
         &self,
         relative: &str,
         full: &Path,
         open: impl FnOnce() -> io::Result<Option<std::fs::File>>,
     ) -> io::Result<Option<Arc<CachedJson>>> {
-        if let Ok(meta) = std::fs::metadata(full) {
-            let identity = FileIdentity::of(&meta);
-            let cached = self.lock().get(relative).cloned();
-            if let Some(entry) = cached
-                && entry.identity == identity
-            {
-                return Ok(Some(entry));
-            }
+        if let Some(entry) = self.lookup(relative, full) {
+            return Ok(Some(entry));
         }
         let Some(mut file) = open()? else {
             self.lock().remove(relative);
