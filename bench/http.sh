@@ -8,8 +8,9 @@
 #
 # nginx is the Debian package, run with a private prefix and config: TLS 1.3 only, the same
 # certificate and key as ours, sendfile on, access log on (ours logs every request too),
-# worker_processes auto. Each figure is the best of RUNS tries (default 3), the servers'
-# tries alternating, to damp noise from other work on the machine; files are in the page cache.
+# worker_processes auto. Each figure is the median of RUNS tries (default 5), the servers'
+# tries alternating, so that a burst of other work on the machine skews neither side; files
+# are in the page cache.
 #
 # Usage: bench/http.sh          (builds the release binary first)
 # Needs: curl, nginx, wrk (apt-get install curl nginx wrk). Honours CARGO_TARGET_DIR.
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 file_mib=${FILE_MIB:-1024}
 products=${PRODUCTS:-1000}
 wrk_seconds=${WRK_SECONDS:-10}
@@ -162,17 +163,52 @@ download_speed() {
     echo "${speed%.*}"
 }
 
-# The best of $runs downloads from each server, their tries interleaved: ours, nginx, ...
+# Bytes per second as whole MiB/s, space-separated.
+to_mib() {
+    printf '%s\n' "$@" | awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 / 1048576 }'
+}
+
+# The middle value of its arguments (numbers).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# CPU time (clock ticks, user + system) used so far by our server, or by nginx's workers.
+# Throughput on a shared machine depends on what else runs; CPU per unit of work does not.
+cpu_ticks() {
+    local pids=() total=0 pid
+    if [ "$1" = ours ]; then
+        pids=("$ours_pid")
+    else
+        mapfile -t pids < <(pgrep -P "$(cat "$nginx_pid_file")")
+    fi
+    for pid in "${pids[@]}"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+# The median of $runs downloads from each server, their tries interleaved (ours, nginx,
+# ...), then each server's CPU ticks over all its tries.
 download_pair() {
-    local ours_url=$1 nginx_url=$2 ours_best=0 nginx_best=0 speed
+    local ours_url=$1 nginx_url=$2 ours=() nginx=() ours_cpu=0 nginx_cpu=0 before
     shift 2
     for ((run = 0; run < runs; run++)); do
-        speed=$(download_speed "$ours_url" "$@")
-        [ "$speed" -gt "$ours_best" ] && ours_best=$speed
-        speed=$(download_speed "$nginx_url" "$@")
-        [ "$speed" -gt "$nginx_best" ] && nginx_best=$speed
+        before=$(cpu_ticks ours)
+        ours+=("$(download_speed "$ours_url" "$@")")
+        ours_cpu=$((ours_cpu + $(cpu_ticks ours) - before))
+        before=$(cpu_ticks nginx)
+        nginx+=("$(download_speed "$nginx_url" "$@")")
+        nginx_cpu=$((nginx_cpu + $(cpu_ticks nginx) - before))
     done
-    echo "$ours_best $nginx_best"
+    echo "  MiB/s, ours: $(to_mib "${ours[@]}"); nginx: $(to_mib "${nginx[@]}")" >&2
+    echo "$(median "${ours[@]}") $(median "${nginx[@]}") $ours_cpu $nginx_cpu"
+}
+
+# Seconds of CPU per GiB sent, from ticks over all $runs downloads.
+cpu_per_gib() {
+    awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$runs" -v mib="$file_mib" \
+        'BEGIN { printf "%.2f s", t / hz / (n * mib / 1024) }'
 }
 
 requests_per_second() {
@@ -181,42 +217,66 @@ requests_per_second() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 mib_s() { awk -v b="$1" 'BEGIN { printf "%.0f MiB/s", b / 1048576 }'; }
-verdict() { awk -v r="$1" 'BEGIN { print (r >= 1.0) ? "target met" : "TARGET MISSED" }'; }
+verdict() { awk -v r="$1" 'BEGIN { print ((r >= 1.0) ? "target met" : "TARGET MISSED") }'; }
 
-echo "images.json under wrk (${wrk_connections} connections, ${wrk_seconds} s, best of $runs)..." >&2
+echo "images.json under wrk (${wrk_connections} connections, ${wrk_seconds} s, median of $runs)..." >&2
 echo 5 >"/proc/$ours_pid/clear_refs"  # resets VmHWM: the peak below is the wrk load's
-ours_rps=0
-nginx_rps=0
+ours_rounds=()
+nginx_rounds=()
+ours_wrk_cpu=0
+nginx_wrk_cpu=0
 for ((run = 0; run < runs; run++)); do
-    rps=$(requests_per_second "https://127.0.0.1:$ours_port/streams/v1/images.json")
-    ours_rps=$(awk -v a="$rps" -v b="$ours_rps" 'BEGIN { print (a > b) ? a : b }')
-    rps=$(requests_per_second "https://127.0.0.1:$nginx_tls_port/streams/v1/images.json")
-    nginx_rps=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN { print (a > b) ? a : b }')
+    before=$(cpu_ticks ours)
+    ours_rounds+=("$(requests_per_second "https://127.0.0.1:$ours_port/streams/v1/images.json")")
+    ours_wrk_cpu=$((ours_wrk_cpu + $(cpu_ticks ours) - before))
+    before=$(cpu_ticks nginx)
+    nginx_rounds+=("$(requests_per_second "https://127.0.0.1:$nginx_tls_port/streams/v1/images.json")")
+    nginx_wrk_cpu=$((nginx_wrk_cpu + $(cpu_ticks nginx) - before))
 done
+echo "  requests/s, ours: ${ours_rounds[*]}; nginx: ${nginx_rounds[*]}" >&2
+ours_rps=$(median "${ours_rounds[@]}")
+nginx_rps=$(median "${nginx_rounds[@]}")
 ours_hwm_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$ours_pid/status")
 
-echo "1 GiB over HTTPS (best of $runs)..." >&2
-read -r ours_tls nginx_tls < <(download_pair \
+echo "the ${file_mib} MiB file over HTTPS (median of $runs)..." >&2
+read -r ours_tls nginx_tls ours_tls_cpu nginx_tls_cpu < <(download_pair \
     "https://127.0.0.1:$ours_port/$big_rel" "https://127.0.0.1:$nginx_tls_port/$big_rel" \
     --tlsv1.3 --cacert "$cert")
 
-echo "1 GiB over plain HTTP (best of $runs)..." >&2
-read -r ours_plain nginx_plain < <(download_pair \
+echo "the ${file_mib} MiB file over plain HTTP (median of $runs)..." >&2
+read -r ours_plain nginx_plain ours_plain_cpu nginx_plain_cpu < <(download_pair \
     "http://127.0.0.1:$ours_port/$big_rel" "http://127.0.0.1:$nginx_plain_port/$big_rel")
 
+size_label=$([ "$file_mib" = 1024 ] && echo "1 GiB" || echo "$file_mib MiB")
 tls_ratio=$(ratio "$ours_tls" "$nginx_tls")
 plain_ratio=$(ratio "$ours_plain" "$nginx_plain")
 rps_ratio=$(ratio "$ours_rps" "$nginx_rps")
 hwm_mib=$(awk -v k="$ours_hwm_kib" 'BEGIN { printf "%.1f", k / 1024 }')
-hwm_verdict=$(awk -v k="$ours_hwm_kib" 'BEGIN { print (k < 65536) ? "target met" : "TARGET MISSED" }')
+hwm_verdict=$(awk -v k="$ours_hwm_kib" 'BEGIN { print ((k < 65536) ? "target met" : "TARGET MISSED") }')
 
 echo
 echo "simplestream-server vs nginx $("$nginx_bin" -v 2>&1 | sed 's/.*nginx\///'), 127.0.0.1, $(nproc) cores"
 printf '%-34s %14s %14s %7s  %s\n' "" "ours" "nginx" "ratio" ""
-printf '%-34s %14s %14s %7s  %s\n' "1 GiB over HTTPS (TLS 1.3)" "$(mib_s "$ours_tls")" \
+printf '%-34s %14s %14s %7s  %s\n' "$size_label over HTTPS (TLS 1.3)" "$(mib_s "$ours_tls")" \
     "$(mib_s "$nginx_tls")" "$tls_ratio" "$(verdict "$tls_ratio")"
-printf '%-34s %14s %14s %7s  %s\n' "1 GiB over plain HTTP" "$(mib_s "$ours_plain")" \
+printf '%-34s %14s %14s %7s  %s\n' "$size_label over plain HTTP" "$(mib_s "$ours_plain")" \
     "$(mib_s "$nginx_plain")" "$plain_ratio" "$(verdict "$plain_ratio")"
 printf '%-34s %14s %14s %7s  %s\n' "images.json ($products products), req/s" "$ours_rps" \
     "$nginx_rps" "$rps_ratio" "$(verdict "$rps_ratio")"
 printf '%-34s %14s %14s %7s  %s\n' "our peak RSS under wrk (VmHWM)" "$hwm_mib MiB" "" "" "$hwm_verdict"
+
+# CPU per request: ticks over all rounds / requests in all rounds.
+per_request() {
+    local ticks=$1
+    shift
+    printf '%s\n' "$@" | awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v s="$wrk_seconds" \
+        '{ n += $1 * s } END { printf "%.0f us", (n > 0 ? t / hz / n * 1e6 : 0) }'
+}
+echo
+echo "server CPU time, all tries (lower is better; steadier than throughput on a busy machine)"
+printf '%-34s %14s %14s\n' "per GiB over HTTPS" "$(cpu_per_gib "$ours_tls_cpu")" \
+    "$(cpu_per_gib "$nginx_tls_cpu")"
+printf '%-34s %14s %14s\n' "per GiB over plain HTTP" "$(cpu_per_gib "$ours_plain_cpu")" \
+    "$(cpu_per_gib "$nginx_plain_cpu")"
+printf '%-34s %14s %14s\n' "per images.json request" "$(per_request "$ours_wrk_cpu" "${ours_rounds[@]}")" \
+    "$(per_request "$nginx_wrk_cpu" "${nginx_rounds[@]}")"
