@@ -100,7 +100,10 @@ dd if=/dev/urandom of="$big" bs=1M count="$file_mib" status=none
 cat "$big" >/dev/null
 
 # --- Our server ------------------------------------------------------------------------------
-"$bin" --data-dir "$data" serve --https-listen 127.0.0.1:0 --ssh-listen 127.0.0.1:0 \
+# In its own session, as nginx (a daemon) is: with the kernel's autogroup scheduling, a
+# session shares the CPU as one group, and a server left in this script's session would
+# compete with curl and wrk for that group's share while nginx had a share of its own.
+setsid "$bin" --data-dir "$data" serve --https-listen 127.0.0.1:0 --ssh-listen 127.0.0.1:0 \
     >"$work/ours.out" 2>"$work/ours.log" &
 ours_pid=$!
 for _ in $(seq 1 300); do
