@@ -878,6 +878,43 @@ fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     assert_eq!(client.get("/healthz").status, 200);
 }
 
+#[test]
+fn start_up_errors_say_what_to_do() {
+    let t = TestDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--ssh-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let output = t.run(&args);
+        assert_eq!(output.status.code(), Some(1), "{extra:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        stderr.lines().last().unwrap_or_default().to_string()
+    };
+    let line = serve(&["--https-listen", &taken]);
+    assert!(
+        line.contains(&taken) && line.contains("--https-listen"),
+        "{line}"
+    );
+    let free = ["--https-listen", "127.0.0.1:0"];
+    let line = serve(&[&free[..], &["--base-path", "/a b"]].concat());
+    assert!(
+        line.contains("base path") && line.contains("/lxd"),
+        "{line}"
+    );
+    let line = serve(&[&free[..], &["--tls-san", "not a name"]].concat());
+    assert!(line.contains("--tls-san"), "{line}");
+    let line = serve(&[&free[..], &["--public-url", "http://plain.test"]].concat());
+    assert!(line.contains("https://"), "{line}");
+    let missing = t.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let line = serve(&[&free[..], &["--tls-cert", missing, "--tls-key", missing]].concat());
+    assert!(
+        line.contains("missing.pem") && line.contains("--tls-cert"),
+        "{line}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Pages, base path, logs, shutdown, curl
 
