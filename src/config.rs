@@ -38,9 +38,21 @@ pub struct HttpConfig {
     pub plain_http_images: bool,
     /// The URL clients use (`https://images.example.com:8443`); default from hostname and port.
     pub public_url: Option<String>,
+    /// The remote name shown in the `lxc remote add` / `incus remote add` lines.
+    pub remote_name: String,
+    /// Seconds a new connection may take to send its first byte and finish the TLS handshake
+    /// (or, in plain HTTP, its request head) before it is closed quietly.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a response may wait for a client that reads nothing before the connection is
+    /// closed (like nginx's `send_timeout`).
+    pub send_timeout_secs: u64,
+    /// Seconds in-flight downloads may take to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    /// Connections served at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// A real certificate chain (PEM); reloaded when the file changes. Default: generated.
@@ -48,6 +60,9 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Extra names and addresses for the generated certificate.
     pub san: Vec<String>,
+    /// Seconds between checks of the certificate and key files for changes (certbot renewals
+    /// are picked up without a restart).
+    pub reload_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +102,22 @@ impl Default for HttpConfig {
             base_path: String::new(),
             plain_http_images: true,
             public_url: None,
+            remote_name: "private".to_string(),
+            handshake_timeout_secs: 10,
+            send_timeout_secs: 60,
+            shutdown_timeout_secs: 30,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            san: Vec::new(),
+            reload_interval_secs: 10,
         }
     }
 }
@@ -144,6 +175,25 @@ mod tests {
         let err =
             toml::from_str::<Config>("[http]\nlisten = \"127.0.0.1:1\"\nlistne = 2\n").unwrap_err();
         assert!(err.message().contains("listne"), "{}", err.message());
+    }
+
+    #[test]
+    fn http_and_tls_settings_parse() {
+        let config: Config = toml::from_str(
+            "[http]\nbase_path = \"/lxd\"\nplain_http_images = false\nremote_name = \"lab\"\n\
+             handshake_timeout_secs = 3\nshutdown_timeout_secs = 4\nmax_connections = 5\n\
+             [tls]\nsan = [\"images.test\"]\nreload_interval_secs = 6\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.base_path, "/lxd");
+        assert!(!config.http.plain_http_images);
+        assert_eq!(config.http.remote_name, "lab");
+        assert_eq!(config.http.handshake_timeout_secs, 3);
+        assert_eq!(config.http.shutdown_timeout_secs, 4);
+        assert_eq!(config.http.max_connections, 5);
+        assert_eq!(config.tls.san, ["images.test"]);
+        assert_eq!(config.tls.reload_interval_secs, 6);
+        assert_eq!(config.tls.cert, None);
     }
 
     #[test]

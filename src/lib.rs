@@ -9,6 +9,8 @@
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
 //! - [`publish`]: export from a local LXD/Incus store, upload and import, in one command.
 //! - [`serve`]: the long-running command: HTTPS and SSH in one process.
+//! - [`http`]: the HTTPS side: the simplestreams tree over TLS 1.3, the plain-HTTP first try,
+//!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
@@ -18,7 +20,9 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod fsutil;
+pub mod http;
 pub mod image;
+pub mod metrics;
 pub mod publish;
 pub mod serve;
 pub mod streams;

@@ -166,6 +166,7 @@ fn init_logging(serving: bool, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -78,17 +78,30 @@ pub fn run(config: Config, catalog: Catalog) -> anyhow::Result<()> {
     runtime.block_on(serve(config, Arc::new(catalog)))
 }
 
-async fn serve(_config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+async fn serve(mut config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));
 
     // Each listener prints `listening <https|ssh> <address>` once bound; `ready` follows the
     // last one. Scripts and tests read these lines (with port 0, they carry the real port).
+
+    // HTTPS: bind, show once how to add the remote, then serve until shutdown. The config
+    // keeps the real address (port 0 becomes the bound port) so that `remote-info` run in
+    // this process (over SSH) prints a URL that works.
+    let https = crate::http::Https::bind(&config, catalog.clone()).await?;
+    config.http.listen = https.local_addr();
+    for line in https.remote_info().lines() {
+        announce(line);
+    }
+    announce(&format!("listening https {}", https.local_addr()));
+    let https_task = tokio::spawn(https.run(shutdown.clone()));
+
     announce("ready");
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
+    let _ = https_task.await;
     let _ = sweeper.await;
     Ok(())
 }

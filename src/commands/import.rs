@@ -98,7 +98,10 @@ impl Import {
             ctx.catalog.import(request, &mut progress)?
         };
         let (status, image) = match &outcome {
-            ImportOutcome::Published(image) => ("published", image),
+            ImportOutcome::Published(image) => {
+                crate::metrics::record_import();
+                ("published", image)
+            }
             ImportOutcome::AlreadyPublished(image) => ("unchanged", image),
         };
         match self.format {

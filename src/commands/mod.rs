@@ -13,6 +13,7 @@ pub mod list;
 pub mod output;
 pub mod prune;
 pub mod rebuild;
+pub mod remote_info;
 pub mod remove;
 pub mod verify;
 pub mod version;
@@ -37,6 +38,7 @@ pub enum Command {
     Prune(prune::Prune),
     Verify(verify::Verify),
     Rebuild(rebuild::Rebuild),
+    RemoteInfo(remote_info::RemoteInfo),
     Whoami(whoami::Whoami),
     Help(help::Help),
     Version(version::Version),
@@ -53,6 +55,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("prune", Role::Admin),
     ("verify", Role::Admin),
     ("rebuild", Role::Admin),
+    ("remote-info", Role::Reader),
     ("whoami", Role::Reader),
     ("help", Role::Reader),
     ("version", Role::Reader),
@@ -78,6 +81,7 @@ impl Command {
             Command::Prune(_) => "prune",
             Command::Verify(_) => "verify",
             Command::Rebuild(_) => "rebuild",
+            Command::RemoteInfo(_) => "remote-info",
             Command::Whoami(_) => "whoami",
             Command::Help(_) => "help",
             Command::Version(_) => "version",
@@ -95,6 +99,7 @@ impl Command {
             Command::Prune(cmd) => cmd.run(ctx),
             Command::Verify(cmd) => cmd.run(ctx),
             Command::Rebuild(cmd) => cmd.run(ctx),
+            Command::RemoteInfo(cmd) => cmd.run(ctx),
             Command::Whoami(cmd) => cmd.run(ctx),
             Command::Help(cmd) => cmd.run(ctx),
             Command::Version(cmd) => cmd.run(ctx),

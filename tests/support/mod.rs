@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod contract;
+pub mod http;
 pub mod lxd_daemon;
 pub mod server;
 

@@ -1,0 +1,296 @@
+//! The HTTPS side: serves `data/www` (the simplestreams tree) to LXD and Incus.
+//!
+//! # Layout
+//! - [`server`]: the accept loop. Takes a bound listener and a shutdown token; sniffs each
+//!   connection's first byte (0x16 = TLS) and hands it to rustls + hyper or to [`plain`].
+//! - [`tls`]: the certificate (generated once or the operator's, reloaded when it changes)
+//!   and the rustls configuration.
+//! - [`plain`]: LXD's plain-HTTP first try on the TLS port: image files, else a redirect.
+//! - [`app`]: the request pipeline for HTTPS, read top to bottom: access log, the pages
+//!   (`/`, `/server.crt`, `/healthz`, `/metrics`), then static files.
+//! - [`files`]: static files: path cleaning, symlink containment, ETag, ranges, streaming.
+//! - [`preconditions`]: `If-*` and `Range` evaluation (pure functions).
+//! - [`json_cache`]: the stream's JSON held in memory per file version, with its gzip form.
+//! - [`cache_policy`]: `Cache-Control` by path, and the content types.
+//! - [`catalog_page`], [`metrics`], [`access_log`]: the HTML catalog, Prometheus text, and
+//!   the one log line per request.
+//! - [`send_timeout`]: closes connections whose client stopped reading.
+
+pub mod access_log;
+pub mod app;
+pub mod cache_policy;
+pub mod catalog_page;
+pub mod files;
+pub mod json_cache;
+pub mod metrics;
+pub mod plain;
+pub mod preconditions;
+pub mod send_timeout;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, HttpConfig};
+use tls::{CertPaths, CertStore};
+
+/// The HTTP settings, checked and in the units the code uses.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `""` or a prefix like `/lxd` (leading slash, no trailing slash).
+    pub base_path: String,
+    pub plain_http_images: bool,
+    pub handshake_timeout: Duration,
+    pub send_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_connections: usize,
+    pub reload_interval: Duration,
+    /// The URL clients add as the remote, and the remote's name.
+    pub public_url: String,
+    pub remote_name: String,
+}
+
+impl HttpSettings {
+    /// `listen` is the bound address (with port 0 configured, the real port).
+    pub fn from_config(config: &Config, listen: SocketAddr) -> anyhow::Result<HttpSettings> {
+        let http = &config.http;
+        let base_path = normalize_base_path(&http.base_path).map_err(anyhow::Error::msg)?;
+        crate::commands::remote_info::check_remote_name(&http.remote_name)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(url) = &http.public_url
+            && (!url.starts_with("https://") || url_host(url).is_none())
+        {
+            anyhow::bail!(
+                "http.public_url {url:?} must be an https:// URL with a host (LXD and Incus refuse anything else), e.g. https://images.example.com:8443"
+            );
+        }
+        if http.max_connections == 0 {
+            anyhow::bail!("http.max_connections is 0; set it to at least 1");
+        }
+        Ok(HttpSettings {
+            public_url: public_url(http, &base_path, listen),
+            base_path,
+            plain_http_images: http.plain_http_images,
+            handshake_timeout: Duration::from_secs(http.handshake_timeout_secs.max(1)),
+            send_timeout: Duration::from_secs(http.send_timeout_secs.max(1)),
+            shutdown_timeout: Duration::from_secs(http.shutdown_timeout_secs),
+            max_connections: http.max_connections,
+            reload_interval: Duration::from_secs(config.tls.reload_interval_secs.max(1)),
+            remote_name: http.remote_name.clone(),
+        })
+    }
+}
+
+/// `lxd`, `/lxd/` and `/lxd` all mean `/lxd`; `/` and `` mean no prefix.
+pub fn normalize_base_path(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let valid = trimmed.split('/').all(|part| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    });
+    if !valid {
+        return Err(format!(
+            "base path {raw:?} is not a plain URL path; use letters, digits, '-', '_', '.' and '/' (e.g. /lxd)"
+        ));
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+/// The remote URL: `http.public_url` as given, else `https://<host>:<port><base path>` where
+/// host is the machine's hostname when listening on every address, else the listen address.
+pub fn public_url(http: &HttpConfig, base_path: &str, listen: SocketAddr) -> String {
+    if let Some(url) = &http.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = if listen.ip().is_unspecified() {
+        machine_hostname().unwrap_or_else(|| "localhost".into())
+    } else if listen.is_ipv6() {
+        format!("[{}]", listen.ip())
+    } else {
+        listen.ip().to_string()
+    };
+    format!("https://{host}:{}{base_path}", listen.port())
+}
+
+/// The host part of a URL (`https://h:1/x` → `h`, `https://[::1]:1` → `::1`).
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// The machine's hostname, as `hostname` prints it.
+pub fn machine_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct HttpState {
+    pub catalog: Arc<Catalog>,
+    /// `data/www`, canonical: a resolved file must lie below it.
+    pub www: PathBuf,
+    pub settings: HttpSettings,
+    pub certs: Arc<CertStore>,
+    pub tls: tokio_rustls::TlsAcceptor,
+    pub json: json_cache::JsonCache,
+}
+
+/// The HTTPS listener, bound and ready to run.
+pub struct Https {
+    listener: TcpListener,
+    state: Arc<HttpState>,
+}
+
+impl Https {
+    /// Binds `http.listen`, makes sure a certificate exists (generating one on first start)
+    /// and loads it.
+    pub async fn bind(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<Https> {
+        let listen = config.http.listen;
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen} for HTTPS; free the port or pass --https-listen with another address")
+        })?;
+        let local = listener
+            .local_addr()
+            .context("cannot read the HTTPS listener's address")?;
+        let settings = HttpSettings::from_config(config, local)?;
+        let paths = CertPaths::from_config(config, catalog.dirs())?;
+        let names = tls::subject_alt_names(
+            config.http.public_url.as_deref().and_then(url_host),
+            &config.tls.san,
+            machine_hostname().as_deref(),
+            local.ip(),
+        )?;
+        tls::ensure_certificate(&paths, &names)?;
+        let certs = Arc::new(CertStore::open(paths)?);
+        let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone())?);
+        let www = catalog.dirs().www();
+        let www = std::fs::canonicalize(&www)
+            .with_context(|| format!("cannot open {}", www.display()))?;
+        Ok(Https {
+            listener,
+            state: Arc::new(HttpState {
+                catalog,
+                www,
+                settings,
+                certs,
+                tls,
+                json: json_cache::JsonCache::default(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// How to add this server as a remote and trust its certificate (`remote-info`'s text).
+    pub fn remote_info(&self) -> String {
+        let cert = self.state.certs.current();
+        crate::commands::remote_info::render(&crate::commands::remote_info::RemoteInfoText {
+            remote: &self.state.settings.remote_name,
+            url: &self.state.settings.public_url,
+            certificate_pem: &cert.pem,
+            fingerprint: &cert.fingerprint,
+        })
+    }
+
+    /// Serves until `shutdown`, then lets in-flight downloads finish (within the bound).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let watcher = tokio::spawn(tls::watch(
+            self.state.certs.clone(),
+            self.state.settings.reload_interval,
+            shutdown.clone(),
+        ));
+        server::run(self.listener, self.state, shutdown).await;
+        let _ = watcher.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_paths_are_normalized() {
+        assert_eq!(normalize_base_path("").unwrap(), "");
+        assert_eq!(normalize_base_path("/").unwrap(), "");
+        assert_eq!(normalize_base_path("lxd").unwrap(), "/lxd");
+        assert_eq!(
+            normalize_base_path("/lxd/images-v2/").unwrap(),
+            "/lxd/images-v2"
+        );
+        for bad in ["/a b", "/../x", "/a//b", "/x?y", "/%2e"] {
+            assert!(normalize_base_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_come_from_the_listen_address_or_the_configured_url() {
+        let mut http = HttpConfig::default();
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(
+            public_url(&http, "/lxd", listen),
+            "https://127.0.0.1:8443/lxd"
+        );
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert_eq!(public_url(&http, "", v6), "https://[::1]:9");
+        http.public_url = Some("https://images.example.com/".into());
+        assert_eq!(public_url(&http, "", listen), "https://images.example.com");
+    }
+
+    #[test]
+    fn settings_refuse_what_clients_cannot_use() {
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let mut config = Config::default();
+        config.http.public_url = Some("http://images.example.com".into());
+        let err = HttpSettings::from_config(&config, listen).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        config.http.public_url = None;
+        config.http.remote_name = "a b".into();
+        assert!(HttpSettings::from_config(&config, listen).is_err());
+        config.http.remote_name = "lab".into();
+        config.http.base_path = "lxd/".into();
+        let settings = HttpSettings::from_config(&config, listen).unwrap();
+        assert_eq!(settings.base_path, "/lxd");
+        assert_eq!(settings.public_url, "https://127.0.0.1:8443/lxd");
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://h.example:8443/x"), Some("h.example"));
+        assert_eq!(url_host("https://[::1]:8443"), Some("::1"));
+        assert_eq!(url_host("https://user@h/x"), Some("h"));
+        assert_eq!(url_host("https://"), None);
+    }
+}

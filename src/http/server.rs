@@ -1,0 +1,200 @@
+//! The accept loop: one task per connection, a cap on connections, and graceful shutdown.
+//!
+//! Like mini-redis's `server::run`, [`run`] neither binds nor watches signals: the caller
+//! passes a bound listener and a shutdown token (tests bind 127.0.0.1:0).
+//!
+//! Each connection, in order:
+//! 1. A permit from the connection cap is taken before `accept`, so at the cap new clients
+//!    wait in the kernel's queue instead of costing memory here.
+//! 2. Its first byte is peeked, within the handshake timeout. No byte at all is normal: LXD
+//!    opens and closes a connection on purpose, and a silent client is dropped at the
+//!    timeout. Neither is an error, so both are logged at debug level only.
+//! 3. 0x16 (a TLS handshake record) goes to rustls, then hyper (h2 when ALPN chose it, else
+//!    HTTP/1.1) with the [`app`](super::app) pipeline. Anything else is plain HTTP: LXD's
+//!    first try for an image file, answered by [`plain`](super::plain).
+//!
+//! On shutdown the listener is dropped (no new connections), idle connections close, and
+//! responses in progress get `shutdown_timeout` to finish before the tasks are abandoned.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service as _;
+
+use super::send_timeout::SendTimeout;
+use super::{HttpState, app, plain};
+use crate::metrics;
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// h2 connections stay open between requests; pings find the peers that vanished.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a failing `accept` (e.g. out of file descriptors) waits before the next try.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
+    let router = app::router(state.clone());
+    let limit = Arc::new(Semaphore::new(state.settings.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept an HTTPS connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            handle_connection(stream, remote, state, router, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(open, "waiting for open HTTPS connections to finish");
+    }
+    let bound = state.settings.shutdown_timeout;
+    if tokio::time::timeout(bound, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            seconds = bound.as_secs(),
+            "closing HTTPS connections still busy after the shutdown timeout"
+        );
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    state: Arc<HttpState>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let timeout = state.settings.handshake_timeout;
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        first = tokio::time::timeout(timeout, first_byte(&stream)) => first,
+    };
+    match first {
+        Err(_) => tracing::debug!(%remote, "closed a connection that sent nothing in time"),
+        Ok(Ok(None)) => {
+            tracing::debug!(%remote, "a client closed its connection without sending anything")
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "a connection failed before its first byte")
+        }
+        Ok(Ok(Some(TLS_HANDSHAKE_RECORD))) => {
+            serve_tls(stream, remote, state, router, shutdown).await;
+        }
+        Ok(Ok(Some(_))) => plain::serve(stream, remote, state).await,
+    }
+}
+
+/// The first byte, left in the socket; None when the client closed without sending one.
+async fn first_byte(stream: &TcpStream) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await? {
+        0 => Ok(None),
+        _ => Ok(Some(byte[0])),
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    remote: SocketAddr,
+    state: Arc<HttpState>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let handshake =
+        tokio::time::timeout(state.settings.handshake_timeout, state.tls.accept(stream));
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::record_tls_handshake(false);
+                // A client that does not trust the certificate says so here: worth a line,
+                // but it is the client's problem, not the server's.
+                tracing::info!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::record_tls_handshake(false);
+                tracing::debug!(%remote, "closed a connection whose TLS handshake took too long");
+                return;
+            }
+        },
+    };
+    metrics::record_tls_handshake(true);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        let mut router = router.clone();
+        async move { router.call(request).await }
+    });
+    let io = TokioIo::new(SendTimeout::new(tls, state.settings.send_timeout));
+    let result = if h2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.settings.handshake_timeout)
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        // Clients that hang up mid-download, reset connections, time out: all theirs.
+        tracing::debug!(%remote, error = %e, "HTTPS connection ended with an error");
+    }
+}
