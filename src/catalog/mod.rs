@@ -285,7 +285,8 @@ impl Transaction<'_> {
         self.sweep_expired()?;
         let changed = self.state != self.original;
         if changed || self.force_publish {
-            if changed {
+            // A new catalog's first stream is dated too, not 1970.
+            if changed || self.state.updated == 0 {
                 self.state.updated = self.now.max(self.original.updated);
             }
             if self.placed.is_empty() {

@@ -142,14 +142,8 @@ pub fn url_host(url: &str) -> Option<&str> {
 
 /// The machine's hostname, as `hostname` prints it.
 pub fn machine_hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = std::str::from_utf8(&buf[..end]).ok()?.trim().to_string();
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_str().ok()?.trim().to_string();
     (!name.is_empty()).then_some(name)
 }
 

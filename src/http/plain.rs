@@ -11,7 +11,6 @@
 //! `sendfile(2)`: page cache to socket, no copy through this process.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -272,9 +271,7 @@ async fn send_file(
     len: u64,
     limit: Duration,
 ) -> std::io::Result<u64> {
-    let socket = stream.as_raw_fd();
-    let source = file.as_raw_fd();
-    let mut offset = libc::off_t::try_from(start).map_err(std::io::Error::other)?;
+    let mut offset = start;
     let mut sent = 0u64;
     while sent < len {
         tokio::time::timeout(limit, stream.writable())
@@ -282,14 +279,9 @@ async fn send_file(
             .map_err(|_| timed_out())??;
         let count = (len - sent).min(MAX_SENDFILE) as usize;
         let result = stream.try_io(Interest::WRITABLE, || {
-            // SAFETY: both descriptors are open for the duration of the call and `offset`
-            // is a valid off_t the kernel advances.
-            let n = unsafe { libc::sendfile(socket, source, &mut offset, count) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as u64)
-            }
+            rustix::fs::sendfile(stream, file, Some(&mut offset), count)
+                .map(|n| n as u64)
+                .map_err(std::io::Error::from)
         });
         match result {
             Ok(0) => {

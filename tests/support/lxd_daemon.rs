@@ -16,7 +16,10 @@ impl LxdDaemon {
     pub fn start(root: &Path) -> LxdDaemon {
         let lxd = require_tool("lxd", "lxd");
         require_tool("lxc", "lxd-client");
-        assert!(rustix::process::geteuid().is_root(), "the LXD daemon tests run as root (CI does)");
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the LXD daemon tests run as root (CI does)"
+        );
         for dir in ["lxd", "conf", "home"] {
             std::fs::create_dir_all(root.join(dir)).expect("daemon dirs");
         }
@@ -32,9 +35,20 @@ impl LxdDaemon {
             .stderr(log)
             .spawn()
             .expect("start lxd");
-        let daemon = LxdDaemon { root: root.to_path_buf(), child };
-        let ready = Command::new(&lxd).args(["waitready", "--timeout", "60"]).envs(Self::env_for(root)).status().expect("lxd waitready");
-        assert!(ready.success(), "lxd did not become ready; see {}", root.join("lxd.daemon.log").display());
+        let daemon = LxdDaemon {
+            root: root.to_path_buf(),
+            child,
+        };
+        let ready = Command::new(&lxd)
+            .args(["waitready", "--timeout", "60"])
+            .envs(Self::env_for(root))
+            .status()
+            .expect("lxd waitready");
+        assert!(
+            ready.success(),
+            "lxd did not become ready; see {}",
+            root.join("lxd.daemon.log").display()
+        );
         let preseed = "storage_pools:\n- name: default\n  driver: dir\nprofiles:\n- name: default\n  devices:\n    root:\n      path: /\n      pool: default\n      type: disk\n";
         let mut init = Command::new(&lxd)
             .args(["init", "--preseed"])
@@ -43,13 +57,21 @@ impl LxdDaemon {
             .stdout(Stdio::null())
             .spawn()
             .expect("lxd init");
-        std::io::Write::write_all(&mut init.stdin.take().expect("stdin"), preseed.as_bytes()).expect("preseed");
-        assert!(init.wait().expect("lxd init").success(), "lxd init --preseed failed");
+        std::io::Write::write_all(&mut init.stdin.take().expect("stdin"), preseed.as_bytes())
+            .expect("preseed");
+        assert!(
+            init.wait().expect("lxd init").success(),
+            "lxd init --preseed failed"
+        );
         daemon
     }
 
     fn env_for(root: &Path) -> Vec<(&'static str, PathBuf)> {
-        vec![("LXD_DIR", root.join("lxd")), ("LXD_CONF", root.join("conf")), ("HOME", root.join("home"))]
+        vec![
+            ("LXD_DIR", root.join("lxd")),
+            ("LXD_CONF", root.join("conf")),
+            ("HOME", root.join("home")),
+        ]
     }
 
     pub fn conf(&self) -> PathBuf {
@@ -59,7 +81,10 @@ impl LxdDaemon {
     /// An `lxc` command talking to this daemon.
     pub fn lxc(&self, args: &[&str]) -> Command {
         let mut command = Command::new("lxc");
-        command.args(args).envs(Self::env_for(&self.root)).stdin(Stdio::null());
+        command
+            .args(args)
+            .envs(Self::env_for(&self.root))
+            .stdin(Stdio::null());
         command
     }
 
@@ -69,7 +94,11 @@ impl LxdDaemon {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);
-        assert!(output.status.success(), "lxc {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "lxc {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
@@ -81,12 +110,19 @@ impl Drop for LxdDaemon {
                 let _ = self.lxc(&["delete", "-f", name]).output();
             }
         }
-        let _ = Command::new("lxd").args(["shutdown", "--timeout", "30"]).envs(Self::env_for(&self.root)).output();
+        let _ = Command::new("lxd")
+            .args(["shutdown", "--timeout", "30"])
+            .envs(Self::env_for(&self.root))
+            .output();
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Release anything the daemon left mounted under its directory, deepest first.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let mut ours: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(self.root.to_str().unwrap_or("/nonexistent"))).collect();
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(self.root.to_str().unwrap_or("/nonexistent")))
+                .collect();
             ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
             for mount in ours {
                 let _ = Command::new("umount").args(["-l", mount]).status();
@@ -101,12 +137,15 @@ pub fn busybox_image(dir: &Path, name: &str, created: i64) -> PathBuf {
     let busybox = require_tool("busybox", "busybox-static");
     let tree = dir.join(format!("{name}-tree"));
     let rootfs = tree.join("rootfs");
-    for sub in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run"] {
+    for sub in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run",
+    ] {
         std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dirs");
     }
     std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("copy busybox");
     for applet in ["sh", "ls", "cat", "echo", "sleep", "hostname", "mount"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet link");
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+            .expect("applet link");
     }
     std::os::unix::fs::symlink("../bin/busybox", rootfs.join("sbin/init")).expect("init link");
     std::fs::write(rootfs.join("etc/inittab"), "::respawn:/bin/sleep 3600\n").expect("inittab");
@@ -116,7 +155,14 @@ pub fn busybox_image(dir: &Path, name: &str, created: i64) -> PathBuf {
     )
     .expect("metadata.yaml");
     let image = dir.join(format!("{name}.tar.gz"));
-    let status = Command::new("tar").arg("-C").arg(&tree).arg("-czf").arg(&image).args(["metadata.yaml", "rootfs"]).status().expect("tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-czf")
+        .arg(&image)
+        .args(["metadata.yaml", "rootfs"])
+        .status()
+        .expect("tar");
     assert!(status.success(), "tar failed");
     image
 }
