@@ -1,10 +1,14 @@
-//! Settings: every key has a default; `data/config.toml` (or `--config`) overrides them, and
-//! flags override the file. Unknown keys are an error that names the key.
+//! Settings: every key has a default; `data/config.toml` (or `--config`) overrides the
+//! defaults, an environment variable overrides the file, a flag overrides all. Each key
+//! `section.key` has the variable `SIMPLESTREAM_SECTION_KEY` and the flag `--section-key`.
+//! Unknown keys are an error that names the key, wherever they come from.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::catalog::CatalogSettings;
 
@@ -136,24 +140,227 @@ pub enum ConfigError {
     Read { path: String, message: String },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    /// A value from the environment or a flag that does not fit its key.
+    #[error("{origin} ({key}): {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("{0} is not a setting; `simplestream-server config` lists them")]
+    UnknownKey(String),
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env(String),
+    Flag(String),
+}
+
+/// What the layers are read from.
+pub struct Layers<'a> {
+    pub file: &'a Path,
+    /// True when the user named the file (`--config`): then it must exist.
+    pub file_named: bool,
+    /// The process environment (only `SIMPLESTREAM_<SECTION>_<KEY>` names are read).
+    pub env: Vec<(String, String)>,
+    /// Command-line overrides: (key, flag as typed, value), in order.
+    pub flags: Vec<(String, String, String)>,
+}
+
+/// The configuration in force, with the origin of every value.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub config: Config,
+    /// The file that was read, if it existed.
+    pub file: Option<PathBuf>,
+    /// Every key with its value (JSON) and source, in key order.
+    pub values: BTreeMap<String, (Value, Source)>,
+}
+
+/// Prefix of every setting's environment variable.
+pub const ENV_PREFIX: &str = "SIMPLESTREAM_";
+
+/// Short flag names kept beside the generic ones.
+pub const FLAG_ALIASES: &[(&str, &str)] = &[
+    ("http.listen", "https-listen"),
+    ("http.base_path", "base-path"),
+    ("http.public_url", "public-url"),
+    ("catalog.grace_period_secs", "grace-period"),
+];
+
+/// Every key (`section.key`) with its default value, read from the defaults themselves so
+/// that a new field is a new key everywhere at once.
+pub fn keys() -> Vec<(String, Value)> {
+    let Ok(Value::Object(sections)) = serde_json::to_value(Config::default()) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (section, table) in sections {
+        if let Value::Object(table) = table {
+            for (key, value) in table {
+                keys.push((format!("{section}.{key}"), value));
+            }
+        }
+    }
+    keys
+}
+
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+pub fn flag_name(key: &str) -> String {
+    key.replace(['.', '_'], "-")
+}
+
+/// Turns text from the environment or a flag into the JSON type of the key's default.
+fn typed_value(default: &Value, text: &str) -> Result<Value, String> {
+    match default {
+        Value::Bool(_) => match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" | "on" => Ok(Value::Bool(true)),
+            "false" | "no" | "0" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("{text:?} is not true or false")),
+        },
+        Value::Number(n) if n.is_u64() => text
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| format!("{text:?} is not a whole number")),
+        Value::Number(_) => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| format!("{text:?} is not a whole number")),
+        Value::Array(_) => Ok(Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        )),
+        Value::Null if text.is_empty() => Ok(Value::Null),
+        _ => Ok(Value::String(text.to_string())),
+    }
 }
 
 impl Config {
-    /// Reads `path`; a missing file gives the defaults.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+    /// Reads the file, then the environment, then the flags, each overriding the one before.
+    pub fn layered(layers: &Layers<'_>) -> Result<Effective, ConfigError> {
+        let defaults = keys();
+        let mut values: BTreeMap<String, (Value, Source)> = defaults
+            .iter()
+            .map(|(key, value)| (key.clone(), (value.clone(), Source::Default)))
+            .collect();
+        let path_text = layers.file.display().to_string();
+        let file = match std::fs::read_to_string(layers.file) {
+            Ok(text) => {
+                // Typed first: unknown keys and wrong types are named with their line.
+                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                    path: path_text.clone(),
+                    message: e.message().to_string(),
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path_text.clone(),
+                    message: e.message().to_string(),
+                })?;
+                for (section, entries) in table {
+                    let toml::Value::Table(entries) = entries else {
+                        continue;
+                    };
+                    for (key, value) in entries {
+                        let json = serde_json::to_value(value).map_err(|e| ConfigError::Parse {
+                            path: path_text.clone(),
+                            message: e.to_string(),
+                        })?;
+                        values.insert(format!("{section}.{key}"), (json, Source::File));
+                    }
+                }
+                Some(layers.file.to_path_buf())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !layers.file_named => None,
             Err(e) => {
                 return Err(ConfigError::Read {
-                    path: path.display().to_string(),
+                    path: path_text,
                     message: crate::fsutil::plain_message(&e),
                 });
             }
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.message().to_string(),
+
+        let sections: Vec<String> = defaults
+            .iter()
+            .filter_map(|(key, _)| {
+                key.split('.')
+                    .next()
+                    .map(|s| format!("{ENV_PREFIX}{}_", s.to_ascii_uppercase()))
+            })
+            .collect();
+        for (name, text) in &layers.env {
+            if !sections.iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            let Some((key, default)) = defaults.iter().find(|(key, _)| env_name(key) == *name)
+            else {
+                return Err(ConfigError::UnknownKey(name.clone()));
+            };
+            let value = typed_value(default, text).map_err(|message| ConfigError::Value {
+                origin: name.clone(),
+                key: key.clone(),
+                message,
+            })?;
+            values.insert(key.clone(), (value, Source::Env(name.clone())));
+        }
+        for (key, flag, text) in &layers.flags {
+            let Some((_, default)) = defaults.iter().find(|(k, _)| k == key) else {
+                return Err(ConfigError::UnknownKey(flag.clone()));
+            };
+            let value = typed_value(default, text).map_err(|message| ConfigError::Value {
+                origin: flag.clone(),
+                key: key.clone(),
+                message,
+            })?;
+            // Repeated flags for a list add up: `--tls-san a --tls-san b`.
+            let value = match (&value, values.get(key)) {
+                (Value::Array(new), Some((Value::Array(old), Source::Flag(_)))) => {
+                    Value::Array(old.iter().chain(new).cloned().collect())
+                }
+                _ => value,
+            };
+            values.insert(key.clone(), (value, Source::Flag(flag.clone())));
+        }
+
+        let mut tree = serde_json::Map::new();
+        for (key, (value, _)) in &values {
+            let (section, name) = key.split_once('.').unwrap_or((key, ""));
+            if let Value::Object(table) = tree
+                .entry(section.to_string())
+                .or_insert_with(|| Value::Object(Default::default()))
+            {
+                table.insert(name.to_string(), value.clone());
+            }
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(Value::Object(tree)).map_err(|e| {
+                let key = e.path().to_string();
+                let origin = match values.get(&key).map(|(_, source)| source) {
+                    Some(Source::Env(name)) => name.clone(),
+                    Some(Source::Flag(flag)) => flag.clone(),
+                    Some(Source::File) => path_text.clone(),
+                    _ => "the defaults".to_string(),
+                };
+                ConfigError::Value {
+                    origin,
+                    key,
+                    message: e.inner().to_string(),
+                }
+            })?;
+        Ok(Effective {
+            config,
+            file,
+            values,
         })
     }
 
@@ -164,6 +371,52 @@ impl Config {
             ..CatalogSettings::default()
         }
     }
+}
+
+/// The effective configuration as TOML, each value followed by where it came from: what
+/// `simplestream-server config` prints, and a valid config.toml once the comments are read.
+pub fn render(effective: &Effective) -> String {
+    let mut out = String::new();
+    match &effective.file {
+        Some(file) => out.push_str(&format!(
+            "# Effective configuration; file: {}\n",
+            file.display()
+        )),
+        None => out.push_str("# Effective configuration; no config file (defaults apply)\n"),
+    }
+    out.push_str("# Override a key in the file, with SIMPLESTREAM_<SECTION>_<KEY>, or with --<section>-<key>.\n");
+    let rows: Vec<(&str, String, String)> = effective
+        .values
+        .iter()
+        .map(|(key, (value, source))| {
+            let (section, name) = key.split_once('.').unwrap_or(("", key));
+            let line = match toml::Value::try_from(value) {
+                Ok(value) => format!("{name} = {value}"),
+                Err(_) => format!("# {name} is unset"),
+            };
+            let origin = match source {
+                Source::Default => "default".to_string(),
+                Source::File => "config file".to_string(),
+                Source::Env(name) => format!("environment {name}"),
+                Source::Flag(flag) => format!("flag {flag}"),
+            };
+            (section, line, origin)
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(_, line, _)| line.len())
+        .max()
+        .unwrap_or(0);
+    let mut current_section = "";
+    for (section, line, origin) in rows {
+        if section != current_section {
+            out.push_str(&format!("\n[{section}]\n"));
+            current_section = section;
+        }
+        out.push_str(&format!("{line:<width$}  # {origin}\n"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -4,20 +4,23 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use simplestream_server::access::Caller;
 use simplestream_server::catalog::Catalog;
 use simplestream_server::commands::{self, Command, Context, ProgressStyle, report_error};
-use simplestream_server::config::{Config, LogFormat};
+use simplestream_server::config::{self, Config, LogFormat};
 use simplestream_server::data_dir::DataDir;
 use simplestream_server::publish::{self, PublishArgs};
-use simplestream_server::serve::{self, ServeArgs};
+use simplestream_server::serve;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A private image server for LXD and Incus: SSH uploads in, simplestreams over HTTPS out.
+///
+/// Every setting (see `config`) can also be given as --<section>-<key> VALUE, e.g.
+/// --http-listen 127.0.0.1:8443, or as SIMPLESTREAM_<SECTION>_<KEY>.
 #[derive(Debug, Parser)]
 #[command(name = "simplestream-server", version, disable_help_subcommand = true)]
 struct Cli {
@@ -33,29 +36,72 @@ struct Cli {
     /// The configuration file [default: <data-dir>/config.toml]
     #[arg(long, global = true, env = "SIMPLESTREAM_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Seconds a removed image's files stay downloadable [default: 3600]
-    #[arg(
-        long,
-        global = true,
-        env = "SIMPLESTREAM_GRACE_PERIOD",
-        value_name = "SECONDS"
-    )]
-    grace_period: Option<i64>,
     #[command(subcommand)]
     command: TopCommand,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum TopCommand {
-    Serve(ServeArgs),
+    /// Run the HTTPS server and the SSH gateway until SIGTERM or SIGINT
+    Serve,
     Publish(PublishArgs),
+    /// Print the effective configuration and where each value came from
+    Config,
     #[command(flatten)]
     Catalog(Command),
 }
 
+/// The command line with one flag per setting (`--http-listen`, `--tls-san`, …) added to
+/// what clap derives: the settings are listed in one place, config.rs.
+fn command_line() -> clap::Command {
+    let mut command = Cli::command();
+    for (key, default) in config::keys() {
+        let mut arg = clap::Arg::new(key.clone())
+            .long(config::flag_name(&key))
+            .global(true)
+            .value_name("VALUE")
+            .help(format!("Setting {key} (env {})", config::env_name(&key)))
+            .help_heading("Settings")
+            .hide_short_help(true);
+        if default.is_array() {
+            arg = arg.action(clap::ArgAction::Append);
+        }
+        if let Some((_, alias)) = config::FLAG_ALIASES.iter().find(|(k, _)| *k == key) {
+            arg = arg.visible_alias(*alias);
+        }
+        command = command.arg(arg);
+    }
+    command
+}
+
+/// The setting flags given, as (key, flag, value), from the deepest subcommand that has them.
+fn setting_flags(matches: &clap::ArgMatches) -> Vec<(String, String, String)> {
+    let mut innermost = matches;
+    while let Some((_, sub)) = innermost.subcommand() {
+        innermost = sub;
+    }
+    let mut flags = Vec::new();
+    for (key, _) in config::keys() {
+        if innermost.value_source(&key) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        for value in innermost.get_many::<String>(&key).into_iter().flatten() {
+            flags.push((
+                key.clone(),
+                format!("--{}", config::flag_name(&key)),
+                value.clone(),
+            ));
+        }
+    }
+    flags
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = command_line()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let (to_stdout, text, code) = commands::clap_outcome(&e);
             if to_stdout {
@@ -69,13 +115,12 @@ fn main() -> ExitCode {
     let Cli {
         data_dir,
         config,
-        grace_period,
         command,
     } = cli;
     let common = Common {
         data_dir,
         config,
-        grace_period,
+        flags: setting_flags(&matches),
     };
     match command {
         // publish runs on a publisher's machine: no data directory, no catalog.
@@ -83,11 +128,18 @@ fn main() -> ExitCode {
             init_logging(false, LogFormat::Text);
             outcome(publish::run(args))
         }
-        TopCommand::Serve(args) => match common.open(Some(&args)) {
+        TopCommand::Config => match common.settings() {
+            Ok(effective) => {
+                print!("{}", config::render(&effective));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        TopCommand::Serve => match common.open(true) {
             Ok((config, catalog)) => outcome(serve::run(config, catalog)),
             Err(code) => code,
         },
-        TopCommand::Catalog(command) => match common.open(None) {
+        TopCommand::Catalog(command) => match common.open(false) {
             Ok((config, catalog)) => run_command(command, &config, &catalog),
             Err(code) => code,
         },
@@ -98,28 +150,35 @@ fn main() -> ExitCode {
 struct Common {
     data_dir: PathBuf,
     config: Option<PathBuf>,
-    grace_period: Option<i64>,
+    flags: Vec<(String, String, String)>,
 }
 
 impl Common {
-    /// Loads the configuration (file, then flags) and opens the catalog.
-    fn open(&self, serve: Option<&ServeArgs>) -> Result<(Config, Catalog), ExitCode> {
-        let dirs = DataDir::new(&self.data_dir);
-        let config_path = self.config.clone().unwrap_or_else(|| dirs.config_file());
-        let mut config = Config::load(&config_path).map_err(|e| fail(&e.to_string()))?;
-        if let Some(grace) = self.grace_period {
-            config.catalog.grace_period_secs = grace;
-        }
-        if let Some(args) = serve {
-            args.apply(&mut config);
-        }
-        init_logging(serve.is_some(), config.log.format);
-        let catalog = Catalog::open(dirs, config.catalog_settings()).map_err(|e| {
-            fail(&format!(
-                "cannot open the data directory {}: {e}",
-                self.data_dir.display()
-            ))
-        })?;
+    /// The configuration: defaults, then the file, the environment and the flags.
+    fn settings(&self) -> Result<config::Effective, config::ConfigError> {
+        let file = self
+            .config
+            .clone()
+            .unwrap_or_else(|| DataDir::new(&self.data_dir).config_file());
+        Config::layered(&config::Layers {
+            file: &file,
+            file_named: self.config.is_some(),
+            env: std::env::vars().collect(),
+            flags: self.flags.clone(),
+        })
+    }
+
+    /// Loads the configuration and opens the catalog.
+    fn open(&self, serving: bool) -> Result<(Config, Catalog), ExitCode> {
+        let config = self.settings().map_err(|e| fail(&e.to_string()))?.config;
+        init_logging(serving, config.log.format);
+        let catalog = Catalog::open(DataDir::new(&self.data_dir), config.catalog_settings())
+            .map_err(|e| {
+                fail(&format!(
+                    "cannot open the data directory {}: {e}",
+                    self.data_dir.display()
+                ))
+            })?;
         Ok((config, catalog))
     }
 }

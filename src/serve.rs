@@ -1,8 +1,6 @@
 //! `serve`: the one long-running command. HTTPS and SSH run side by side in one process on
 //! one catalog, until SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,62 +8,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, LogFormat};
-
-/// Run the HTTPS server (and the SSH gateway) until SIGTERM or SIGINT
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address of the HTTPS listener [default: 0.0.0.0:8443]
-    #[arg(long, value_name = "ADDR")]
-    pub https_listen: Option<SocketAddr>,
-    /// Address of the SSH listener [default: 0.0.0.0:2222]
-    #[arg(long, value_name = "ADDR")]
-    pub ssh_listen: Option<SocketAddr>,
-    /// A TLS certificate chain (PEM) to use instead of the generated one
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// An extra DNS name or IP address for the generated certificate (repeatable)
-    #[arg(long = "tls-san", value_name = "NAME")]
-    pub tls_san: Vec<String>,
-    /// URL path prefix when behind a reverse proxy, e.g. /lxd
-    #[arg(long, value_name = "PATH")]
-    pub base_path: Option<String>,
-    /// The URL clients use, e.g. https://images.example.com:8443
-    #[arg(long, value_name = "URL")]
-    pub public_url: Option<String>,
-    /// Log format
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-}
-
-impl ServeArgs {
-    /// Flags override the configuration file.
-    pub fn apply(&self, config: &mut Config) {
-        if let Some(listen) = self.https_listen {
-            config.http.listen = listen;
-        }
-        if let Some(listen) = self.ssh_listen {
-            config.ssh.listen = listen;
-        }
-        if self.tls_cert.is_some() {
-            config.tls.cert.clone_from(&self.tls_cert);
-            config.tls.key.clone_from(&self.tls_key);
-        }
-        config.tls.san.extend(self.tls_san.iter().cloned());
-        if let Some(base_path) = &self.base_path {
-            config.http.base_path.clone_from(base_path);
-        }
-        if self.public_url.is_some() {
-            config.http.public_url.clone_from(&self.public_url);
-        }
-        if let Some(format) = self.log_format {
-            config.log.format = format;
-        }
-    }
-}
+use crate::config::Config;
 
 /// How often retired files are checked for the end of their grace period.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);

@@ -587,7 +587,7 @@ fn remove_keeps_files_for_the_grace_period() {
     );
     let out = t
         .command(&["import", p(&m2), p(&r2)])
-        .env("SIMPLESTREAM_GRACE_PERIOD", "0")
+        .env("SIMPLESTREAM_CATALOG_GRACE_PERIOD_SECS", "0")
         .output()
         .unwrap();
     assert!(out.status.success());
