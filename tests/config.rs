@@ -88,7 +88,9 @@ fn short_flag_aliases_and_the_flag_after_the_command() {
 fn mistakes_are_named_in_one_line() {
     let t = TestDir::new();
     std::fs::create_dir_all(t.data()).unwrap();
-    let cases: Vec<(Option<&str>, Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    /// (config file, flags, environment, the message expected)
+    type Case<'a> = (Option<&'a str>, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             Some("[http]\nlistne = \"x\"\n"),
             vec![],
