@@ -8,6 +8,7 @@
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
 //! - [`serve`]: the long-running command: HTTPS and SSH in one process.
+//! - [`ssh`]: the SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
@@ -19,4 +20,5 @@ pub mod data_dir;
 pub mod fsutil;
 pub mod image;
 pub mod serve;
+pub mod ssh;
 pub mod streams;

@@ -78,9 +78,27 @@ pub fn run(config: Config, catalog: Catalog) -> anyhow::Result<()> {
     runtime.block_on(serve(config, Arc::new(catalog)))
 }
 
-async fn serve(_config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+async fn serve(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));
+    let config = Arc::new(config);
+
+    // SSH gateway: host keys, audit log and caps are set up and the port bound before
+    // `ready`, so a start-up problem (port taken, unreadable key) fails `serve` at once.
+    let ssh_task = {
+        let gateway = Arc::new(crate::ssh::Gateway::open(config.clone(), catalog.clone())?);
+        crate::ssh::server::russh_config(&gateway)?;
+        let listener = crate::ssh::server::bind(config.ssh.listen).await?;
+        let address = listener
+            .local_addr()
+            .context("cannot read the SSH listener's address")?;
+        announce(&format!("listening ssh {address}"));
+        announce(&format!(
+            "ssh host key {} (clients see this fingerprint on first connection)",
+            gateway.host_key_fingerprint()
+        ));
+        tokio::spawn(crate::ssh::server::run(listener, gateway, shutdown.clone()))
+    };
 
     // Each listener prints `listening <https|ssh> <address>` once bound; `ready` follows the
     // last one. Scripts and tests read these lines (with port 0, they carry the real port).
@@ -89,6 +107,11 @@ async fn serve(_config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
+    match ssh_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the SSH gateway stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the SSH gateway task failed"),
+    }
     let _ = sweeper.await;
     Ok(())
 }
