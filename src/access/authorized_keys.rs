@@ -233,10 +233,13 @@ fn parse_line(line_text: &str, line: usize) -> Result<AuthorizedKey, String> {
     })
 }
 
+/// One option: its name and, for `name="value"`, the unquoted value.
+pub type KeyOption = (String, Option<String>);
+
 /// Splits the leading options of a line: `name[="value"]` separated by commas, ended by the
 /// first unquoted space or tab. Inside quotes, `\"` is a quote and commas and spaces are
 /// literal. Returns the options and the rest of the line.
-pub fn tokenize_options(text: &str) -> Result<(Vec<(String, Option<String>)>, &str), String> {
+pub fn tokenize_options(text: &str) -> Result<(Vec<KeyOption>, &str), String> {
     let mut options = Vec::new();
     let mut chars = text.char_indices().peekable();
     loop {
