@@ -142,7 +142,10 @@ impl JailedPath {
             return Err(JailError::BadName(name.to_string(), "it contains a slash"));
         }
         if name.is_empty() || name == "." {
-            return Err(JailError::BadName(name.to_string(), "it is not a file name"));
+            return Err(JailError::BadName(
+                name.to_string(),
+                "it is not a file name",
+            ));
         }
         let probe = UploadArea::new(PathBuf::new()).resolve(name)?;
         let mut parts = self.parts.clone();
@@ -248,7 +251,10 @@ mod tests {
         let area = area();
         let dir = area.resolve("sub").unwrap();
         let file = dir.child("img.tar.xz").unwrap();
-        assert_eq!(file.full(), Path::new("/data/incoming/alice/sub/img.tar.xz"));
+        assert_eq!(
+            file.full(),
+            Path::new("/data/incoming/alice/sub/img.tar.xz")
+        );
         assert_eq!(file.client_view(), "/sub/img.tar.xz");
         assert_eq!(file.parent().unwrap(), dir);
         assert!(area.resolve("/").unwrap().parent().is_none());

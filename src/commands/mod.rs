@@ -13,6 +13,7 @@ pub mod output;
 pub mod prune;
 pub mod rebuild;
 pub mod remove;
+pub mod uploads;
 pub mod verify;
 pub mod version;
 pub mod whoami;
@@ -35,6 +36,7 @@ pub enum Command {
     Prune(prune::Prune),
     Verify(verify::Verify),
     Rebuild(rebuild::Rebuild),
+    Uploads(uploads::Uploads),
     Whoami(whoami::Whoami),
     Help(help::Help),
     Version(version::Version),
@@ -50,6 +52,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("prune", Role::Admin),
     ("verify", Role::Admin),
     ("rebuild", Role::Admin),
+    ("uploads", Role::Publisher),
     ("whoami", Role::Reader),
     ("help", Role::Reader),
     ("version", Role::Reader),
@@ -74,6 +77,7 @@ impl Command {
             Command::Prune(_) => "prune",
             Command::Verify(_) => "verify",
             Command::Rebuild(_) => "rebuild",
+            Command::Uploads(_) => "uploads",
             Command::Whoami(_) => "whoami",
             Command::Help(_) => "help",
             Command::Version(_) => "version",
@@ -90,6 +94,7 @@ impl Command {
             Command::Prune(cmd) => cmd.run(ctx),
             Command::Verify(cmd) => cmd.run(ctx),
             Command::Rebuild(cmd) => cmd.run(ctx),
+            Command::Uploads(cmd) => cmd.run(ctx),
             Command::Whoami(cmd) => cmd.run(ctx),
             Command::Help(cmd) => cmd.run(ctx),
             Command::Version(cmd) => cmd.run(ctx),

@@ -76,7 +76,10 @@ mod tests {
     fn writes_one_json_object_a_line() {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open("audit.log", dir.path()).unwrap();
-        audit.record("auth", serde_json::json!({"result": "success", "user": "a\nb"}));
+        audit.record(
+            "auth",
+            serde_json::json!({"result": "success", "user": "a\nb"}),
+        );
         audit.record("upload", serde_json::json!({"bytes": 3}));
         let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
         let lines: Vec<Value> = text

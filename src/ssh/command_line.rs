@@ -95,9 +95,18 @@ mod tests {
     #[test]
     fn splits_like_a_shell() {
         assert_eq!(ok("list"), ["list"]);
-        assert_eq!(ok("  import  a.tar.xz\tb.squashfs "), ["import", "a.tar.xz", "b.squashfs"]);
-        assert_eq!(ok("import 'my image.tar.xz'"), ["import", "my image.tar.xz"]);
-        assert_eq!(ok(r#"alias add "debian/12 x" f"#), ["alias", "add", "debian/12 x", "f"]);
+        assert_eq!(
+            ok("  import  a.tar.xz\tb.squashfs "),
+            ["import", "a.tar.xz", "b.squashfs"]
+        );
+        assert_eq!(
+            ok("import 'my image.tar.xz'"),
+            ["import", "my image.tar.xz"]
+        );
+        assert_eq!(
+            ok(r#"alias add "debian/12 x" f"#),
+            ["alias", "add", "debian/12 x", "f"]
+        );
         assert_eq!(ok(r"a\ b c"), ["a b", "c"]);
         assert_eq!(ok(r#""say \"hi\" \n""#), [r#"say "hi" \n"#]);
         assert_eq!(ok(r"'it'\''s'"), ["it's"]);

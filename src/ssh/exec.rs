@@ -49,8 +49,12 @@ pub async fn run(
         .and_then(|text| command_line::split(text).map_err(|e| e.to_string()))
     {
         Ok(words) if words.is_empty() => {
-            finish_with_error(&writer, "no command given; `ssh <host> help` lists the commands", 2)
-                .await;
+            finish_with_error(
+                &writer,
+                "no command given; `ssh <host> help` lists the commands",
+                2,
+            )
+            .await;
             return;
         }
         Ok(words) => words,
@@ -73,7 +77,9 @@ pub async fn run(
                 }
                 code as u32
             }
-            Ok(cli) => run_command(&gateway, caller.clone(), cli.command, &mut reader, &writer).await,
+            Ok(cli) => {
+                run_command(&gateway, caller.clone(), cli.command, &mut reader, &writer).await
+            }
         }
     };
 

@@ -19,7 +19,9 @@ const RSA_FILE: &str = "ssh_host_rsa_key";
 pub enum HostKeyError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("the host key {path} is unreadable ({message}); restore it from a backup, or move it away to generate a new one (clients will then warn that the host key changed)")]
+    #[error(
+        "the host key {path} is unreadable ({message}); restore it from a backup, or move it away to generate a new one (clients will then warn that the host key changed)"
+    )]
     Unreadable { path: String, message: String },
     #[error("cannot generate a host key: {0}")]
     Generate(String),
@@ -33,7 +35,10 @@ pub fn load_or_generate(dirs: &DataDir, with_rsa: bool) -> Result<Vec<PrivateKey
         .mode(0o700)
         .create(&dir)
         .map_err(|e| crate::fsutil::with_path(e, "cannot create", &dir))?;
-    let mut keys = vec![load_or_generate_one(&dir.join(ED25519_FILE), Algorithm::Ed25519)?];
+    let mut keys = vec![load_or_generate_one(
+        &dir.join(ED25519_FILE),
+        Algorithm::Ed25519,
+    )?];
     if with_rsa {
         keys.push(load_or_generate_one(
             &dir.join(RSA_FILE),

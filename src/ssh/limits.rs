@@ -26,7 +26,9 @@ pub enum GateRefusal {
     Full(usize),
     #[error("{address} has {open} connections open, the limit per address")]
     AddressFull { address: IpAddr, open: usize },
-    #[error("{address} failed to log in {failures} times recently; refused for up to {window_secs} s")]
+    #[error(
+        "{address} failed to log in {failures} times recently; refused for up to {window_secs} s"
+    )]
     Throttled {
         address: IpAddr,
         failures: usize,

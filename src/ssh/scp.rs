@@ -329,8 +329,11 @@ pub async fn run(
                 match std::fs::symlink_metadata(dir.full()) {
                     Ok(meta) if meta.is_dir() => {}
                     Ok(_) => {
-                        return fatal(format!("{} exists and is not a directory", dir.client_view()))
-                            .await;
+                        return fatal(format!(
+                            "{} exists and is not a directory",
+                            dir.client_view()
+                        ))
+                        .await;
                     }
                     Err(_) => {
                         if let Err(e) = std::fs::create_dir(dir.full()) {
@@ -420,7 +423,11 @@ mod tests {
         assert!(args.recursive && args.target_is_dir);
         assert_eq!(args.target, "-odd");
         assert_eq!(parse_args(&words("scp -pt x")).unwrap().target, "x");
-        assert!(parse_args(&words("scp -f x")).unwrap_err().contains("uploads only"));
+        assert!(
+            parse_args(&words("scp -f x"))
+                .unwrap_err()
+                .contains("uploads only")
+        );
         assert!(parse_args(&words("scp x")).unwrap_err().contains("sink"));
         assert!(parse_args(&words("scp -t")).is_err());
         assert!(parse_args(&words("scp -t a b")).is_err());

@@ -227,10 +227,9 @@ async fn serve_connection(connection: Connection) {
 
 fn login_timed_out(gateway: &Gateway, gate: &ConnectionGate, peer: SocketAddr) {
     tracing::info!(peer = %peer, "closed a connection that did not log in within the grace time");
-    gateway.audit.record(
-        "login_timeout",
-        json!({"address": peer.ip().to_string()}),
-    );
+    gateway
+        .audit
+        .record("login_timeout", json!({"address": peer.ip().to_string()}));
     gate.record_failure(peer.ip());
 }
 

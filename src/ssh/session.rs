@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use russh::keys::{HashAlg, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
 
@@ -145,7 +147,12 @@ impl Handler for SshSession {
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        self.failed("password", user, None, "password authentication is disabled; use a key listed in authorized_keys");
+        self.failed(
+            "password",
+            user,
+            None,
+            "password authentication is disabled; use a key listed in authorized_keys",
+        );
         Ok(reject())
     }
 
@@ -174,7 +181,12 @@ impl Handler for SshSession {
         match keys.find(offer.public_key, self.peer.ip(), crate::catalog::unix_now()) {
             Ok(_) => Ok(Auth::Accept),
             Err(refusal) => {
-                self.failed("publickey", user, Some(offer.public_key), &refusal.to_string());
+                self.failed(
+                    "publickey",
+                    user,
+                    Some(offer.public_key),
+                    &refusal.to_string(),
+                );
                 Ok(reject())
             }
         }
@@ -259,7 +271,9 @@ impl Handler for SshSession {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.audit_refusal("x11 channel");
-        reply.reject(prohibited("X11 forwarding is not available on this server")).await;
+        reply
+            .reject(prohibited("X11 forwarding is not available on this server"))
+            .await;
         Ok(())
     }
 
@@ -273,8 +287,14 @@ impl Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal(&format!("port forwarding to {host_to_connect}:{port_to_connect}"));
-        reply.reject(prohibited("port forwarding is not available on this server")).await;
+        self.audit_refusal(&format!(
+            "port forwarding to {host_to_connect}:{port_to_connect}"
+        ));
+        reply
+            .reject(prohibited(
+                "port forwarding is not available on this server",
+            ))
+            .await;
         Ok(())
     }
 
@@ -286,7 +306,11 @@ impl Handler for SshSession {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.audit_refusal(&format!("socket forwarding to {socket_path}"));
-        reply.reject(prohibited("socket forwarding is not available on this server")).await;
+        reply
+            .reject(prohibited(
+                "socket forwarding is not available on this server",
+            ))
+            .await;
         Ok(())
     }
 

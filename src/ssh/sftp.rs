@@ -293,7 +293,10 @@ impl Handler for SftpSession {
     type Error = SftpError;
 
     fn unimplemented(&self) -> Self::Error {
-        SftpError::new(StatusCode::OpUnsupported, "this request is not supported here")
+        SftpError::new(
+            StatusCode::OpUnsupported,
+            "this request is not supported here",
+        )
     }
 
     async fn init(
@@ -341,14 +344,16 @@ impl Handler for SftpSession {
                 ));
             }
             let keep = !pflags.contains(OpenFlags::TRUNCATE);
-            let mut upload = Upload::create(&self.gateway, &self.user, &self.area, path, keep, "sftp")
-                .map_err(|e| {
-                    let error = SftpError::from(e);
-                    if error.tell {
-                        self.notices.push(error.message.clone());
-                    }
-                    error
-                })?;
+            let mut upload =
+                Upload::create(&self.gateway, &self.user, &self.area, path, keep, "sftp").map_err(
+                    |e| {
+                        let error = SftpError::from(e);
+                        if error.tell {
+                            self.notices.push(error.message.clone());
+                        }
+                        error
+                    },
+                )?;
             if let Some(mtime) = mtime_of(&attrs) {
                 upload.set_mtime(mtime);
             }
@@ -458,7 +463,10 @@ impl Handler for SftpSession {
             // Changing a finished upload's length would bypass the quota and the hashes.
             return Err(SftpError::new(
                 StatusCode::OpUnsupported,
-                format!("{} is a finished upload; upload it again instead of resizing it", path.client_view()),
+                format!(
+                    "{} is a finished upload; upload it again instead of resizing it",
+                    path.client_view()
+                ),
             ));
         }
         if let Some(mtime) = mtime_of(&attrs)
@@ -610,7 +618,12 @@ impl Handler for SftpSession {
         match request.as_str() {
             "limits@openssh.com" => {
                 let mut reply = Vec::with_capacity(32);
-                for value in [LIMIT_PACKET, LIMIT_READ_WRITE, LIMIT_READ_WRITE, LIMIT_HANDLES] {
+                for value in [
+                    LIMIT_PACKET,
+                    LIMIT_READ_WRITE,
+                    LIMIT_READ_WRITE,
+                    LIMIT_HANDLES,
+                ] {
                     reply.extend_from_slice(&value.to_be_bytes());
                 }
                 Ok(Packet::ExtendedReply(ExtendedReply { id, data: reply }))
@@ -792,7 +805,10 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
     };
     let id = packet.get_request_id();
     let result: Result<Packet, SftpError> = match packet {
-        Packet::Init(p) => session.init(p.version, p.extensions).await.map(Packet::from),
+        Packet::Init(p) => session
+            .init(p.version, p.extensions)
+            .await
+            .map(Packet::from),
         Packet::Open(p) => session
             .open(p.id, p.filename, p.pflags, p.attrs)
             .await
@@ -808,7 +824,10 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
             .map(Packet::from),
         Packet::Lstat(p) => session.lstat(p.id, p.path).await.map(Packet::from),
         Packet::Fstat(p) => session.fstat(p.id, p.handle).await.map(Packet::from),
-        Packet::SetStat(p) => session.setstat(p.id, p.path, p.attrs).await.map(Packet::from),
+        Packet::SetStat(p) => session
+            .setstat(p.id, p.path, p.attrs)
+            .await
+            .map(Packet::from),
         Packet::FSetStat(p) => session
             .fsetstat(p.id, p.handle, p.attrs)
             .await
@@ -830,7 +849,10 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
             .await
             .map(Packet::from),
         Packet::Extended(p) => session.extended(p.id, p.request, p.data).await,
-        _ => Err(SftpError::new(StatusCode::BadMessage, "this is not a request")),
+        _ => Err(SftpError::new(
+            StatusCode::BadMessage,
+            "this is not a request",
+        )),
     };
     result.unwrap_or_else(|e| e.status(id))
 }
@@ -919,7 +941,10 @@ mod tests {
             }
             let mut first = inbox.next_packet().unwrap().unwrap();
             let (id, handle, offset, len, header) = parse_write_header(&first).unwrap();
-            assert_eq!((id, handle.as_str(), offset, len), (7, "12", 1 << 33, data.len()));
+            assert_eq!(
+                (id, handle.as_str(), offset, len),
+                (7, "12", 1 << 33, data.len())
+            );
             skip(&mut first, header);
             assert_eq!(concat(first), Bytes::from(data.clone()), "split {split}");
             let second = inbox.next_packet().unwrap().unwrap();
@@ -934,7 +959,9 @@ mod tests {
     #[test]
     fn refuses_oversized_and_empty_packets() {
         let mut inbox = Inbox::default();
-        inbox.push(Bytes::from(((MAX_PACKET + 1) as u32).to_be_bytes().to_vec()));
+        inbox.push(Bytes::from(
+            ((MAX_PACKET + 1) as u32).to_be_bytes().to_vec(),
+        ));
         assert!(inbox.next_packet().is_err());
         let mut inbox = Inbox::default();
         inbox.push(Bytes::from(vec![0, 0, 0, 0]));

@@ -382,8 +382,7 @@ impl Upload {
         if offset == 0 && self.head.is_empty() {
             for chunk in chunks {
                 let room = HEAD_LEN - self.head.len();
-                self.head
-                    .extend_from_slice(&chunk[..chunk.len().min(room)]);
+                self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 if self.head.len() == HEAD_LEN {
                     break;
                 }
