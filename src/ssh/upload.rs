@@ -524,14 +524,16 @@ impl Upload {
         self.account.release(self.replaces);
 
         let digests = &self.gateway.digests;
+        let mut combined_with = Vec::new();
         let sha256 = match self.hashing.take() {
             Some(hashing) if hashing.next == self.len => {
                 let sha256 = hex(hashing.own.clone().finalize());
-                let combined = hashing
+                let combined: Vec<(String, String)> = hashing
                     .combined
                     .into_iter()
                     .map(|(meta, state)| (meta, hex(state.finalize())))
                     .collect();
+                combined_with = combined.iter().map(|(meta, _)| meta.clone()).collect();
                 digests.record(
                     self.target.full(),
                     KnownDigest {
@@ -568,6 +570,8 @@ impl Upload {
                 "file": committed.file,
                 "bytes": committed.bytes,
                 "sha256": committed.sha256,
+                // Metadata tarballs this root was hashed together with (combined fingerprints).
+                "combined_with": combined_with,
                 "ms": self.started.elapsed().as_millis() as u64,
                 "protocol": self.protocol,
             }),

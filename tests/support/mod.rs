@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod server;
+pub mod ssh;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
