@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::Sha256;
+use super::sha256::Sha256State;
 
 use crate::catalog::import::{DigestCache, KnownDigest};
 
@@ -56,7 +56,7 @@ struct MetadataSeed {
     path: PathBuf,
     identity: FileIdentity,
     sha256: String,
-    state: Sha256,
+    state: Sha256State,
     recorded: Instant,
 }
 
@@ -106,7 +106,13 @@ impl UploadDigests {
 
     /// Offers the finished-but-unfinalised sha256 state of a small tarball at `path` (in the
     /// area rooted at `area`) to root uploads that follow.
-    pub fn record_metadata_seed(&self, area: &Path, path: &Path, sha256: String, state: Sha256) {
+    pub fn record_metadata_seed(
+        &self,
+        area: &Path,
+        path: &Path,
+        sha256: String,
+        state: Sha256State,
+    ) {
         let Some(identity) = FileIdentity::of(path) else {
             return;
         };
@@ -126,7 +132,7 @@ impl UploadDigests {
 
     /// The hash states a root upload starting now in `area` should continue: (sha256 of the
     /// metadata tarball, its sha256 state). Newest first; only files still unchanged.
-    pub fn metadata_seeds(&self, area: &Path) -> Vec<(String, Sha256)> {
+    pub fn metadata_seeds(&self, area: &Path) -> Vec<(String, Sha256State)> {
         let mut inner = self.lock();
         let Some(seeds) = inner.seeds.get_mut(area) else {
             return Vec::new();
@@ -179,7 +185,7 @@ impl DigestCache for UploadDigests {
 
 #[cfg(test)]
 mod tests {
-    use sha2::Digest;
+    use sha2::{Digest, Sha256};
 
     use super::*;
 
@@ -211,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("lxd.tar.xz");
         std::fs::write(&meta, b"metadata").unwrap();
-        let mut state = Sha256::new();
+        let mut state = Sha256State::new();
         state.update(b"metadata");
         let digests = UploadDigests::new();
         digests.record_metadata_seed(dir.path(), &meta, "m".into(), state);
@@ -219,7 +225,7 @@ mod tests {
         assert_eq!(seeds.len(), 1);
         let mut combined = seeds[0].1.clone();
         combined.update(b"root");
-        assert_eq!(combined.finalize(), Sha256::digest(b"metadataroot"));
+        assert_eq!(combined.finalize()[..], Sha256::digest(b"metadataroot")[..]);
         std::fs::remove_file(&meta).unwrap();
         assert!(digests.metadata_seeds(dir.path()).is_empty());
     }

@@ -14,6 +14,7 @@
 //!   through [`access::jail`](crate::access::jail) and write through [`upload`].
 //! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit.
 //! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
+//! - [`sha256`]: SHA-256 with an owned state, two streams for the price of one.
 //! - [`audit`], [`limits`], [`host_keys`], [`command_line`]: the audit log, the connection
 //!   gate, the host keys and the exec line splitter.
 //!
@@ -29,6 +30,7 @@ pub mod scp;
 pub mod server;
 pub mod session;
 pub mod sftp;
+pub mod sha256;
 pub mod upload;
 
 use std::sync::Arc;

@@ -25,12 +25,11 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::Gateway;
+use super::sha256::{Sha256State, update_all};
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{JailError, JailedPath, UploadArea};
-use crate::catalog::hashing::hex;
 use crate::catalog::import::{KnownDigest, human_size};
 use crate::image::{Compression, RootKind};
 
@@ -229,9 +228,9 @@ struct Base {
 struct Hashing {
     /// Where the next sequential write starts.
     next: u64,
-    own: Sha256,
+    own: Sha256State,
     /// (sha256 of a metadata tarball, state continuing it with this file).
-    combined: Vec<(String, Sha256)>,
+    combined: Vec<(String, Sha256State)>,
 }
 
 /// What a finished upload reports.
@@ -330,7 +329,7 @@ impl Upload {
             base,
             hashing: Some(Hashing {
                 next: 0,
-                own: Sha256::new(),
+                own: Sha256State::new(),
                 combined: Vec::new(),
             }),
             head: Vec::new(),
@@ -405,11 +404,11 @@ impl Upload {
             // A root starts: continue the states of the metadata tarballs uploaded before it.
             hashing.combined = self.gateway.digests.metadata_seeds(self.area.root());
         }
+        let mut states: Vec<&mut Sha256State> = std::iter::once(&mut hashing.own)
+            .chain(hashing.combined.iter_mut().map(|(_, state)| state))
+            .collect();
         for chunk in chunks {
-            hashing.own.update(chunk);
-            for (_, combined) in &mut hashing.combined {
-                combined.update(chunk);
-            }
+            update_all(&mut states, chunk);
         }
         hashing.next = end;
     }
@@ -527,11 +526,11 @@ impl Upload {
         let mut combined_with = Vec::new();
         let sha256 = match self.hashing.take() {
             Some(hashing) if hashing.next == self.len => {
-                let sha256 = hex(hashing.own.clone().finalize());
+                let sha256 = hashing.own.clone().finalize_hex();
                 let combined: Vec<(String, String)> = hashing
                     .combined
                     .into_iter()
-                    .map(|(meta, state)| (meta, hex(state.finalize())))
+                    .map(|(meta, state)| (meta, state.finalize_hex()))
                     .collect();
                 combined_with = combined.iter().map(|(meta, _)| meta.clone()).collect();
                 digests.record(
