@@ -153,6 +153,19 @@ wait_sshd_children() {
     log "warning: sshd children still running"
 }
 
+# Waits until our server's CPU time stops growing (its background fsync of the upload is
+# over): that CPU is part of the upload's cost.
+wait_cpu_settled() {
+    local before after
+    before=$(cpu_ticks "$1" 0)
+    for _ in $(seq 60); do
+        sleep 0.25
+        after=$(cpu_ticks "$1" 0)
+        [[ $after == "$before" ]] && return
+        before=$after
+    done
+}
+
 now() { date +%s.%N; }
 
 # upload <server: ours|sshd> <mode>: prints "wall_seconds cpu_seconds"
@@ -177,7 +190,11 @@ upload() {
     t0=$(now)
     scp "${SSH_OPTS[@]}" "${args[@]}" -P "$port" "$WORK/root.squashfs" "127.0.0.1:$dest"
     t1=$(now)
-    [[ $server == sshd ]] && wait_sshd_children
+    if [[ $server == sshd ]]; then
+        wait_sshd_children
+    else
+        wait_cpu_settled "$pid"
+    fi
     cpu1=$(cpu_ticks "$pid" "$children")
     calc "$t1 - $t0" "($cpu1 - $cpu0) / $CLK_TCK"
 }
@@ -221,8 +238,9 @@ done
 printf '\n%-8s %14s %14s %16s\n' round "import s" "to listed s" "import (synced) s"
 for round in $(seq "$ROUNDS"); do
     for variant in plain synced; do
-        created=$((1764244800 + round * 100))
-        [[ $variant == synced ]] && created=$((created + 50))
+        # A new version each time: serials have minute resolution, so step by hours.
+        created=$((1764244800 + round * 7200))
+        [[ $variant == synced ]] && created=$((created + 3600))
         metadata_tarball "$WORK/lxd.tar.xz" "$created"
         scp "${SSH_OPTS[@]}" -c aes128-gcm@openssh.com -P "$OURS_PORT" \
             "$WORK/lxd.tar.xz" "$WORK/root.squashfs" 127.0.0.1:

@@ -77,6 +77,8 @@ pub struct SshConfig {
     /// Where the audit log goes: a path (relative to the data directory), `-` for standard
     /// output, or an empty string for nowhere.
     pub audit_log: String,
+    /// Write uploads with O_DIRECT (past the page cache) where the filesystem allows it.
+    pub direct_io: bool,
     /// Also generate and offer an RSA host key, for clients that cannot use Ed25519.
     pub rsa_host_key: bool,
     /// Ciphers offered, most preferred first. The client's preference decides among them.
@@ -132,6 +134,7 @@ impl Default for SshConfig {
             quota_bytes: 64 << 30,
             max_file_bytes: 32 << 30,
             audit_log: "audit.log".into(),
+            direct_io: true,
             rsa_host_key: false,
             ciphers: vec![
                 "aes128-gcm@openssh.com".into(),

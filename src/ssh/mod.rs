@@ -12,7 +12,8 @@
 //!   clap table as the local CLI and run by [`commands::execute`](crate::commands::execute).
 //! - [`sftp`] and [`scp`]: the two upload doors. Both turn client paths into real ones
 //!   through [`access::jail`](crate::access::jail) and write through [`upload`].
-//! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit.
+//! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit;
+//!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
 //! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
 //! - [`sha256`]: SHA-256 with an owned state, two streams for the price of one.
 //! - [`audit`], [`limits`], [`host_keys`], [`command_line`]: the audit log, the connection
@@ -23,6 +24,7 @@
 pub mod audit;
 pub mod command_line;
 pub mod digests;
+pub mod disk_writer;
 pub mod exec;
 pub mod host_keys;
 pub mod limits;

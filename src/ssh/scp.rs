@@ -272,12 +272,13 @@ pub async fn run(
                         // Cut off mid-file: the upload is dropped, its temp file deleted.
                         return 1;
                     };
+                    let len = chunk.len() as u64;
                     if problem.is_none()
-                        && let Err(e) = upload.write_at(received, std::slice::from_ref(&chunk))
+                        && let Err(e) = upload.write_at(received, vec![chunk]).await
                     {
                         problem = Some(e);
                     }
-                    received += chunk.len() as u64;
+                    received += len;
                 }
                 match input.byte().await {
                     Some(0) => {}
@@ -296,7 +297,7 @@ pub async fn run(
                 }
                 let stored = match problem {
                     Some(e) => Err(e),
-                    None => upload.commit().map(|_| ()),
+                    None => upload.commit().await.map(|_| ()),
                 };
                 let answer = match stored {
                     Ok(()) => vec![0],

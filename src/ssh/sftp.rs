@@ -189,8 +189,13 @@ impl SftpSession {
     }
 
     /// The WRITE fast path: `data` is the request's payload as russh delivered it.
-    fn write_chunks(&mut self, handle: &str, offset: u64, data: &[Bytes]) -> Result<(), SftpError> {
-        let result = self.upload_mut(handle)?.write_at(offset, data);
+    async fn write_chunks(
+        &mut self,
+        handle: &str,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<(), SftpError> {
+        let result = self.upload_mut(handle)?.write_at(offset, data).await;
         result.map_err(|e| self.fail_upload(handle, e))
     }
 
@@ -380,7 +385,7 @@ impl Handler for SftpSession {
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
             Some(OpenHandle::Upload(upload)) => {
-                upload.commit().map_err(SftpError::from)?;
+                upload.commit().await.map_err(SftpError::from)?;
                 Ok(ok(id))
             }
             Some(_) => Ok(ok(id)),
@@ -416,7 +421,8 @@ impl Handler for SftpSession {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        self.write_chunks(&handle, offset, &[Bytes::from(data)])?;
+        self.write_chunks(&handle, offset, vec![Bytes::from(data)])
+            .await?;
         Ok(ok(id))
     }
 
@@ -491,21 +497,21 @@ impl Handler for SftpSession {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        match self.handles.get_mut(&handle) {
+        let result = match self.handles.get_mut(&handle) {
             Some(OpenHandle::Upload(upload)) => {
-                let result = match attrs.size {
-                    Some(size) => upload.set_len(size),
-                    None => Ok(()),
-                };
                 if let Some(mtime) = mtime_of(&attrs) {
                     upload.set_mtime(mtime);
                 }
-                result.map_err(|e| self.fail_upload(&handle, e))?;
-                Ok(ok(id))
+                match attrs.size {
+                    Some(size) => upload.set_len(size).await,
+                    None => Ok(()),
+                }
             }
-            Some(_) => Ok(ok(id)),
-            None => Err(SftpError::bad_handle()),
-        }
+            Some(_) => Ok(()),
+            None => return Err(SftpError::bad_handle()),
+        };
+        result.map_err(|e| self.fail_upload(&handle, e))?;
+        Ok(ok(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
@@ -643,7 +649,7 @@ impl Handler for SftpSession {
                 let handle = take_string(&data, &mut at)
                     .ok_or_else(|| SftpError::from(StatusCode::BadMessage))?;
                 match self.handles.get(&handle) {
-                    Some(OpenHandle::Upload(upload)) => upload.sync()?,
+                    Some(OpenHandle::Upload(upload)) => upload.sync().await?,
                     Some(_) => {}
                     None => return Err(SftpError::bad_handle()),
                 }
@@ -790,7 +796,7 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
             return SftpError::from(StatusCode::BadMessage).status(id);
         }
         skip(&mut pieces, header_len);
-        return match session.write_chunks(&handle, offset, &pieces) {
+        return match session.write_chunks(&handle, offset, pieces).await {
             Ok(()) => Packet::Status(ok(id)),
             Err(e) => e.status(id),
         };

@@ -10,9 +10,12 @@
 //!   root following a metadata tarball, the combined fingerprint too); the digests are handed
 //!   to [`UploadDigests`](super::digests::UploadDigests) on commit, so that `import` reads
 //!   nothing again. A write out of order drops the hashing: `import` will read the file.
-//! - Writes are positional and unbuffered (one `pwrite` per received chunk, straight into the
-//!   page cache); nothing is fsynced per request. After the commit the file is fsynced in the
-//!   background, so it is on disk by the time an import links it into the catalog.
+//! - Bytes that arrive in order (nearly always) go to a writer thread
+//!   ([`DiskWriter`]) that hashes them and writes them with `O_DIRECT` in 1 MiB blocks; the
+//!   connection's task only decrypts and queues. Out-of-order writes fall back to positional
+//!   writes on the connection's task. Nothing is fsynced per request; after the commit the
+//!   file is fsynced in the background (cheap: the bytes are already on the device), so an
+//!   import has nothing left to flush.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -27,7 +30,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::Gateway;
-use super::sha256::{Sha256State, update_all};
+use super::disk_writer::DiskWriter;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{JailError, JailedPath, UploadArea};
 use crate::catalog::import::{KnownDigest, human_size};
@@ -224,13 +227,13 @@ struct Base {
     len: u64,
 }
 
-/// Hashes of the bytes received in order so far.
-struct Hashing {
-    /// Where the next sequential write starts.
-    next: u64,
-    own: Sha256State,
-    /// (sha256 of a metadata tarball, state continuing it with this file).
-    combined: Vec<(String, Sha256State)>,
+/// Where the bytes go.
+enum Sink {
+    /// Every write so far continued the last: bytes are queued to a writer thread that
+    /// hashes them and writes them to disk.
+    Streaming { writer: DiskWriter, next: u64 },
+    /// After an out-of-order write (or without a thread): positional writes here, no hashes.
+    Positional,
 }
 
 /// What a finished upload reports.
@@ -251,7 +254,8 @@ pub struct Upload {
     /// The temp file's length.
     len: u64,
     base: Option<Base>,
-    hashing: Option<Hashing>,
+    sink: Sink,
+    /// The first bytes, to tell a root (hashed with the metadata before it) from the rest.
     head: Vec<u8>,
     account: Arc<QuotaAccount>,
     /// Bytes of this upload counted in the account.
@@ -318,6 +322,13 @@ impl Upload {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)
             .map_err(|e| UploadError::io("create", &view, &e))?;
+        let sink = match DiskWriter::start(&temp, gateway.config.ssh.direct_io) {
+            Ok(writer) => Sink::Streaming { writer, next: 0 },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");
+                Sink::Positional
+            }
+        };
         Ok(Upload {
             gateway: gateway.clone(),
             user: user.to_string(),
@@ -327,11 +338,7 @@ impl Upload {
             file,
             len: 0,
             base,
-            hashing: Some(Hashing {
-                next: 0,
-                own: Sha256State::new(),
-                combined: Vec::new(),
-            }),
+            sink,
             head: Vec::new(),
             account,
             counted: 0,
@@ -360,57 +367,78 @@ impl Upload {
         self.len == 0
     }
 
+    fn io_error(&self, action: &str, e: &io::Error) -> UploadError {
+        UploadError::io(action, &self.target.client_view(), e)
+    }
+
     /// Writes `chunks` (consecutive) at `offset`.
-    pub fn write_at(&mut self, offset: u64, chunks: &[Bytes]) -> Result<(), UploadError> {
+    pub async fn write_at(&mut self, offset: u64, chunks: Vec<Bytes>) -> Result<(), UploadError> {
         let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let end = offset.saturating_add(total);
         self.check_size(end)?;
         if self.base.is_some() && offset != self.len {
-            self.materialize_base()?;
+            self.materialize_base().await?;
         }
-        if end > self.len {
+        if end > self.counted {
             self.grow_account(end)?;
         }
-        let mut position = offset;
-        for chunk in chunks {
-            self.file
-                .write_all_at(chunk, position)
-                .map_err(|e| UploadError::io("write", &self.target.client_view(), &e))?;
-            position += chunk.len() as u64;
-        }
-        if offset == 0 && self.head.is_empty() {
-            for chunk in chunks {
-                let room = HEAD_LEN - self.head.len();
-                self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if self.head.len() == HEAD_LEN {
-                    break;
-                }
+        let in_order = matches!(&self.sink, Sink::Streaming { next, .. } if *next == offset);
+        if in_order {
+            if offset == 0 && self.head.is_empty() {
+                self.start_hashing(&chunks).await?;
+            }
+            if let Sink::Streaming { writer, next } = &mut self.sink {
+                let sent = writer.write(chunks).await;
+                *next = end;
+                sent.map_err(|e| UploadError::io("write", &self.target.client_view(), &e))?;
+            }
+        } else {
+            self.stop_streaming().await?;
+            let mut position = offset;
+            for chunk in &chunks {
+                self.file
+                    .write_all_at(chunk, position)
+                    .map_err(|e| self.io_error("write", &e))?;
+                position += chunk.len() as u64;
             }
         }
-        self.hash(offset, end, chunks);
         self.len = self.len.max(end);
         Ok(())
     }
 
-    fn hash(&mut self, offset: u64, end: u64, chunks: &[Bytes]) {
-        let Some(hashing) = self.hashing.as_mut() else {
-            return;
-        };
-        if offset != hashing.next {
-            self.hashing = None;
-            return;
-        }
-        if offset == 0 && RootKind::detect(&self.head).is_some() {
-            // A root starts: continue the states of the metadata tarballs uploaded before it.
-            hashing.combined = self.gateway.digests.metadata_seeds(self.area.root());
-        }
-        let mut states: Vec<&mut Sha256State> = std::iter::once(&mut hashing.own)
-            .chain(hashing.combined.iter_mut().map(|(_, state)| state))
-            .collect();
+    /// At the first bytes: a root (by its magic) also continues the hash states of the
+    /// metadata tarballs uploaded before it, giving the combined fingerprints.
+    async fn start_hashing(&mut self, chunks: &[Bytes]) -> Result<(), UploadError> {
         for chunk in chunks {
-            update_all(&mut states, chunk);
+            let room = HEAD_LEN - self.head.len();
+            self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if self.head.len() == HEAD_LEN {
+                break;
+            }
         }
-        hashing.next = end;
+        if RootKind::detect(&self.head).is_none() {
+            return Ok(());
+        }
+        let seeds = self.gateway.digests.metadata_seeds(self.area.root());
+        if let (Sink::Streaming { writer, .. }, false) = (&self.sink, seeds.is_empty()) {
+            writer
+                .seeds(seeds)
+                .await
+                .map_err(|e| self.io_error("write", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Switches to positional writes: the thread writes what it has, hashes are dropped.
+    async fn stop_streaming(&mut self) -> Result<(), UploadError> {
+        if let Sink::Streaming { writer, .. } = std::mem::replace(&mut self.sink, Sink::Positional)
+        {
+            writer
+                .finish()
+                .await
+                .map_err(|e| self.io_error("write", &e))?;
+        }
+        Ok(())
     }
 
     /// Checks before any byte arrives that a file of `size` fits (`scp -t` announces sizes),
@@ -421,33 +449,37 @@ impl Upload {
     }
 
     /// Forces the bytes written so far to disk (`fsync@openssh.com`).
-    pub fn sync(&self) -> Result<(), UploadError> {
-        self.file
-            .sync_data()
-            .map_err(|e| UploadError::io("sync", &self.target.client_view(), &e))
+    pub async fn sync(&self) -> Result<(), UploadError> {
+        let synced = match &self.sink {
+            Sink::Streaming { writer, .. } => writer.sync().await,
+            Sink::Positional => self.file.sync_data(),
+        };
+        synced.map_err(|e| self.io_error("sync", &e))
     }
 
     /// Sets the file's length (SFTP FSETSTAT size, which OpenSSH's scp always sends).
-    pub fn set_len(&mut self, size: u64) -> Result<(), UploadError> {
+    pub async fn set_len(&mut self, size: u64) -> Result<(), UploadError> {
         self.check_size(size)?;
         if let Some(base) = &self.base {
             if size > self.len && base.len > self.len {
-                self.materialize_base()?;
+                self.materialize_base().await?;
             }
             self.base = None;
         }
+        if matches!(&self.sink, Sink::Streaming { next, .. } if *next == size) {
+            // What scp sends after its last write: the length is already right.
+            return Ok(());
+        }
+        self.stop_streaming().await?;
         if size > self.counted {
             self.grow_account(size)?;
         }
         self.file
             .set_len(size)
-            .map_err(|e| UploadError::io("resize", &self.target.client_view(), &e))?;
+            .map_err(|e| self.io_error("resize", &e))?;
         if size < self.counted {
             self.account.release(self.counted - size);
             self.counted = size;
-        }
-        if self.hashing.as_ref().is_some_and(|h| h.next != size) {
-            self.hashing = None;
         }
         self.len = size;
         Ok(())
@@ -478,18 +510,18 @@ impl Upload {
         Ok(())
     }
 
-    /// Copies the bytes of the replaced file beyond what was written sequentially, then
-    /// forgets it.
-    fn materialize_base(&mut self) -> Result<(), UploadError> {
+    /// Copies the bytes of the replaced file beyond what was written in order, then forgets
+    /// it.
+    async fn materialize_base(&mut self) -> Result<(), UploadError> {
         let Some(base) = self.base.take() else {
             return Ok(());
         };
         if base.len <= self.len {
             return Ok(());
         }
+        self.stop_streaming().await?;
         self.check_size(base.len)?;
         self.grow_account(base.len)?;
-        let view = self.target.client_view();
         let copy = || -> io::Result<()> {
             let mut source = File::open(&base.path)?;
             source.seek(SeekFrom::Start(self.len))?;
@@ -498,16 +530,25 @@ impl Upload {
             io::copy(&mut io::Read::take(source, base.len - self.len), &mut dest)?;
             Ok(())
         };
-        copy().map_err(|e| UploadError::io("keep the existing content of", &view, &e))?;
+        copy().map_err(|e| self.io_error("keep the existing content of", &e))?;
         self.len = base.len;
         Ok(())
     }
 
     /// Renames the file into place, records its digests and writes the audit line.
-    pub fn commit(mut self) -> Result<Committed, UploadError> {
+    pub async fn commit(mut self) -> Result<Committed, UploadError> {
         if self.base.is_some() {
-            self.materialize_base()?;
+            self.materialize_base().await?;
         }
+        let written = match std::mem::replace(&mut self.sink, Sink::Positional) {
+            Sink::Streaming { writer, .. } => Some(
+                writer
+                    .finish()
+                    .await
+                    .map_err(|e| self.io_error("write", &e))?,
+            ),
+            Sink::Positional => None,
+        };
         let view = self.target.client_view();
         if let Some(mtime) = self.mtime {
             let _ = self.file.set_modified(mtime);
@@ -517,17 +558,16 @@ impl Upload {
         {
             return Err(UploadError::IsDirectory(view));
         }
-        fs::rename(&self.temp, self.target.full())
-            .map_err(|e| UploadError::io("store", &view, &e))?;
+        fs::rename(&self.temp, self.target.full()).map_err(|e| self.io_error("store", &e))?;
         self.finished = true;
         self.account.release(self.replaces);
 
         let digests = &self.gateway.digests;
         let mut combined_with = Vec::new();
-        let sha256 = match self.hashing.take() {
-            Some(hashing) if hashing.next == self.len => {
-                let sha256 = hashing.own.clone().finalize_hex();
-                let combined: Vec<(String, String)> = hashing
+        let sha256 = match written {
+            Some(written) if written.len == self.len => {
+                let sha256 = written.own.clone().finalize_hex();
+                let combined: Vec<(String, String)> = written
                     .combined
                     .into_iter()
                     .map(|(meta, state)| (meta, state.finalize_hex()))
@@ -546,7 +586,7 @@ impl Upload {
                         self.area.root(),
                         self.target.full(),
                         sha256.clone(),
-                        hashing.own,
+                        written.own,
                     );
                 }
                 Some(sha256)
