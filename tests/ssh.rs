@@ -146,7 +146,7 @@ fn upload_import_and_list_end_to_end() {
     assert!(
         commands
             .iter()
-            .any(|e| e["command"].as_str().unwrap().starts_with("import ") && e["exit"] == 0),
+            .any(|e| e["name"] == "import" && e["exit"] == 0),
         "{commands:?}"
     );
 }
@@ -207,6 +207,31 @@ fn legacy_scp_and_sftp_put_store_the_same_bytes() {
             .all(|u| u["sha256"] == support::sha256_of(&[&file]).as_str()),
         "{uploads}"
     );
+}
+
+#[test]
+fn recursive_uploads_make_directories_in_both_protocols() {
+    let s = setup();
+    let tree = s.t.file("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    random_file(&tree.join("a.bin"), 70_000, 11);
+    random_file(&tree.join("sub/b.bin"), 1_500_000, 12);
+    let dir = area(&s.t, "alice@laptop");
+    for (extra, dest) in [(&["-r"][..], "modern"), (&["-O", "-r"][..], "legacy")] {
+        let output = s.publisher.scp(extra, &[&tree], dest);
+        assert!(output.status.success(), "{extra:?}: {}", stderr(&output));
+        for file in ["a.bin", "sub/b.bin"] {
+            assert_eq!(
+                std::fs::read(dir.join(dest).join(file)).unwrap(),
+                std::fs::read(tree.join(file)).unwrap(),
+                "{extra:?} {file}"
+            );
+        }
+    }
+    // Into an existing directory, the tree keeps its own name.
+    let output = s.publisher.scp(&["-O", "-r"], &[&tree], "legacy");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(dir.join("legacy/tree/sub/b.bin").is_file());
 }
 
 #[test]

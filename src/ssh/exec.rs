@@ -37,57 +37,71 @@ pub async fn run(
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
     let started = Instant::now();
-    let line = String::from_utf8_lossy(&command).into_owned();
-    let audit_base = json!({
-        "user": caller.name(),
-        "address": peer.ip().to_string(),
-        "command": line,
-    });
+    let (name, code) = dispatch(&gateway, &caller, &command, &mut reader, &writer).await;
+    gateway.audit.record(
+        "command",
+        json!({
+            "user": caller.name(),
+            "address": peer.ip().to_string(),
+            // The command's name when it parsed (import, remove, scp, …), for filtering.
+            "name": name,
+            "command": String::from_utf8_lossy(&command),
+            "exit": code,
+            "ms": started.elapsed().as_millis() as u64,
+        }),
+    );
+    finish(&writer, code).await;
+}
 
-    let words = match std::str::from_utf8(&command)
+/// Splits, parses and runs the command line; returns the command's name (when it parsed)
+/// and the exit status.
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    caller: &Caller,
+    command: &[u8],
+    reader: &mut russh::ChannelReadHalf,
+    writer: &Arc<ChannelWriteHalf<Msg>>,
+) -> (Option<&'static str>, u32) {
+    let words = match std::str::from_utf8(command)
         .map_err(|_| "the command line is not UTF-8 text".to_string())
         .and_then(|text| command_line::split(text).map_err(|e| e.to_string()))
     {
         Ok(words) if words.is_empty() => {
-            finish_with_error(
-                &writer,
+            send_error_line(
+                writer,
                 "no command given; `ssh <host> help` lists the commands",
-                2,
             )
             .await;
-            return;
+            return (None, 2);
         }
         Ok(words) => words,
         Err(message) => {
-            finish_with_error(&writer, &message, 2).await;
-            return;
+            send_error_line(writer, &message).await;
+            return (None, 2);
         }
     };
-
-    let code = if words[0] == "scp" {
-        super::scp::run(&gateway, &caller, &mut reader, &writer, &words).await
-    } else {
-        match RemoteCommandLine::try_parse_from(&words) {
-            Err(e) => {
-                let (to_stdout, text, code) = commands::clap_outcome(&e);
-                if to_stdout {
-                    let _ = writer.data_bytes(text.into_bytes()).await;
-                } else {
-                    send_error_line(&writer, &text).await;
-                }
-                code as u32
+    if words[0] == "scp" {
+        return (
+            Some("scp"),
+            super::scp::run(gateway, caller, reader, writer, &words).await,
+        );
+    }
+    match RemoteCommandLine::try_parse_from(&words) {
+        Err(e) => {
+            let (to_stdout, text, code) = commands::clap_outcome(&e);
+            if to_stdout {
+                let _ = writer.data_bytes(text.into_bytes()).await;
+            } else {
+                send_error_line(writer, &text).await;
             }
-            Ok(cli) => {
-                run_command(&gateway, caller.clone(), cli.command, &mut reader, &writer).await
-            }
+            (None, code as u32)
         }
-    };
-
-    let mut event = audit_base;
-    event["exit"] = json!(code);
-    event["ms"] = json!(started.elapsed().as_millis() as u64);
-    gateway.audit.record("command", event);
-    finish(&writer, code).await;
+        Ok(cli) => {
+            let name = cli.command.name();
+            let code = run_command(gateway, caller.clone(), cli.command, reader, writer).await;
+            (Some(name), code)
+        }
+    }
 }
 
 /// Runs a parsed command on a blocking thread while feeding it channel data as stdin.
@@ -268,9 +282,4 @@ pub async fn finish(writer: &ChannelWriteHalf<Msg>, code: u32) {
     let _ = writer.exit_status(code).await;
     let _ = writer.eof().await;
     let _ = writer.close().await;
-}
-
-async fn finish_with_error(writer: &ChannelWriteHalf<Msg>, message: &str, code: u32) {
-    send_error_line(writer, message).await;
-    finish(writer, code).await;
 }

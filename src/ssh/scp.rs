@@ -201,7 +201,7 @@ pub async fn run(
         return fatal(e.to_string()).await;
     }
     let target_is_dir = std::fs::metadata(target.full()).is_ok_and(|m| m.is_dir());
-    if (args.target_is_dir || args.recursive) && !target_is_dir {
+    if args.target_is_dir && !target_is_dir {
         return fatal(format!("{} is not a directory", target.client_view())).await;
     }
 
@@ -209,9 +209,10 @@ pub async fn run(
     if !reply(vec![0]).await {
         return 1;
     }
-    // Where files go: a directory stack (scp -r), or one file named by the target.
+    // Where entries go: into the directory on top of the stack; with an empty stack (the
+    // target is not a directory) the first entry is the target itself, as with OpenSSH
+    // (`scp file host:new-name`, `scp -r dir host:new-dir`).
     let mut dirs: Vec<JailedPath> = Vec::new();
-    let single_file = (!target_is_dir).then(|| target.clone());
     if target_is_dir {
         dirs.push(target.clone());
     }
@@ -238,10 +239,9 @@ pub async fn run(
                 let Some((size, name)) = parse_entry(&text[1..]) else {
                     return fatal(format!("bad file line {text:?}")).await;
                 };
-                let destination = match (&single_file, dirs.last()) {
-                    (Some(file), _) if dirs.is_empty() => Ok(file.clone()),
-                    (_, Some(dir)) => dir.child(&name).map_err(UploadError::from),
-                    _ => return fatal("no directory to receive files".into()).await,
+                let destination = match dirs.last() {
+                    Some(dir) => dir.child(&name).map_err(UploadError::from),
+                    None => Ok(target.clone()),
                 };
                 let upload = destination.and_then(|path| {
                     let mut upload =
@@ -317,15 +317,13 @@ pub async fn run(
                 let Some((_, name)) = parse_entry(&text[1..]) else {
                     return fatal(format!("bad directory line {text:?}")).await;
                 };
-                let Some(parent) = dirs.last() else {
-                    return fatal("no directory to receive files".into()).await;
-                };
                 if dirs.len() > MAX_DEPTH {
                     return fatal(format!("directories nest deeper than {MAX_DEPTH} levels")).await;
                 }
-                let dir = match parent.child(&name) {
-                    Ok(dir) => dir,
-                    Err(e) => return fatal(e.to_string()).await,
+                let dir = match dirs.last().map(|parent| parent.child(&name)) {
+                    Some(Ok(dir)) => dir,
+                    Some(Err(e)) => return fatal(e.to_string()).await,
+                    None => target.clone(),
                 };
                 match std::fs::symlink_metadata(dir.full()) {
                     Ok(meta) if meta.is_dir() => {}
@@ -354,7 +352,7 @@ pub async fn run(
                 }
             }
             Some(b'E') => {
-                if dirs.len() <= 1 {
+                if dirs.is_empty() || (target_is_dir && dirs.len() == 1) {
                     return fatal("unbalanced end of directory".into()).await;
                 }
                 dirs.pop();

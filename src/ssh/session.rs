@@ -262,6 +262,16 @@ impl Handler for SshSession {
         Ok(())
     }
 
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Opened but never used for a request: forget it.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
     async fn channel_open_x11(
         &mut self,
         _channel: Channel<Msg>,
