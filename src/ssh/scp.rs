@@ -9,7 +9,10 @@
 //! the same [`Upload`] (temp file, quota, size limit, hashing, rename).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,6 +27,8 @@ use crate::access::{Caller, JailedPath, Role};
 const MAX_LINE: usize = 4096;
 /// Deepest directory nesting accepted from `scp -r`.
 const MAX_DEPTH: usize = 32;
+/// Most bytes handed to the upload at once.
+const BATCH: u64 = 256 << 10;
 
 /// How the remote scp was started.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -141,20 +146,54 @@ impl<'a> ChannelBytes<'a> {
         }
     }
 
-    /// The next piece of at most `max` bytes, or `None` at the end.
-    async fn chunk(&mut self, max: usize) -> Option<Bytes> {
-        loop {
-            if let Some(mut front) = self.pending.pop_front() {
-                if front.len() > max {
-                    let rest = front.split_off(max);
-                    self.pending.push_front(rest);
-                }
-                return Some(front);
-            }
-            if !self.fill().await {
-                return None;
-            }
+    /// Takes a message that has already arrived, without waiting; false when none has.
+    fn fill_ready(&mut self) -> bool {
+        if self.ended {
+            return false;
         }
+        let mut cx = Context::from_waker(Waker::noop());
+        // Cancel-safe: an unfinished wait loses nothing (tokio's mpsc receive).
+        let message = match pin!(self.reader.wait()).poll(&mut cx) {
+            Poll::Ready(message) => message,
+            Poll::Pending => return false,
+        };
+        match message {
+            Some(ChannelMsg::Data { data }) if !data.is_empty() => {
+                self.pending.push_back(data);
+                true
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                self.ended = true;
+                false
+            }
+            Some(_) => self.fill_ready(),
+        }
+    }
+
+    /// At most `max` bytes: waits for the first piece, then takes what else has already
+    /// arrived (so the writer gets large batches, not one 32 KiB channel packet at a time).
+    /// `None` at the end.
+    async fn chunks(&mut self, max: usize) -> Option<Vec<Bytes>> {
+        if self.pending.is_empty() && !self.fill().await {
+            return None;
+        }
+        let mut pieces = Vec::new();
+        let mut total = 0;
+        while total < max {
+            let Some(mut front) = self.pending.pop_front() else {
+                if self.fill_ready() {
+                    continue;
+                }
+                break;
+            };
+            if total + front.len() > max {
+                let rest = front.split_off(max - total);
+                self.pending.push_front(rest);
+            }
+            total += front.len();
+            pieces.push(front);
+        }
+        Some(pieces)
     }
 }
 
@@ -267,14 +306,14 @@ pub async fn run(
                 let mut problem: Option<UploadError> = None;
                 let mut received = 0u64;
                 while received < size {
-                    let want = (size - received).min(1 << 20) as usize;
-                    let Some(chunk) = input.chunk(want).await else {
+                    let want = (size - received).min(BATCH) as usize;
+                    let Some(pieces) = input.chunks(want).await else {
                         // Cut off mid-file: the upload is dropped, its temp file deleted.
                         return 1;
                     };
-                    let len = chunk.len() as u64;
+                    let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
                     if problem.is_none()
-                        && let Err(e) = upload.write_at(received, vec![chunk]).await
+                        && let Err(e) = upload.write_at(received, pieces).await
                     {
                         problem = Some(e);
                     }
