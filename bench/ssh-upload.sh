@@ -235,7 +235,10 @@ for mode in $MODES; do
 done
 
 # --- import of a just-uploaded split image -------------------------------------------------
-printf '\n%-8s %14s %14s %16s\n' round "import s" "to listed s" "import (synced) s"
+# "import s": the `ssh host import` command as the client sees it (connection included);
+# "server ms": the import itself, from our audit log; "to listed s": until `list` shows it.
+# "synced": the same after `sync`, i.e. with nothing of the upload left to flush.
+printf '\n%-6s %10s %10s %12s %18s\n' round "import s" "server ms" "to listed s" "synced: import s"
 for round in $(seq "$ROUNDS"); do
     for variant in plain synced; do
         # A new version each time: serials have minute resolution, so step by hours.
@@ -254,12 +257,29 @@ for round in $(seq "$ROUNDS"); do
         t2=$(now)
         if [[ $variant == plain ]]; then
             read -r import_s listed_s < <(calc "$t1 - $t0" "$t2 - $t0")
+            server_ms=$(grep '"name":"import"' "$OURS/audit.log" | tail -1 | sed 's/.*"ms":\([0-9]*\).*/\1/')
         else
             read -r synced_s < <(calc "$t1 - $t0")
         fi
     done
-    printf '%-8s %14.3f %14.3f %16.3f\n' "$round" "$import_s" "$listed_s" "$synced_s"
+    printf '%-6s %10.3f %10s %12.3f %18.3f\n' "$round" "$import_s" "$server_ms" "$listed_s" "$synced_s"
 done
 
+# What one SSH command costs each server, connection included, for scale.
+for server in ours sshd; do
+    : >"$WORK/rtt.$server"
+    for _ in $(seq 5); do
+        t0=$(now)
+        if [[ $server == ours ]]; then
+            ssh "${SSH_OPTS[@]}" -p "$OURS_PORT" 127.0.0.1 version >/dev/null
+        else
+            ssh "${SSH_OPTS[@]}" -p "$SSHD_PORT" 127.0.0.1 true
+        fi
+        t1=$(now)
+        calc "$t1 - $t0" >>"$WORK/rtt.$server"
+    done
+done
+printf '\none ssh command, median of 5: ours %.3f s (version), sshd %.3f s (true)\n' \
+    "$(median <"$WORK/rtt.ours")" "$(median <"$WORK/rtt.sshd")"
 printf '\nour peak RSS: %s\n' "$(grep VmHWM "/proc/$OURS_PID/status" | awk '{printf "%.1f MiB", $2/1024}')"
 printf 'file: %s bytes; rounds: %s; server log: %s\n' "$ROOT_BYTES" "$ROUNDS" "$WORK/ours.err"

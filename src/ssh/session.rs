@@ -115,7 +115,7 @@ impl SshSession {
     /// then closes the channel: what the client prints is the message.
     fn refuse_on_channel(&mut self, channel: ChannelId, session: &mut Session, message: &str) {
         self.channels.remove(&channel);
-        let line = format!("simplestream-server: {message}\r\n");
+        let line = format!("simplestream-server: {message}\n");
         let _ = session.channel_success(channel);
         let _ = session.extended_data(channel, 1, line.into_bytes());
         let _ = session.exit_status_request(channel, 1);
