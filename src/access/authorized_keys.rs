@@ -721,6 +721,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_cleanly() {
+        let text = include_str!("../../keys/authorized_keys.example");
+        let parsed = AuthorizedKeys::parse(text);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        let roles: Vec<Role> = parsed.keys.iter().map(|k| k.role).collect();
+        assert_eq!(roles, [Role::Admin, Role::Publisher, Role::Reader]);
+        assert_eq!(parsed.keys[1].name, "ci-builder");
+    }
+
+    #[test]
     fn the_file_is_reread_when_it_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("authorized_keys");
