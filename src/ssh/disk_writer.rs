@@ -26,7 +26,7 @@ const BLOCK: usize = 1 << 20;
 const ALIGN: usize = 4096;
 /// Requests queued for the thread (each up to 255 KiB): enough to ride out a slow write,
 /// small enough to bound memory.
-const QUEUE: usize = 32;
+const QUEUE: usize = 16;
 
 /// What the thread wrote and hashed.
 pub struct Written {
