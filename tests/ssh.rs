@@ -160,6 +160,15 @@ fn legacy_scp_and_sftp_put_store_the_same_bytes() {
     assert!(output.status.success(), "scp -O: {}", stderr(&output));
     let output = s.publisher.scp(&["-p"], &[&file], "modern.bin");
     assert!(output.status.success(), "scp: {}", stderr(&output));
+    // `~` is the upload area, in both protocols.
+    for extra in [&[][..], &["-O"][..]] {
+        let output = s.publisher.scp(extra, &[&file], "~/home.bin");
+        assert!(
+            output.status.success(),
+            "scp {extra:?} to ~/: {}",
+            stderr(&output)
+        );
+    }
     let output = s.publisher.sftp_batch(
         s.t.path(),
         "mkdir sub\nput blob.bin sub/put.bin\nrename sub/put.bin sub/renamed.bin\nls -l sub\n",
@@ -198,7 +207,10 @@ fn legacy_scp_and_sftp_put_store_the_same_bytes() {
         .iter()
         .map(|u| u["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["legacy.bin", "modern.bin", "sub/renamed.bin"]);
+    assert_eq!(
+        names,
+        ["home.bin", "legacy.bin", "modern.bin", "sub/renamed.bin"]
+    );
     assert!(
         uploads
             .as_array()

@@ -2,7 +2,8 @@
 //! here, into a [`JailedPath`]; nothing else turns client text into a filesystem path.
 //!
 //! Checks, in order: refuse NUL, backslash, control characters and U+FFFD (names that mean
-//! different things to different layers); split on `/`, dropping empty and `.` parts; refuse
+//! different things to different layers); read a leading `~` as the area's root; split on
+//! `/`, dropping empty and `.` parts; refuse
 //! `..` (no climbing, even when it would stay inside); refuse names of the server's own
 //! temp files. The result is the area root joined with clean parts, so containment holds
 //! component by component, never by string prefix. Symlinks are refused at use by
@@ -78,6 +79,12 @@ impl UploadArea {
         {
             return Err(bad("it contains control or replacement characters"));
         }
+        // `~` first means the area's root: it is every user's home (`scp f host:~/`,
+        // `scp -t ~/x`, `sftp cd ~`), so a shell-less server gives it that meaning too.
+        let client_path = match client_path.strip_prefix('~') {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => client_path,
+        };
         let mut parts = Vec::new();
         for part in client_path.split('/') {
             match part {
@@ -210,6 +217,10 @@ mod tests {
                 "/img.tar.xz",
             ),
             ("a//b/./c", "/data/incoming/alice/a/b/c", "/a/b/c"),
+            ("~", "/data/incoming/alice", "/"),
+            ("~/x", "/data/incoming/alice/x", "/x"),
+            ("~x", "/data/incoming/alice/~x", "/~x"),
+            ("a/~", "/data/incoming/alice/a/~", "/a/~"),
             (".", "/data/incoming/alice", "/"),
             ("/", "/data/incoming/alice", "/"),
             ("", "/data/incoming/alice", "/"),

@@ -10,8 +10,9 @@
 //!
 //! What OpenSSH's clients send is answered: STAT "." as a directory, OPEN/WRITE/FSETSTAT/
 //! CLOSE (scp), REALPATH, OPENDIR/READDIR, REMOVE, RENAME and `posix-rename@openssh.com`,
-//! MKDIR/RMDIR, `fsync@openssh.com`, and `limits@openssh.com`, whose large write size makes
-//! scp send 255 KiB writes instead of 32 KiB ones. Symbolic and hard links are refused.
+//! MKDIR/RMDIR, `fsync@openssh.com`, `expand-path@openssh.com` (`~` is the area's root), and
+//! `limits@openssh.com`, whose large write size makes scp send 255 KiB writes instead of
+//! 32 KiB ones. Symbolic and hard links are refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -314,6 +315,7 @@ impl Handler for SftpSession {
             "limits@openssh.com",
             "posix-rename@openssh.com",
             "fsync@openssh.com",
+            "expand-path@openssh.com",
         ] {
             version.extensions.insert(name.into(), "1".into());
         }
@@ -654,6 +656,17 @@ impl Handler for SftpSession {
                     None => return Err(SftpError::bad_handle()),
                 }
                 Ok(Packet::Status(ok(id)))
+            }
+            "expand-path@openssh.com" => {
+                // `scp file host:~/dir/`: the home directory is the upload area's root.
+                let mut at = 0;
+                let path = take_string(&data, &mut at)
+                    .ok_or_else(|| SftpError::from(StatusCode::BadMessage))?;
+                let path = self.area.resolve(&path)?;
+                Ok(Packet::Name(Name {
+                    id,
+                    files: vec![DirEntry::dummy(path.client_view())],
+                }))
             }
             "hardlink@openssh.com" => Err(SftpError::new(
                 StatusCode::PermissionDenied,
