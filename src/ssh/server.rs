@@ -36,6 +36,8 @@ use super::session::{ConnectionState, SshSession};
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// How long `serve` waits for connections to end at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Bytes read from the socket at once.
+const READ_BUFFER: usize = 256 << 10;
 /// Constant time every rejected authentication takes (russh pads to it).
 const AUTH_REJECTION_TIME: Duration = Duration::from_millis(250);
 
@@ -168,7 +170,10 @@ async fn serve_connection(connection: Connection) {
         shutdown,
     } = connection;
     let cut = CancellationToken::new();
-    let stream = CuttableStream::new(stream, cut.clone());
+    // Buffered: russh reads each packet in two exact reads, which would be two recv(2) per
+    // 32 KiB packet; through the buffer most come from one recv.
+    let stream =
+        tokio::io::BufReader::with_capacity(READ_BUFFER, CuttableStream::new(stream, cut.clone()));
     let state = Arc::new(ConnectionState::default());
     let handler = SshSession::new(gateway.clone(), peer, state.clone());
     let login_deadline = Instant::now() + grace;
