@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::sha256::{Sha256State, update_all};
 
@@ -49,6 +49,8 @@ enum Job {
 pub struct DiskWriter {
     jobs: mpsc::Sender<Job>,
     done: oneshot::Receiver<io::Result<Written>>,
+    /// One of the gateway's writer slots, held while the writer lives.
+    _slot: OwnedSemaphorePermit,
 }
 
 fn gone() -> io::Error {
@@ -57,8 +59,8 @@ fn gone() -> io::Error {
 
 impl DiskWriter {
     /// Starts writing to the (new, empty) file at `path` from offset 0; `direct` asks for
-    /// `O_DIRECT`.
-    pub fn start(path: &Path, direct: bool) -> io::Result<DiskWriter> {
+    /// `O_DIRECT`. `slot` bounds how many writer threads exist at once.
+    pub fn start(path: &Path, direct: bool, slot: OwnedSemaphorePermit) -> io::Result<DiskWriter> {
         let file = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -78,7 +80,11 @@ impl DiskWriter {
         std::thread::Builder::new()
             .name("upload-writer".into())
             .spawn(move || state.run(rx, done_tx))?;
-        Ok(DiskWriter { jobs, done })
+        Ok(DiskWriter {
+            jobs,
+            done,
+            _slot: slot,
+        })
     }
 
     pub async fn seeds(&self, seeds: Vec<(String, Sha256State)>) -> io::Result<()> {
@@ -262,9 +268,15 @@ mod tests {
             .collect()
     }
 
+    fn slot() -> OwnedSemaphorePermit {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap()
+    }
+
     async fn write_all(path: &Path, direct: bool, body: &[u8], seed: &[u8]) -> Written {
         std::fs::write(path, b"").unwrap();
-        let writer = DiskWriter::start(path, direct).unwrap();
+        let writer = DiskWriter::start(path, direct, slot()).unwrap();
         let mut state = Sha256State::new();
         state.update(seed);
         writer.seeds(vec![("seed".into(), state)]).await.unwrap();
@@ -309,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upload");
         std::fs::write(&path, b"").unwrap();
-        let writer = DiskWriter::start(&path, true).unwrap();
+        let writer = DiskWriter::start(&path, true, slot()).unwrap();
         writer.write(vec![Bytes::from(data(5000))]).await.unwrap();
         drop(writer);
         // Nothing hangs, and the file is at most what was written.

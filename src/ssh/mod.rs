@@ -55,8 +55,14 @@ pub struct Gateway {
     pub digests: digests::UploadDigests,
     pub quotas: upload::Quotas,
     pub audit: audit::Audit,
+    /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
+    /// written without a thread and not hashed on the way in.
+    pub writer_slots: Arc<tokio::sync::Semaphore>,
     host_keys: Vec<PrivateKey>,
 }
+
+/// Writer threads at once, across all connections.
+const WRITER_THREADS: usize = 32;
 
 impl Gateway {
     /// Loads (or generates) the host keys, opens the audit log and removes temp files of
@@ -82,6 +88,7 @@ impl Gateway {
             keys,
             digests: digests::UploadDigests::new(),
             audit,
+            writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
             host_keys,
         })
     }

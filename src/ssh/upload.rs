@@ -229,6 +229,8 @@ struct Base {
 
 /// Where the bytes go.
 enum Sink {
+    /// Nothing written yet: the writer thread starts with the first write at offset 0.
+    NotStarted,
     /// Every write so far continued the last: bytes are queued to a writer thread that
     /// hashes them and writes them to disk.
     Streaming { writer: DiskWriter, next: u64 },
@@ -322,13 +324,6 @@ impl Upload {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)
             .map_err(|e| UploadError::io("create", &view, &e))?;
-        let sink = match DiskWriter::start(&temp, gateway.config.ssh.direct_io) {
-            Ok(writer) => Sink::Streaming { writer, next: 0 },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");
-                Sink::Positional
-            }
-        };
         Ok(Upload {
             gateway: gateway.clone(),
             user: user.to_string(),
@@ -338,7 +333,7 @@ impl Upload {
             file,
             len: 0,
             base,
-            sink,
+            sink: Sink::NotStarted,
             head: Vec::new(),
             account,
             counted: 0,
@@ -382,6 +377,13 @@ impl Upload {
         if end > self.counted {
             self.grow_account(end)?;
         }
+        if matches!(self.sink, Sink::NotStarted) {
+            self.sink = if offset == 0 {
+                self.start_writer()
+            } else {
+                Sink::Positional
+            };
+        }
         let in_order = matches!(&self.sink, Sink::Streaming { next, .. } if *next == offset);
         if in_order {
             if offset == 0 && self.head.is_empty() {
@@ -404,6 +406,22 @@ impl Upload {
         }
         self.len = self.len.max(end);
         Ok(())
+    }
+
+    /// A writer thread for this upload, when one of the gateway's slots is free; otherwise
+    /// (many uploads at once) positional writes without hashes.
+    fn start_writer(&self) -> Sink {
+        let Ok(slot) = self.gateway.writer_slots.clone().try_acquire_owned() else {
+            tracing::info!(file = %self.target.client_view(), "all upload writer threads are busy; this upload is not hashed on the way in");
+            return Sink::Positional;
+        };
+        match DiskWriter::start(&self.temp, self.gateway.config.ssh.direct_io, slot) {
+            Ok(writer) => Sink::Streaming { writer, next: 0 },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");
+                Sink::Positional
+            }
+        }
     }
 
     /// At the first bytes: a root (by its magic) also continues the hash states of the
@@ -452,7 +470,7 @@ impl Upload {
     pub async fn sync(&self) -> Result<(), UploadError> {
         let synced = match &self.sink {
             Sink::Streaming { writer, .. } => writer.sync().await,
-            Sink::Positional => self.file.sync_data(),
+            Sink::NotStarted | Sink::Positional => self.file.sync_data(),
         };
         synced.map_err(|e| self.io_error("sync", &e))
     }
@@ -466,7 +484,12 @@ impl Upload {
             }
             self.base = None;
         }
-        if matches!(&self.sink, Sink::Streaming { next, .. } if *next == size) {
+        let unchanged = match &self.sink {
+            Sink::Streaming { next, .. } => *next == size,
+            Sink::NotStarted => size == 0,
+            Sink::Positional => false,
+        };
+        if unchanged {
             // What scp sends after its last write: the length is already right.
             return Ok(());
         }
@@ -547,7 +570,7 @@ impl Upload {
                     .await
                     .map_err(|e| self.io_error("write", &e))?,
             ),
-            Sink::Positional => None,
+            Sink::NotStarted | Sink::Positional => None,
         };
         let view = self.target.client_view();
         if let Some(mtime) = self.mtime {
