@@ -133,7 +133,11 @@ fi
 mkdir -p /run/sshd "$WORK/sshd-uploads" "$WORK/sshd-home"
 chown "$BENCH_USER" "$WORK/sshd-uploads" "$WORK/sshd-home"
 chmod 755 "$WORK" # the user reaches its directories and authorized_keys through it
-SSHD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A port nothing listens on (sshd cannot be given port 0 and tell which it got).
+for _ in $(seq 100); do
+    SSHD_PORT=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$SSHD_PORT") 2>/dev/null || break
+done
 cp "$WORK/client_key.pub" "$WORK/sshd_authorized_keys"
 chmod 644 "$WORK/sshd_authorized_keys"
 cat >"$WORK/sshd_config" <<EOF
