@@ -97,7 +97,7 @@ async fn serve(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
             "ssh host key {} (clients see this fingerprint on first connection)",
             gateway.host_key_fingerprint()
         ));
-        tokio::spawn(crate::ssh::server::run(listener, gateway, shutdown.clone()))
+        crate::ssh::server::spawn(listener, gateway, shutdown.clone())?
     };
 
     // Each listener prints `listening <https|ssh> <address>` once bound; `ready` follows the
@@ -107,10 +107,8 @@ async fn serve(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
-    match ssh_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "the SSH gateway stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "the SSH gateway task failed"),
+    if let Err(e) = ssh_task.await {
+        tracing::warn!(error = %e, "the SSH gateway stopped with an error");
     }
     let _ = sweeper.await;
     Ok(())
