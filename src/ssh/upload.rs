@@ -545,15 +545,23 @@ impl Upload {
         self.stop_streaming().await?;
         self.check_size(base.len)?;
         self.grow_account(base.len)?;
-        let copy = || -> io::Result<()> {
-            let mut source = File::open(&base.path)?;
-            source.seek(SeekFrom::Start(self.len))?;
-            let mut dest = &self.file;
-            dest.seek(SeekFrom::Start(self.len))?;
-            io::copy(&mut io::Read::take(source, base.len - self.len), &mut dest)?;
-            Ok(())
+        // Up to the whole old file: off the connection's thread.
+        let from = self.len;
+        let copied = self.file.try_clone().map(|dest| {
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                let mut source = File::open(&base.path)?;
+                source.seek(SeekFrom::Start(from))?;
+                let mut dest = dest;
+                dest.seek(SeekFrom::Start(from))?;
+                io::copy(&mut io::Read::take(source, base.len - from), &mut dest)?;
+                Ok(())
+            })
+        });
+        let result = match copied {
+            Ok(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            Err(e) => Err(e),
         };
-        copy().map_err(|e| self.io_error("keep the existing content of", &e))?;
+        result.map_err(|e| self.io_error("keep the existing content of", &e))?;
         self.len = base.len;
         Ok(())
     }
