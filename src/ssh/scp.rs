@@ -9,10 +9,7 @@
 //! the same [`Upload`] (temp file, quota, size limit, hashing, rename).
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -146,54 +143,27 @@ impl<'a> ChannelBytes<'a> {
         }
     }
 
-    /// Takes a message that has already arrived, without waiting; false when none has.
-    fn fill_ready(&mut self) -> bool {
-        if self.ended {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        // Cancel-safe: an unfinished wait loses nothing (tokio's mpsc receive).
-        let message = match pin!(self.reader.wait()).poll(&mut cx) {
-            Poll::Ready(message) => message,
-            Poll::Pending => return false,
-        };
-        match message {
-            Some(ChannelMsg::Data { data }) if !data.is_empty() => {
-                self.pending.push_back(data);
-                true
-            }
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                self.ended = true;
-                false
-            }
-            Some(_) => self.fill_ready(),
-        }
-    }
-
-    /// At most `max` bytes: waits for the first piece, then takes what else has already
-    /// arrived (so the writer gets large batches, not one 32 KiB channel packet at a time).
-    /// `None` at the end.
-    async fn chunks(&mut self, max: usize) -> Option<Vec<Bytes>> {
-        if self.pending.is_empty() && !self.fill().await {
-            return None;
-        }
+    /// Exactly `want` bytes as pieces (fewer only when the stream ends first): the writer
+    /// gets batches of up to 256 KiB, not one 32 KiB channel packet at a time (each batch
+    /// wakes its thread). `None` when the stream ended before any byte.
+    async fn chunks(&mut self, want: usize) -> Option<Vec<Bytes>> {
         let mut pieces = Vec::new();
         let mut total = 0;
-        while total < max {
+        while total < want {
             let Some(mut front) = self.pending.pop_front() else {
-                if self.fill_ready() {
+                if self.fill().await {
                     continue;
                 }
                 break;
             };
-            if total + front.len() > max {
-                let rest = front.split_off(max - total);
+            if total + front.len() > want {
+                let rest = front.split_off(want - total);
                 self.pending.push_front(rest);
             }
             total += front.len();
             pieces.push(front);
         }
-        Some(pieces)
+        (!pieces.is_empty()).then_some(pieces)
     }
 }
 
