@@ -19,6 +19,14 @@
 //! - [`audit`], [`limits`], [`host_keys`], [`command_line`]: the audit log, the connection
 //!   gate, the host keys and the exec line splitter.
 //!
+//!
+//! # Threads
+//! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
+//! russh sessions, SFTP and scp tasks): a session and its SFTP task trade each packet
+//! without crossing threads. Hashing and disk writes of an upload run on its writer thread
+//! ([`disk_writer`], at most 32 at once), commands on the runtime's blocking pool. So the
+//! SSH thread decrypts, frames and queues, and little else.
+//!
 //! [`DigestCache`]: crate::catalog::import::DigestCache
 
 pub mod audit;

@@ -10,12 +10,12 @@
 //!   root following a metadata tarball, the combined fingerprint too); the digests are handed
 //!   to [`UploadDigests`](super::digests::UploadDigests) on commit, so that `import` reads
 //!   nothing again. A write out of order drops the hashing: `import` will read the file.
-//! - Bytes that arrive in order (nearly always) go to a writer thread
-//!   ([`DiskWriter`]) that hashes them and writes them with `O_DIRECT` in 1 MiB blocks; the
-//!   connection's task only decrypts and queues. Out-of-order writes fall back to positional
-//!   writes on the connection's task. Nothing is fsynced per request; after the commit the
-//!   file is fsynced in the background (cheap: the bytes are already on the device), so an
-//!   import has nothing left to flush.
+//! - Bytes that arrive in order (nearly always) go to a writer thread ([`DiskWriter`],
+//!   started at the first write) that hashes them and writes them with `O_DIRECT` in 1 MiB
+//!   blocks; the connection's task only decrypts and queues. Out-of-order writes fall back to
+//!   positional writes on the connection's task. Nothing is fsynced per request; after the
+//!   commit the file is fsynced in the background (cheap: the bytes are already on the
+//!   device), so an import has nothing left to flush.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
