@@ -10,7 +10,7 @@
 //! 64), so each keeps its own message schedule.
 //!
 //! Blocks are compressed by `sha2`'s `compress256` one stream at a time, and by
-//! [`x86::compress_pair`] (SHA-NI intrinsics, the only `unsafe` here) two at a time when the
+//! `x86::compress_pair` (SHA-NI intrinsics, the only `unsafe` here) two at a time when the
 //! CPU has the SHA extensions; otherwise the pair falls back to two single streams.
 
 use sha2::block_api::compress256;
