@@ -69,10 +69,39 @@ pub struct TlsConfig {
     pub reload_interval_secs: u64,
 }
 
+/// The SSH gateway. Limits are enforced before the handshake (connections), before
+/// authentication (grace time, attempts, throttling) and while writing (quota, file size).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SshConfig {
     pub listen: SocketAddr,
+    /// Seconds a connection may take from TCP accept to a successful authentication.
+    pub login_grace_secs: u64,
+    /// Authentication attempts allowed on one connection.
+    pub max_auth_attempts: usize,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    pub max_connections_per_address: usize,
+    /// Seconds without traffic after which a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Failed logins from one address within `failed_auth_window_secs` after which that
+    /// address is refused until the window has passed. 0 disables throttling.
+    pub failed_auth_limit: u32,
+    pub failed_auth_window_secs: u64,
+    /// Bytes one user's upload area may hold (finished and in-progress uploads). 0: no limit.
+    pub quota_bytes: u64,
+    /// Largest single uploaded file, in bytes. 0: no limit.
+    pub max_file_bytes: u64,
+    /// Where the audit log goes: a path (relative to the data directory), `-` for standard
+    /// output, or an empty string for nowhere.
+    pub audit_log: String,
+    /// Write uploads with O_DIRECT (past the page cache) where the filesystem allows it.
+    pub direct_io: bool,
+    /// Also generate and offer an RSA host key, for clients that cannot use Ed25519.
+    pub rsa_host_key: bool,
+    /// Ciphers offered, most preferred first. The client's preference decides among them.
+    pub ciphers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -130,6 +159,23 @@ impl Default for SshConfig {
     fn default() -> Self {
         SshConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
+            login_grace_secs: 30,
+            max_auth_attempts: 6,
+            max_connections: 256,
+            max_connections_per_address: 16,
+            idle_timeout_secs: 600,
+            failed_auth_limit: 10,
+            failed_auth_window_secs: 300,
+            quota_bytes: 64 << 30,
+            max_file_bytes: 32 << 30,
+            audit_log: "audit.log".into(),
+            direct_io: true,
+            rsa_host_key: false,
+            ciphers: vec![
+                "aes128-gcm@openssh.com".into(),
+                "aes256-gcm@openssh.com".into(),
+                "chacha20-poly1305@openssh.com".into(),
+            ],
         }
     }
 }

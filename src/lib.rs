@@ -11,6 +11,7 @@
 //! - [`serve`]: the long-running command: HTTPS and SSH in one process.
 //! - [`http`]: the HTTPS side: the simplestreams tree over TLS 1.3, the plain-HTTP first try,
 //!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
+//! - [`ssh`]: the SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
@@ -25,4 +26,5 @@ pub mod image;
 pub mod metrics;
 pub mod publish;
 pub mod serve;
+pub mod ssh;
 pub mod streams;

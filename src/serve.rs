@@ -33,18 +33,41 @@ async fn serve(mut config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> 
     // this process (over SSH) prints a URL that works.
     let https = crate::http::Https::bind(&config, catalog.clone()).await?;
     config.http.listen = https.local_addr();
-    for line in https.remote_info().lines() {
+    let config = Arc::new(config);
+
+    // SSH gateway: host keys, audit log and caps are set up and the port bound before
+    // `ready`, so a start-up problem (port taken, unreadable key) fails `serve` at once.
+    let gateway = Arc::new(crate::ssh::Gateway::open(config.clone(), catalog.clone())?);
+    crate::ssh::server::russh_config(&gateway)?;
+    let ssh_listener = crate::ssh::server::bind(config.ssh.listen).await?;
+    let ssh_address = ssh_listener
+        .local_addr()
+        .context("cannot read the SSH listener's address")?;
+
+    let host_key = gateway.host_key_fingerprint();
+    let ssh_access = crate::commands::remote_info::SshAccess {
+        port: ssh_address.port(),
+        host_key: &host_key,
+    };
+    for line in https.remote_info(Some(ssh_access)).lines() {
         announce(line);
     }
     announce(&format!("listening https {}", https.local_addr()));
+    announce(&format!("listening ssh {ssh_address}"));
+    announce(&format!(
+        "ssh host key {host_key} (clients see this fingerprint on first connection)"
+    ));
     let https_task = tokio::spawn(https.run(shutdown.clone()));
-
+    let ssh_task = crate::ssh::server::spawn(ssh_listener, gateway, shutdown.clone())?;
     announce("ready");
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = https_task.await;
+    if let Err(e) = ssh_task.await {
+        tracing::warn!(error = %e, "the SSH gateway stopped with an error");
+    }
     let _ = sweeper.await;
     Ok(())
 }

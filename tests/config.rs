@@ -89,7 +89,12 @@ fn mistakes_are_named_in_one_line() {
     let t = TestDir::new();
     std::fs::create_dir_all(t.data()).unwrap();
     /// (config file, flags, environment, the message expected)
-    type Case<'a> = (Option<&'a str>, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    type Case<'a> = (
+        Option<&'a str>,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+    );
     let cases: Vec<Case<'_>> = vec![
         (
             Some("[http]\nlistne = \"x\"\n"),

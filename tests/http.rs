@@ -99,6 +99,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Log lines at WARN or ERROR level.
+/// Warnings and errors in the server's log, but for the SSH side's notice that no
+/// authorized_keys file exists yet (these tests give it none).
 fn problems(output: &str) -> Vec<String> {
     output
         .lines()
@@ -106,6 +108,7 @@ fn problems(output: &str) -> Vec<String> {
             line.split_whitespace()
                 .nth(1)
                 .is_some_and(|level| level == "WARN" || level == "ERROR")
+                && !line.contains("there is no authorized_keys file")
         })
         .map(str::to_string)
         .collect()
@@ -615,8 +618,9 @@ fn startup_text_installs_the_certificate_and_matches_remote_info() {
     }
     assert_eq!(client.get("/server.crt").text(), expected);
 
-    // `remote-info` prints the same text.
-    let info = t.ok(&["remote-info"]);
+    // `remote-info` prints the same text (given the port the SSH side really bound).
+    let ssh_listen = server.ssh().to_string();
+    let info = t.ok(&["remote-info", "--ssh-listen", &ssh_listen]);
     let start = output.find("To use this server").unwrap();
     let end = output.find("listening https").unwrap();
     assert_eq!(info, &output[start..end]);

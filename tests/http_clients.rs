@@ -176,7 +176,14 @@ fn lxc_lists_shows_and_exports_what_the_server_publishes() {
             && l.contains("status=200")),
         "{log}"
     );
-    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            (l.contains(" WARN ") || l.contains(" ERROR "))
+                && !l.contains("there is no authorized_keys file")
+        })
+        .collect();
+    assert!(problems.is_empty(), "{log}");
 }
 
 /// A chromedriver on a free local port, stopped when dropped.

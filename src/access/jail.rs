@@ -2,7 +2,8 @@
 //! here, into a [`JailedPath`]; nothing else turns client text into a filesystem path.
 //!
 //! Checks, in order: refuse NUL, backslash, control characters and U+FFFD (names that mean
-//! different things to different layers); split on `/`, dropping empty and `.` parts; refuse
+//! different things to different layers); read a leading `~` as the area's root; split on
+//! `/`, dropping empty and `.` parts; refuse
 //! `..` (no climbing, even when it would stay inside); refuse names of the server's own
 //! temp files. The result is the area root joined with clean parts, so containment holds
 //! component by component, never by string prefix. Symlinks are refused at use by
@@ -78,6 +79,12 @@ impl UploadArea {
         {
             return Err(bad("it contains control or replacement characters"));
         }
+        // `~` first means the area's root: it is every user's home (`scp f host:~/`,
+        // `scp -t ~/x`, `sftp cd ~`), so a shell-less server gives it that meaning too.
+        let client_path = match client_path.strip_prefix('~') {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => client_path,
+        };
         let mut parts = Vec::new();
         for part in client_path.split('/') {
             match part {
@@ -117,6 +124,52 @@ impl JailedPath {
     /// The last part, for a file.
     pub fn file_name(&self) -> Option<&str> {
         self.parts.last().map(String::as_str)
+    }
+
+    /// The clean parts below the area's root.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
+    /// The directory that holds this path; `None` for the area's root.
+    pub fn parent(&self) -> Option<JailedPath> {
+        let (_, parent_parts) = self.parts.split_last()?;
+        let mut full = self.full.clone();
+        full.pop();
+        Some(JailedPath {
+            full,
+            parts: parent_parts.to_vec(),
+        })
+    }
+
+    /// A path below this one, one name at a time (a name given by `scp -t` or a directory
+    /// walk): the name passes the same checks as in [`UploadArea::resolve`] and may not hold `/`.
+    pub fn child(&self, name: &str) -> Result<JailedPath, JailError> {
+        if name.contains('/') {
+            return Err(JailError::BadName(name.to_string(), "it contains a slash"));
+        }
+        if name.is_empty() || name == "." {
+            return Err(JailError::BadName(
+                name.to_string(),
+                "it is not a file name",
+            ));
+        }
+        let probe = UploadArea::new(PathBuf::new()).resolve(name)?;
+        let mut parts = self.parts.clone();
+        parts.extend(probe.parts);
+        let mut full = self.full.clone();
+        full.push(name);
+        Ok(JailedPath { full, parts })
+    }
+
+    /// A hidden temp path next to this one, where an upload is written before it is renamed
+    /// into place: same directory, so the rename is atomic; hidden and unaddressable, so an
+    /// interrupted upload never shows.
+    pub fn temp_sibling(&self, unique: &str) -> PathBuf {
+        let mut temp = self.full.clone();
+        temp.pop();
+        temp.push(format!("{UPLOAD_TEMP_PREFIX}{unique}"));
+        temp
     }
 
     /// Refuses when any existing part of the path (inside the area) is a symbolic link.
@@ -164,6 +217,10 @@ mod tests {
                 "/img.tar.xz",
             ),
             ("a//b/./c", "/data/incoming/alice/a/b/c", "/a/b/c"),
+            ("~", "/data/incoming/alice", "/"),
+            ("~/x", "/data/incoming/alice/x", "/x"),
+            ("~x", "/data/incoming/alice/~x", "/~x"),
+            ("a/~", "/data/incoming/alice/a/~", "/a/~"),
             (".", "/data/incoming/alice", "/"),
             ("/", "/data/incoming/alice", "/"),
             ("", "/data/incoming/alice", "/"),
@@ -197,6 +254,25 @@ mod tests {
                 matches!(area.resolve(client), Err(JailError::BadName(..))),
                 "{client:?}"
             );
+        }
+    }
+
+    #[test]
+    fn children_parents_and_temp_siblings_stay_inside() {
+        let area = area();
+        let dir = area.resolve("sub").unwrap();
+        let file = dir.child("img.tar.xz").unwrap();
+        assert_eq!(
+            file.full(),
+            Path::new("/data/incoming/alice/sub/img.tar.xz")
+        );
+        assert_eq!(file.client_view(), "/sub/img.tar.xz");
+        assert_eq!(file.parent().unwrap(), dir);
+        assert!(area.resolve("/").unwrap().parent().is_none());
+        let temp = file.temp_sibling("42");
+        assert_eq!(temp, Path::new("/data/incoming/alice/sub/.upload-42"));
+        for bad in ["..", "a/b", "", ".", ".upload-1", "x\0y", "x\\y"] {
+            assert!(dir.child(bad).is_err(), "{bad:?}");
         }
     }
 

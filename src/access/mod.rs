@@ -1,6 +1,7 @@
 //! Who may do what. Every front door (local CLI, SSH exec, SFTP, `scp -t`) asks this module:
 //! roles are checked in one place and client paths become real paths through one jail.
 
+pub mod authorized_keys;
 pub mod jail;
 
 use std::fmt;

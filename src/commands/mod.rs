@@ -15,6 +15,7 @@ pub mod prune;
 pub mod rebuild;
 pub mod remote_info;
 pub mod remove;
+pub mod uploads;
 pub mod verify;
 pub mod version;
 pub mod whoami;
@@ -39,6 +40,7 @@ pub enum Command {
     Verify(verify::Verify),
     Rebuild(rebuild::Rebuild),
     RemoteInfo(remote_info::RemoteInfo),
+    Uploads(uploads::Uploads),
     Whoami(whoami::Whoami),
     Help(help::Help),
     Version(version::Version),
@@ -56,6 +58,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("verify", Role::Admin),
     ("rebuild", Role::Admin),
     ("remote-info", Role::Reader),
+    ("uploads", Role::Publisher),
     ("whoami", Role::Reader),
     ("help", Role::Reader),
     ("version", Role::Reader),
@@ -82,6 +85,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Rebuild(_) => "rebuild",
             Command::RemoteInfo(_) => "remote-info",
+            Command::Uploads(_) => "uploads",
             Command::Whoami(_) => "whoami",
             Command::Help(_) => "help",
             Command::Version(_) => "version",
@@ -100,6 +104,7 @@ impl Command {
             Command::Verify(cmd) => cmd.run(ctx),
             Command::Rebuild(cmd) => cmd.run(ctx),
             Command::RemoteInfo(cmd) => cmd.run(ctx),
+            Command::Uploads(cmd) => cmd.run(ctx),
             Command::Whoami(cmd) => cmd.run(ctx),
             Command::Help(cmd) => cmd.run(ctx),
             Command::Version(cmd) => cmd.run(ctx),

@@ -27,6 +27,28 @@ pub struct RemoteInfoText<'a> {
     pub certificate_pem: &'a str,
     /// Lowercase hex SHA-256 of the certificate (DER).
     pub fingerprint: &'a str,
+    /// How publishers reach the SSH gateway, when its host key exists.
+    pub ssh: Option<SshAccess<'a>>,
+}
+
+/// The SSH side of the server, for the uploads hint.
+#[derive(Debug, Clone, Copy)]
+pub struct SshAccess<'a> {
+    pub port: u16,
+    /// `SHA256:…` of the host key.
+    pub host_key: &'a str,
+}
+
+/// The host part of an `https://host[:port]/…` URL.
+fn url_host(url: &str) -> &str {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    }
 }
 
 /// The text `remote-info` prints and `serve` shows at start.
@@ -36,8 +58,25 @@ pub fn render(info: &RemoteInfoText<'_>) -> String {
         url,
         certificate_pem,
         fingerprint,
+        ssh,
     } = *info;
     let pem = certificate_pem.trim_end();
+    let ssh_text = ssh.map_or_else(String::new, |ssh| {
+        let host = url_host(url);
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        format!(
+            "\nPublishers upload and run commands over SSH (their key decides what they may do):\n\
+             scp -P {port} lxd.tar.xz rootfs.squashfs upload@{host}:\n\
+             ssh -p {port} upload@{host} help\n\
+             SSH host key fingerprint: {key}\n",
+            port = ssh.port,
+            key = ssh.host_key
+        )
+    });
     format!(
         "\
 To use this server from LXD or Incus, run this on each client machine. The first lines store
@@ -53,7 +92,7 @@ lxc remote add {remote} {url} --protocol=simplestreams
 incus remote add {remote} {url} --protocol=simplestreams
 
 TLS certificate SHA-256 fingerprint: {fingerprint}
-"
+{ssh_text}"
     )
 }
 
@@ -87,6 +126,8 @@ impl RemoteInfo {
         let base_path = crate::http::normalize_base_path(&ctx.config.http.base_path)
             .map_err(CommandError::Failed)?;
         let url = crate::http::public_url(&ctx.config.http, &base_path, ctx.config.http.listen);
+        let host_key = crate::ssh::host_key_fingerprint(ctx.catalog.dirs())
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
         write!(
             ctx.out,
             "{}",
@@ -95,6 +136,10 @@ impl RemoteInfo {
                 url: &url,
                 certificate_pem: &cert.pem,
                 fingerprint: &cert.fingerprint,
+                ssh: host_key.as_deref().map(|host_key| SshAccess {
+                    port: ctx.config.ssh.listen.port(),
+                    host_key,
+                }),
             })
         )?;
         Ok(())
@@ -112,6 +157,10 @@ mod tests {
             url: "https://h:8443/lxd",
             certificate_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
             fingerprint: "ab12",
+            ssh: Some(SshAccess {
+                port: 2200,
+                host_key: "SHA256:xyz",
+            }),
         });
         assert!(text.contains("lxc remote add lab https://h:8443/lxd --protocol=simplestreams\n"));
         assert!(
@@ -123,6 +172,15 @@ mod tests {
         assert!(text.contains("\"${LXD_CONF:-$HOME/.config/lxc}/servercerts/lab.crt\"\n"));
         assert!(text.contains("\"${INCUS_CONF:-$HOME/.config/incus}/servercerts/lab.crt\"\n"));
         assert!(text.contains("SHA-256 fingerprint: ab12\n"));
+        assert!(text.contains("ssh -p 2200 upload@h help\n"));
+        assert!(text.contains("SSH host key fingerprint: SHA256:xyz\n"));
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://h:8443/lxd"), "h");
+        assert_eq!(url_host("https://[::1]:8443"), "::1");
+        assert_eq!(url_host("https://images.example.com"), "images.example.com");
     }
 
     #[test]

@@ -209,13 +209,14 @@ impl Https {
     }
 
     /// How to add this server as a remote and trust its certificate (`remote-info`'s text).
-    pub fn remote_info(&self) -> String {
+    pub fn remote_info(&self, ssh: Option<crate::commands::remote_info::SshAccess<'_>>) -> String {
         let cert = self.state.certs.current();
         crate::commands::remote_info::render(&crate::commands::remote_info::RemoteInfoText {
             remote: &self.state.settings.remote_name,
             url: &self.state.settings.public_url,
             certificate_pem: &cert.pem,
             fingerprint: &cert.fingerprint,
+            ssh,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod contract;
 pub mod http;
 pub mod lxd_daemon;
 pub mod server;
+pub mod ssh;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

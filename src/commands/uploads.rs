@@ -1,0 +1,231 @@
+//! `uploads [--remove NAME]…`: the files waiting in an upload area, and removing them.
+//! Over SSH it is always the caller's own area; locally `--user` picks one (default: all).
+
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use serde::Serialize;
+
+use super::output::{Format, rfc3339, write_csv, write_json, write_table};
+use super::{CommandError, Context};
+use crate::access::jail::UPLOAD_TEMP_PREFIX;
+use crate::access::{Caller, UploadArea};
+use crate::catalog::import::human_size;
+
+/// List the files in your upload area, or remove some of them
+#[derive(Debug, clap::Args)]
+pub struct Uploads {
+    /// Remove this upload, named as `uploads` lists it (repeatable)
+    #[arg(long = "remove", value_name = "NAME")]
+    pub remove: Vec<String>,
+    /// Whose upload area (local use; over SSH it is always your own)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// One upload as `uploads --format json` prints it. Field names are a stable interface.
+#[derive(Debug, Serialize)]
+pub struct UploadSummary {
+    pub user: String,
+    /// The path inside the area, as scp/sftp/import name it.
+    pub name: String,
+    pub size: u64,
+    pub modified: String,
+    /// Known when the server hashed the file while it arrived: importing it reads nothing.
+    pub sha256: Option<String>,
+}
+
+impl Uploads {
+    pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
+        let areas = self.areas(ctx)?;
+        if !self.remove.is_empty() {
+            let [(user, area)] = areas.as_slice() else {
+                return Err(CommandError::Usage(
+                    "--remove needs --user to say whose upload area".into(),
+                ));
+            };
+            for name in &self.remove {
+                remove_one(area, name)?;
+                tracing::info!(user, file = name, "removed an upload");
+                writeln!(ctx.out, "removed {name}")?;
+            }
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (user, area) in &areas {
+            collect(area.root(), area.root(), user, ctx, &mut rows);
+        }
+        rows.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
+        let local = matches!(ctx.caller, Caller::Local);
+        match self.format {
+            Format::Json => write_json(ctx.out, &rows)?,
+            Format::Csv | Format::Table => {
+                let mut header = vec!["NAME", "SIZE", "MODIFIED", "HASHED"];
+                if local {
+                    header.insert(0, "USER");
+                }
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|row| {
+                        let size = if self.format == Format::Csv {
+                            row.size.to_string()
+                        } else {
+                            human_size(row.size)
+                        };
+                        let hashed = if row.sha256.is_some() { "yes" } else { "no" };
+                        let mut cells =
+                            vec![row.name.clone(), size, row.modified.clone(), hashed.into()];
+                        if local {
+                            cells.insert(0, row.user.clone());
+                        }
+                        cells
+                    })
+                    .collect();
+                if self.format == Format::Csv {
+                    let header: Vec<String> = header.iter().map(|h| h.to_lowercase()).collect();
+                    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+                    write_csv(ctx.out, &header, &cells)?;
+                } else if cells.is_empty() {
+                    writeln!(
+                        ctx.out,
+                        "no uploads; `scp FILE <host>:` puts one in your upload area"
+                    )?;
+                } else {
+                    write_table(ctx.out, &header, &cells)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (user, area) pairs this call is about.
+    fn areas(&self, ctx: &Context<'_>) -> Result<Vec<(String, UploadArea)>, CommandError> {
+        match ctx.caller {
+            Caller::Remote {
+                identity,
+                upload_area,
+            } => {
+                if let Some(user) = &self.user
+                    && *user != identity.name
+                {
+                    return Err(CommandError::Denied(format!(
+                        "over SSH you see your own uploads only ({}); leave out --user",
+                        identity.name
+                    )));
+                }
+                Ok(vec![(identity.name.clone(), upload_area.clone())])
+            }
+            Caller::Local => {
+                let incoming = ctx.catalog.dirs().incoming();
+                if let Some(user) = &self.user {
+                    let valid = !user.is_empty()
+                        && !user.starts_with('.')
+                        && !user.contains(['/', '\\', '\0']);
+                    if !valid || !incoming.join(user).is_dir() {
+                        return Err(CommandError::Failed(format!(
+                            "there is no upload area for {user:?}; `uploads` lists every user's"
+                        )));
+                    }
+                    return Ok(vec![(user.clone(), UploadArea::new(incoming.join(user)))]);
+                }
+                let mut areas = Vec::new();
+                if let Ok(entries) = std::fs::read_dir(&incoming) {
+                    for entry in entries.flatten() {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            let user = entry.file_name().to_string_lossy().into_owned();
+                            areas.push((user, UploadArea::new(entry.path())));
+                        }
+                    }
+                }
+                areas.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(areas)
+            }
+        }
+    }
+}
+
+/// Every finished upload under `dir` (temp files of uploads in progress and symlinks skipped).
+fn collect(root: &Path, dir: &Path, user: &str, ctx: &Context<'_>, rows: &mut Vec<UploadSummary>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with(UPLOAD_TEMP_PREFIX) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            collect(root, &entry.path(), user, ctx, rows);
+        } else if meta.is_file() {
+            let path = entry.path();
+            let name = path
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or(file_name);
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            rows.push(UploadSummary {
+                user: user.to_string(),
+                name,
+                size: meta.len(),
+                modified: rfc3339(modified),
+                sha256: ctx
+                    .digests
+                    .and_then(|cache| cache.lookup(&path))
+                    .map(|known| known.sha256),
+            });
+        }
+    }
+}
+
+fn remove_one(area: &UploadArea, name: &str) -> Result<(), CommandError> {
+    let path = area
+        .resolve(name)
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    path.check_no_symlinks(area)
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    match std::fs::symlink_metadata(path.full()) {
+        Ok(meta) if meta.is_file() => std::fs::remove_file(path.full()).map_err(|e| {
+            CommandError::Failed(format!(
+                "cannot remove {name}: {}",
+                crate::fsutil::plain_message(&e)
+            ))
+        }),
+        Ok(_) => Err(CommandError::Failed(format!(
+            "{name} is not a file; only uploaded files can be removed"
+        ))),
+        Err(_) => Err(CommandError::Failed(format!(
+            "{name} is not in your upload area; `uploads` lists what is there"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        uploads: super::Uploads,
+    }
+
+    #[test]
+    fn parses_removals_and_formats() {
+        let cli = Cli::try_parse_from([
+            "uploads", "--remove", "a", "--remove", "b/c", "--format", "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.uploads.remove, ["a", "b/c"]);
+        assert_eq!(cli.uploads.format, super::Format::Json);
+        assert!(Cli::try_parse_from(["uploads", "--format", "yaml"]).is_err());
+    }
+}

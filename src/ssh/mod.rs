@@ -1,0 +1,120 @@
+//! The SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands (`ssh host …`).
+//!
+//! # Layout
+//! - [`server`]: the accept loop. Caps (in all, per address, throttling of failed logins) are
+//!   checked before the handshake; a login grace deadline bounds what an unauthenticated
+//!   client may hold; then russh runs the connection.
+//! - [`session`]: one connection's russh handler: public-key authentication against
+//!   `authorized_keys` (identity bound only after the signature is verified), and the
+//!   refusals (password, pty, shell, forwarding, …). Each accepted request is handed to a
+//!   task of its own, off the connection task.
+//! - [`exec`]: `ssh host <command>`: split like a shell (never run one), parsed by the same
+//!   clap table as the local CLI and run by [`commands::execute`](crate::commands::execute).
+//! - [`sftp`] and [`scp`]: the two upload doors. Both turn client paths into real ones
+//!   through [`access::jail`](crate::access::jail) and write through [`upload`].
+//! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit;
+//!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
+//! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
+//! - [`sha256`]: SHA-256 with an owned state, two streams for the price of one.
+//! - [`audit`], [`limits`], [`host_keys`], [`command_line`]: the audit log, the connection
+//!   gate, the host keys and the exec line splitter.
+//!
+//!
+//! # Threads
+//! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
+//! russh sessions, SFTP and scp tasks): a session and its SFTP task trade each packet
+//! without crossing threads. Hashing and disk writes of an upload run on its writer thread
+//! ([`disk_writer`], at most 32 at once), commands on the runtime's blocking pool. So the
+//! SSH thread decrypts, frames and queues, and little else.
+//!
+//! [`DigestCache`]: crate::catalog::import::DigestCache
+
+pub mod audit;
+pub mod command_line;
+pub mod digests;
+pub mod disk_writer;
+pub mod exec;
+pub mod host_keys;
+pub mod limits;
+pub mod scp;
+pub mod server;
+pub mod session;
+pub mod sftp;
+pub mod sha256;
+pub mod upload;
+
+use std::sync::Arc;
+
+use russh::keys::PrivateKey;
+
+use crate::access::UploadArea;
+use crate::access::authorized_keys::AuthorizedKeysFile;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::data_dir::DataDir;
+
+pub use host_keys::host_key_fingerprint;
+
+/// Everything the gateway's connections share.
+pub struct Gateway {
+    pub catalog: Arc<Catalog>,
+    pub config: Arc<Config>,
+    pub keys: AuthorizedKeysFile,
+    pub digests: digests::UploadDigests,
+    pub quotas: upload::Quotas,
+    pub audit: audit::Audit,
+    /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
+    /// written without a thread and not hashed on the way in.
+    pub writer_slots: Arc<tokio::sync::Semaphore>,
+    host_keys: Vec<PrivateKey>,
+}
+
+/// Writer threads at once, across all connections.
+const WRITER_THREADS: usize = 32;
+
+impl Gateway {
+    /// Loads (or generates) the host keys, opens the audit log and removes temp files of
+    /// uploads a previous run left behind.
+    pub fn open(config: Arc<Config>, catalog: Arc<Catalog>) -> anyhow::Result<Gateway> {
+        let dirs = catalog.dirs().clone();
+        let host_keys = host_keys::load_or_generate(&dirs, config.ssh.rsa_host_key)?;
+        let audit = audit::Audit::open(&config.ssh.audit_log, dirs.root())?;
+        let stale = upload::remove_stale_temp_files(&dirs.incoming());
+        if stale > 0 {
+            tracing::info!(
+                removed = stale,
+                "removed unfinished uploads of a previous run"
+            );
+        }
+        let keys = AuthorizedKeysFile::new(dirs.authorized_keys());
+        // Read once now, so that problems in the file show at start.
+        keys.current();
+        Ok(Gateway {
+            quotas: upload::Quotas::new(config.ssh.quota_bytes),
+            catalog,
+            config,
+            keys,
+            digests: digests::UploadDigests::new(),
+            audit,
+            writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
+            host_keys,
+        })
+    }
+
+    pub fn dirs(&self) -> &DataDir {
+        self.catalog.dirs()
+    }
+
+    /// `data/incoming/<name>/`.
+    pub fn upload_area(&self, name: &str) -> UploadArea {
+        UploadArea::new(self.dirs().incoming().join(name))
+    }
+
+    /// `SHA256:…` of the Ed25519 host key.
+    pub fn host_key_fingerprint(&self) -> String {
+        self.host_keys
+            .first()
+            .map(|key| host_keys::fingerprint(key.public_key()))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,375 @@
+//! The accept loop. It takes a bound listener and a shutdown token from the caller (tests
+//! bind 127.0.0.1:0), and for each connection, in order:
+//! 1. asks the [`ConnectionGate`] (caps in all and per address, throttled addresses) before
+//!    a single byte is exchanged;
+//! 2. sets TCP_NODELAY and runs russh over a stream the loop can cut at any moment;
+//! 3. cuts the connection when it has not authenticated within the login grace time;
+//! 4. on shutdown, says goodbye (SSH disconnect) and cuts what is still open shortly after;
+//! 5. when it ends without authenticating after trying, counts a failure for its address.
+//!
+//! A connection's errors stay in its own task; they never reach this loop.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use russh::server::Handle;
+use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::Gateway;
+use super::limits::{ConnectionGate, ConnectionPermit, GateLimits};
+use super::session::{ConnectionState, SshSession};
+
+/// How long a connection has to leave after the server said goodbye.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+/// How long `serve` waits for connections to end at shutdown.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Bytes read from the socket at once.
+const READ_BUFFER: usize = 256 << 10;
+/// Constant time every rejected authentication takes (russh pads to it).
+const AUTH_REJECTION_TIME: Duration = Duration::from_millis(250);
+
+/// The russh settings from our configuration: public keys only, AES-GCM offered first, no
+/// wait for OpenSSH's initial "none" probe, TCP_NODELAY.
+pub fn russh_config(gateway: &Gateway) -> anyhow::Result<russh::server::Config> {
+    let ssh = &gateway.config.ssh;
+    let mut ciphers = Vec::new();
+    for name in &ssh.ciphers {
+        let cipher = cipher::Name::try_from(name.as_str())
+            .ok()
+            .filter(|c| !matches!(c.as_ref(), "none" | "clear"));
+        match cipher {
+            Some(cipher) => ciphers.push(cipher),
+            None => bail!(
+                "ssh.ciphers: {name:?} is not a cipher this server offers; use aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com or aes128-ctr/aes192-ctr/aes256-ctr"
+            ),
+        }
+    }
+    if ciphers.is_empty() {
+        bail!("ssh.ciphers is empty; list at least one, e.g. aes128-gcm@openssh.com");
+    }
+    Ok(russh::server::Config {
+        server_id: SshId::Standard(Cow::Owned(format!(
+            "SSH-2.0-simplestream-server_{}",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: AUTH_REJECTION_TIME,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: gateway.host_keys.clone(),
+        max_auth_attempts: ssh.max_auth_attempts,
+        inactivity_timeout: Some(Duration::from_secs(ssh.idle_timeout_secs.max(1))),
+        nodelay: true,
+        preferred: Preferred {
+            cipher: Cow::Owned(ciphers),
+            ..Preferred::default()
+        },
+        ..russh::server::Config::default()
+    })
+}
+
+/// Runs [`run`] on a thread of its own, with a single-threaded runtime: a connection's
+/// session loop and its SFTP or scp task then trade packets without crossing threads
+/// (measured: 11% less CPU per GiB uploaded than on the shared multi-threaded runtime).
+/// The heavy work leaves that thread anyway: hashing and disk writes go to the upload
+/// writer threads, commands to the blocking pool. The returned future ends with the server.
+pub fn spawn(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+    let listener = listener
+        .into_std()
+        .context("cannot hand the SSH listener to its thread")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ssh".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the SSH runtime")
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)
+                            .context("cannot register the SSH listener")?;
+                        run(listener, gateway, shutdown).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the SSH thread")?;
+    Ok(async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the SSH thread ended unexpectedly")))
+    })
+}
+
+/// Serves SSH on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(russh_config(&gateway)?);
+    let ssh = &gateway.config.ssh;
+    let gate = ConnectionGate::new(GateLimits {
+        max_connections: ssh.max_connections,
+        max_per_address: ssh.max_connections_per_address,
+        failure_limit: ssh.failed_auth_limit,
+        failure_window: Duration::from_secs(ssh.failed_auth_window_secs),
+    });
+    let grace = Duration::from_secs(ssh.login_grace_secs.max(1));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "cannot accept an SSH connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let permit = match gate.admit(peer.ip()) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        tracing::warn!(peer = %peer, "refused an SSH connection: {refusal}");
+                        gateway.audit.record(
+                            "connection_refused",
+                            json!({"address": peer.ip().to_string(), "reason": refusal.to_string()}),
+                        );
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(Connection {
+                    stream,
+                    peer,
+                    gateway: gateway.clone(),
+                    config: config.clone(),
+                    gate: gate.clone(),
+                    permit,
+                    grace,
+                    shutdown: shutdown.clone(),
+                }));
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_WAIT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    config: Arc<russh::server::Config>,
+    gate: Arc<ConnectionGate>,
+    permit: ConnectionPermit,
+    grace: Duration,
+    shutdown: CancellationToken,
+}
+
+async fn serve_connection(connection: Connection) {
+    let Connection {
+        stream,
+        peer,
+        gateway,
+        config,
+        gate,
+        permit,
+        grace,
+        shutdown,
+    } = connection;
+    let cut = CancellationToken::new();
+    // Buffered: russh reads each packet in two exact reads, which would be two recv(2) per
+    // 32 KiB packet; through the buffer most come from one recv.
+    let stream =
+        tokio::io::BufReader::with_capacity(READ_BUFFER, CuttableStream::new(stream, cut.clone()));
+    let state = Arc::new(ConnectionState::default());
+    let handler = SshSession::new(gateway.clone(), peer, state.clone());
+    let login_deadline = Instant::now() + grace;
+
+    let started = tokio::time::timeout_at(
+        login_deadline,
+        russh::server::run_stream(config, stream, handler),
+    )
+    .await;
+    let session = match started {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            cut.cancel();
+            login_timed_out(&gateway, &gate, peer);
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let mut awaiting_login = true;
+    let mut cut_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "SSH connection ended with an error");
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(login_deadline), if awaiting_login => {
+                awaiting_login = false;
+                if !state.authenticated() {
+                    login_timed_out(&gateway, &gate, peer);
+                    say_goodbye(&handle, "login grace time exceeded").await;
+                    cut.cancel();
+                }
+            }
+            () = shutdown.cancelled(), if cut_at.is_none() => {
+                say_goodbye(&handle, "the server is shutting down").await;
+                cut_at = Some(Instant::now() + GOODBYE_GRACE);
+            }
+            () = sleep_until_option(cut_at) => {
+                cut.cancel();
+            }
+        }
+    }
+    if !state.authenticated() && state.failures() > 0 {
+        gate.record_failure(peer.ip());
+    }
+    drop(permit);
+}
+
+fn login_timed_out(gateway: &Gateway, gate: &ConnectionGate, peer: SocketAddr) {
+    tracing::info!(peer = %peer, "closed a connection that did not log in within the grace time");
+    gateway
+        .audit
+        .record("login_timeout", json!({"address": peer.ip().to_string()}));
+    gate.record_failure(peer.ip());
+}
+
+async fn say_goodbye(handle: &Handle, reason: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        handle.disconnect(Disconnect::ByApplication, reason.into(), "en".into()),
+    )
+    .await;
+}
+
+async fn sleep_until_option(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A TCP stream that fails every read and write once its token is cancelled: how the accept
+/// loop ends a connection russh is still running, whatever state the client left it in.
+struct CuttableStream {
+    inner: TcpStream,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    is_cut: bool,
+}
+
+impl CuttableStream {
+    fn new(inner: TcpStream, token: CancellationToken) -> Self {
+        CuttableStream {
+            inner,
+            cut: Box::pin(token.cancelled_owned()),
+            is_cut: false,
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.is_cut && self.cut.as_mut().poll(cx).is_ready() {
+            self.is_cut = true;
+        }
+        self.is_cut
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the server closed the connection",
+    )
+}
+
+impl AsyncRead for CuttableStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.check(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CuttableStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.check(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.check(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.check(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Binds the configured address; a clear message when it is taken.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen for SSH on {address}; is another server using it? (--ssh-listen changes it)")
+    })
+}

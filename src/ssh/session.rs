@@ -1,0 +1,472 @@
+//! One connection's russh handler: who the client is, and what it may ask for.
+//!
+//! Authentication is public key only. [`Handler::auth_publickey_offered`] only says whether a
+//! key *would* be accepted (so the client bothers to sign); the identity is bound in
+//! [`Handler::auth_publickey`], which russh calls after verifying the signature. Binding it at
+//! the offer would let a client offer the admin's public key and then sign with its own
+//! (soft-serve GHSA-pchf-49fh-w34r).
+//!
+//! Everything but `exec` and the `sftp` subsystem is refused with a message the OpenSSH
+//! client shows. Accepted requests run in tasks of their own, never on the connection task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use russh::keys::{HashAlg, PublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use serde_json::json;
+
+use super::Gateway;
+use crate::access::authorized_keys::Refusal;
+use crate::access::{Caller, Identity, Role};
+
+/// Session channels one connection may have open at once.
+const MAX_CHANNELS: usize = 8;
+
+/// What the accept loop learns about a connection: whether it authenticated, and how many
+/// attempts failed (for throttling).
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    authenticated: AtomicBool,
+    failures: AtomicUsize,
+}
+
+impl ConnectionState {
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::Acquire)
+    }
+}
+
+/// The russh handler of one connection.
+pub struct SshSession {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    state: Arc<ConnectionState>,
+    caller: Option<Caller>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Failed attempts, for the one audit line a failed connection gets.
+    attempts: Vec<serde_json::Value>,
+}
+
+fn publickey_only() -> MethodSet {
+    MethodSet::from(&[MethodKind::PublicKey][..])
+}
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(publickey_only()),
+        partial_success: false,
+    }
+}
+
+impl SshSession {
+    pub fn new(gateway: Arc<Gateway>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
+        SshSession {
+            gateway,
+            peer,
+            state,
+            caller: None,
+            channels: HashMap::new(),
+            attempts: Vec::new(),
+        }
+    }
+
+    fn failed(&mut self, method: &str, user: &str, key: Option<&PublicKey>, reason: &str) {
+        self.state.failures.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(peer = %self.peer, method, reason, "authentication attempt refused");
+        if self.attempts.len() < 16 {
+            self.attempts.push(json!({
+                "method": method,
+                "login": user,
+                "key": key.map(|k| k.fingerprint(HashAlg::Sha256).to_string()),
+                "reason": reason,
+            }));
+        }
+    }
+
+    fn user_name(&self) -> String {
+        self.caller
+            .as_ref()
+            .map(Caller::name)
+            .unwrap_or_else(|| "-".into())
+    }
+
+    fn audit_refusal(&self, what: &str) {
+        self.gateway.audit.record(
+            "refused",
+            json!({
+                "user": self.user_name(),
+                "address": self.peer.ip().to_string(),
+                "request": what,
+            }),
+        );
+    }
+
+    /// Answers a request on a session channel with a message on stderr and exit status 1,
+    /// then closes the channel: what the client prints is the message.
+    fn refuse_on_channel(&mut self, channel: ChannelId, session: &mut Session, message: &str) {
+        self.channels.remove(&channel);
+        let line = format!("simplestream-server: {message}\n");
+        let _ = session.channel_success(channel);
+        let _ = session.extended_data(channel, 1, line.into_bytes());
+        let _ = session.exit_status_request(channel, 1);
+        let _ = session.eof(channel);
+        let _ = session.close(channel);
+    }
+}
+
+impl Drop for SshSession {
+    fn drop(&mut self) {
+        if self.caller.is_none() && !self.attempts.is_empty() {
+            self.gateway.audit.record(
+                "auth",
+                json!({
+                    "result": "failure",
+                    "address": self.peer.ip().to_string(),
+                    "attempts": self.attempts,
+                }),
+            );
+        }
+    }
+}
+
+impl Handler for SshSession {
+    type Error = anyhow::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.failed(
+            "password",
+            user,
+            None,
+            "password authentication is disabled; use a key listed in authorized_keys",
+        );
+        Ok(reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.failed(
+            "keyboard-interactive",
+            user,
+            None,
+            "keyboard-interactive authentication is disabled; use a key listed in authorized_keys",
+        );
+        Ok(reject())
+    }
+
+    /// Only says whether the key would do; binds nothing.
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let keys = self.gateway.keys.current();
+        match keys.find(offer.public_key, self.peer.ip(), crate::catalog::unix_now()) {
+            Ok(_) => Ok(Auth::Accept),
+            Err(refusal) => {
+                self.failed(
+                    "publickey",
+                    user,
+                    Some(offer.public_key),
+                    &refusal.to_string(),
+                );
+                Ok(reject())
+            }
+        }
+    }
+
+    /// The signature is verified: this is who the client is.
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let keys = self.gateway.keys.current();
+        let entry = match keys.find(key.public_key, self.peer.ip(), crate::catalog::unix_now()) {
+            Ok(entry) => entry,
+            Err(refusal) => {
+                // The file changed between offer and signature.
+                let reason = match refusal {
+                    Refusal::Unknown => "the key was removed from authorized_keys".to_string(),
+                    other => other.to_string(),
+                };
+                self.failed("publickey", user, Some(key.public_key), &reason);
+                return Ok(reject());
+            }
+        };
+        let identity = Identity {
+            name: entry.name.clone(),
+            role: entry.role,
+            key_fingerprint: entry.fingerprint.clone(),
+        };
+        let upload_area = self.gateway.upload_area(&identity.name);
+        if identity.role.allows(Role::Publisher)
+            && let Err(e) = upload_area.ensure_exists()
+        {
+            tracing::warn!(user = identity.name, error = %e, "cannot create the upload area");
+        }
+        self.gateway.audit.record(
+            "auth",
+            json!({
+                "result": "success",
+                "user": identity.name,
+                "role": identity.role.as_str(),
+                "key": identity.key_fingerprint,
+                "address": self.peer.ip().to_string(),
+                "login": user,
+                "line": entry.line,
+            }),
+        );
+        tracing::info!(user = identity.name, role = %identity.role, peer = %self.peer, "logged in");
+        self.caller = Some(Caller::Remote {
+            identity,
+            upload_area,
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.state.authenticated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.caller.is_none() || self.channels.len() >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Opened but never used for a request: forget it.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal("x11 channel");
+        reply
+            .reject(prohibited("X11 forwarding is not available on this server"))
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal(&format!(
+            "port forwarding to {host_to_connect}:{port_to_connect}"
+        ));
+        reply
+            .reject(prohibited(
+                "port forwarding is not available on this server",
+            ))
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal(&format!("socket forwarding to {socket_path}"));
+        reply
+            .reject(prohibited(
+                "socket forwarding is not available on this server",
+            ))
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.audit_refusal(&format!("remote port forwarding from {address}:{port}"));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.audit_refusal(&format!("remote socket forwarding from {socket_path}"));
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.audit_refusal("agent forwarding");
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal("x11 forwarding");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The client says "PTY allocation request failed" and goes on without one.
+        self.audit_refusal("pty");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // OpenSSH sends these without asking for a reply (SendEnv LANG LC_* is common), so
+        // the refusal is silent to the client; commands run with no environment from it.
+        self.audit_refusal(&format!("environment variable {variable_name}"));
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal("shell");
+        self.refuse_on_channel(
+            channel,
+            session,
+            "this server runs commands only, not a shell: try `ssh <host> help`",
+        );
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(caller), Some(open)) = (self.caller.clone(), self.channels.remove(&channel))
+        else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let gateway = self.gateway.clone();
+        let peer = self.peer;
+        let command = data.to_vec();
+        tokio::spawn(super::exec::run(gateway, caller, open, command, peer));
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(caller) = self.caller.clone() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if name != "sftp" {
+            self.audit_refusal(&format!("subsystem {name}"));
+            self.refuse_on_channel(
+                channel,
+                session,
+                &format!("there is no subsystem {name:?} here; use sftp, scp or `ssh <host> help`"),
+            );
+            return Ok(());
+        }
+        if let Err(denied) = caller.check("upload", Role::Publisher) {
+            self.audit_refusal("sftp (role)");
+            self.refuse_on_channel(channel, session, &denied);
+            return Ok(());
+        }
+        let Some(open) = self.channels.remove(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        tokio::spawn(super::sftp::run(self.gateway.clone(), caller, open));
+        Ok(())
+    }
+}
+
+fn prohibited(reason: &str) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: 1,
+        reason: reason.to_string(),
+    }
+}
