@@ -39,18 +39,6 @@ pub struct SshAccess<'a> {
     pub host_key: &'a str,
 }
 
-/// The host part of an `https://host[:port]/…` URL.
-fn url_host(url: &str) -> &str {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or(authority);
-    match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    }
-}
-
 /// The text `remote-info` prints and `serve` shows at start.
 pub fn render(info: &RemoteInfoText<'_>) -> String {
     let RemoteInfoText {
@@ -62,7 +50,7 @@ pub fn render(info: &RemoteInfoText<'_>) -> String {
     } = *info;
     let pem = certificate_pem.trim_end();
     let ssh_text = ssh.map_or_else(String::new, |ssh| {
-        let host = url_host(url);
+        let host = crate::http::url_host(url).unwrap_or("<host>");
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -174,13 +162,6 @@ mod tests {
         assert!(text.contains("SHA-256 fingerprint: ab12\n"));
         assert!(text.contains("ssh -p 2200 upload@h help\n"));
         assert!(text.contains("SSH host key fingerprint: SHA256:xyz\n"));
-    }
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(url_host("https://h:8443/lxd"), "h");
-        assert_eq!(url_host("https://[::1]:8443"), "::1");
-        assert_eq!(url_host("https://images.example.com"), "images.example.com");
     }
 
     #[test]
