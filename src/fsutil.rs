@@ -40,6 +40,19 @@ pub fn printable_name(name: &str) -> String {
     }
 }
 
+/// `text` on one line: control characters (from a corrupt header, a file name) become spaces,
+/// runs of blanks one space, so a message can never forge or split log and error lines.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if !(c == ' ' && out.ends_with(' ')) {
+            out.push(c);
+        }
+    }
+    out.trim().to_string()
+}
+
 /// An io::Error's message without the "(os error N)" suffix.
 pub fn plain_message(e: &io::Error) -> String {
     let text = e.to_string();
@@ -226,6 +239,12 @@ pub fn remove_empty_dirs(mut dir: &Path, stop: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_removes_control_characters() {
+        assert_eq!(one_line("a\n\n\tb\0c \r\n"), "a b c");
+        assert_eq!(one_line("plain"), "plain");
+    }
 
     #[test]
     fn temp_names_carry_the_pid() {

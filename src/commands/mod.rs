@@ -201,8 +201,11 @@ pub fn execute(command: Command, ctx: &mut Context<'_>) -> i32 {
 
 /// Writes `simplestream-server: <message>` as one line.
 pub fn report_error(err: &mut dyn Write, message: &str) {
-    let one_line = message.replace('\n', " ");
-    let _ = writeln!(err, "simplestream-server: {one_line}");
+    let _ = writeln!(
+        err,
+        "simplestream-server: {}",
+        crate::fsutil::one_line(message)
+    );
     let _ = err.flush();
 }
 

@@ -192,8 +192,12 @@ fn check_entry_path(path: &Path) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
+/// The tar crate's messages can quote raw header bytes: keep them on one line.
 fn read_error(e: &std::io::Error) -> String {
-    format!("is truncated or corrupt ({e})")
+    format!(
+        "is truncated or corrupt ({})",
+        crate::fsutil::one_line(&e.to_string())
+    )
 }
 
 #[cfg(test)]
@@ -302,6 +306,16 @@ mod tests {
                 .unwrap_err()
                 .contains("no metadata.yaml in its first")
         );
+    }
+
+    /// Found by the metadata_tarball fuzz target: a header whose checksum field holds raw
+    /// bytes, which the tar crate quotes in its error message.
+    #[test]
+    fn garbage_in_a_header_gives_a_one_line_error() {
+        let data = include_bytes!("testdata/fuzz-tar-header-garbage.tar.gz");
+        let err = scan(&data[..], Compression::Gzip, ScanLimits::default()).unwrap_err();
+        assert!(err.starts_with("is truncated or corrupt ("), "{err}");
+        assert!(!err.chars().any(char::is_control), "{err:?}");
     }
 
     #[test]
