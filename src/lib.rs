@@ -13,6 +13,7 @@
 //!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
 //! - [`ssh`]: the SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands.
 //! - [`config`]: settings with defaults, the config file and flags.
+//! - [`sha256`]: SHA-256 with two streams over the same bytes for the price of one.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
 pub mod access;
@@ -26,5 +27,6 @@ pub mod image;
 pub mod metrics;
 pub mod publish;
 pub mod serve;
+pub mod sha256;
 pub mod ssh;
 pub mod streams;

@@ -15,8 +15,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::hashing::{self, HashingReader, Progress, StreamDigest};
 use super::record::{Product, Provenance, Root, StoredFile, Version, VersionFiles};
 use super::{Catalog, CatalogError, Result, Transaction, alias, short};
@@ -24,6 +22,7 @@ use crate::fsutil;
 use crate::image::{
     self, Compression, ImageError, ImageMetadata, ImageType, Layout, RootKind, sniff,
 };
+use crate::sha256::Sha256State;
 
 /// Whether the sources are copied into the catalog or moved (hard link, then unlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,11 +334,11 @@ impl Catalog {
                 .into());
             }
         }
-        let mut meta_hasher = Sha256::new();
+        let mut meta_hasher = Sha256State::new();
         meta_hasher.update(&meta_bytes);
         let meta_digest = StreamDigest {
             size: meta_bytes.len() as u64,
-            sha256: hashing::hex(meta_hasher.clone().finalize()),
+            sha256: meta_hasher.clone().finalize_hex(),
             combined: None,
         };
         let meta_staged = match transfer {

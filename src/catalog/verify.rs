@@ -5,11 +5,10 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
-
 use super::hashing::{self, Progress};
 use super::record::{StoredFile, VersionFiles};
 use super::{Catalog, Result};
+use crate::sha256::Sha256State;
 use crate::streams;
 
 #[derive(Debug, Default)]
@@ -36,7 +35,7 @@ impl Catalog {
                         };
                         for root in roots.values() {
                             report.images += 1;
-                            let mut seed = Sha256::new();
+                            let mut seed = Sha256State::new();
                             seed.update(&meta_bytes);
                             if let Some(combined) = self.check_file(
                                 &root.file,
@@ -97,7 +96,7 @@ impl Catalog {
     fn check_file(
         &self,
         file: &StoredFile,
-        seed: Option<Sha256>,
+        seed: Option<Sha256State>,
         place: &str,
         report: &mut VerifyReport,
         progress: &mut dyn Progress,

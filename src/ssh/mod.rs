@@ -40,7 +40,8 @@ pub mod scp;
 pub mod server;
 pub mod session;
 pub mod sftp;
-pub mod sha256;
+/// The paired SHA-256 lives at the crate root: the catalog uses it too.
+pub use crate::sha256;
 pub mod upload;
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! SHA-256 whose state we own, and two of them run over the same bytes for the price of one.
 //!
-//! A root upload that follows a metadata tarball is hashed twice as it arrives: its own
-//! sha256, and sha256(metadata ‖ root), the image's fingerprint (a clone of the metadata's
+//! A root is hashed twice, as it is uploaded or imported: its own sha256, and
+//! sha256(metadata ‖ root), the image's fingerprint (a clone of the metadata's
 //! unfinished state, continued with the root). With the CPU's SHA instructions one SHA-256
 //! stream is bound by the latency of its rounds, not by throughput, so [`update_pair`]
 //! interleaves the rounds of the two independent streams block by block: measured here,
