@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Gateway;
-use super::limits::{ConnectionGate, ConnectionPermit, GateLimits};
 use super::session::{ConnectionState, SshSession};
+use crate::limits::{ConnectionGate, ConnectionPermit, GateLimits};
 
 /// How long a connection has to leave after the server said goodbye.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
