@@ -5,7 +5,9 @@
 //!
 //! Each connection, in order:
 //! 1. A permit from the connection cap is taken before `accept`, so at the cap new clients
-//!    wait in the kernel's queue instead of costing memory here.
+//!    wait in the kernel's queue instead of costing memory here. Then the cap per address
+//!    ([`ConnectionGate`]): a connection over it is closed before a byte is read, so that
+//!    one address cannot take every slot and leave everyone else waiting in that queue.
 //! 2. Its first byte is peeked, within the handshake timeout. No byte at all is normal: LXD
 //!    opens and closes a connection on purpose, and a silent client is dropped at the
 //!    timeout. Neither is an error, so both are logged at debug level only.
@@ -31,6 +33,7 @@ use tower_service::Service as _;
 
 use super::send_timeout::SendTimeout;
 use super::{HttpState, app, plain};
+use crate::limits::{ConnectionGate, GateLimits};
 use crate::metrics;
 
 /// The first byte of a TLS connection: a handshake record.
@@ -46,6 +49,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
     let router = app::router(state.clone());
     let limit = Arc::new(Semaphore::new(state.settings.max_connections));
+    let gate = ConnectionGate::new(GateLimits {
+        // The semaphore caps the total; the gate only counts per address.
+        max_connections: usize::MAX,
+        max_per_address: state.settings.max_connections_per_address,
+        failure_limit: 0,
+        failure_window: Duration::ZERO,
+    });
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -66,12 +76,22 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
                 }
             },
         };
+        let slot = match gate.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Closed here, unread. Not worth a warning each: a flood would flood the log.
+                metrics::record_connection_refused();
+                tracing::debug!(%remote, "refused an HTTPS connection: {refusal}");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             handle_connection(stream, remote, state, router, shutdown).await;
+            drop(slot);
             drop(permit);
         });
     }
