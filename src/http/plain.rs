@@ -7,7 +7,7 @@
 //! request is redirected to the same URL over https.
 //!
 //! One request per connection (`Connection: close`, which is what the clients send), read
-//! within the handshake timeout and at most [`MAX_HEAD`] bytes. File bodies go out with
+//! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. File bodies go out with
 //! `sendfile(2)`: page cache to socket, no copy through this process.
 
 use std::net::SocketAddr;
@@ -47,10 +47,14 @@ enum HeadError {
     Bad(StatusCode, &'static str),
 }
 
-pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpState>) {
-    let head = match tokio::time::timeout(state.settings.handshake_timeout, read_head(&mut stream))
-        .await
-    {
+/// Answers the one request of a connection whose head must arrive before `deadline`.
+pub async fn serve(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    deadline: tokio::time::Instant,
+    state: Arc<HttpState>,
+) {
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::Gone)) | Err(_) => {
             tracing::debug!(%remote, "closed a plain-HTTP connection without a complete request");
