@@ -78,3 +78,99 @@ fn the_handshake_timeout_counts_from_the_connection_not_from_its_first_byte() {
         (!raw.is_empty()).then_some(())
     });
 }
+
+fn https_client(t: &TestDir, server: &Server) -> support::http::Client {
+    support::http::Client::new(server.https(), &t.data().join("tls/server.crt"))
+}
+
+/// Writes `request` over TLS (ignoring a write the server cut short) and reads the answer
+/// until the server closes; returns it and how long that took.
+async fn send_over_tls(client: &support::http::Client, request: &[u8]) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let tls = client.connect().await.expect("TLS handshake");
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+    writing.abort();
+    (answer, started.elapsed())
+}
+
+/// HTTP/1.1 over TLS read up to hyper's default of ~400 KiB of request head before saying 431
+/// (plain HTTP and h2 stop at 16 KiB): a client sending a head without its end made the server
+/// buffer 400 KiB, and never got an answer before the header timeout.
+#[test]
+fn request_heads_over_16_kib_get_431_at_once_in_every_protocol() {
+    let t = TestDir::new();
+    let server = Server::start(&t, &[]);
+    let client = https_client(&t, &server);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let unterminated = |size: usize| {
+        let mut head = b"GET /streams/v1/index.json HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        head.resize(head.len() + size, b'a');
+        head
+    };
+    let complete = |size: usize| {
+        let mut head = unterminated(size);
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    };
+    let many_headers = {
+        let mut head = b"GET /streams/v1/index.json HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..200 {
+            head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    };
+    for (what, request) in [
+        ("a 20 KiB head without its end", unterminated(20 << 10)),
+        ("a 1 MiB header", complete(1 << 20)),
+        ("200 headers", many_headers.clone()),
+    ] {
+        let (answer, took) = runtime.block_on(send_over_tls(&client, &request));
+        let status = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+        assert_eq!(status, "HTTP/1.1 431", "TLS, {what}: {answer:?}");
+        assert!(took < Duration::from_secs(3), "TLS, {what}: {took:?}");
+
+        let (answer, took) =
+            support::http::plain(server.https(), &request, Duration::from_secs(20));
+        let response = support::http::parse_response(&answer);
+        assert_eq!(response.status, 431, "plain, {what}");
+        assert!(took < Duration::from_secs(3), "plain, {what}: {took:?}");
+    }
+    // h2: the header list is capped at 16 KiB too.
+    let h2 = https_client(&t, &server).h2();
+    let big = "a".repeat(20 << 10);
+    let refused = match h2.try_request("GET", "/streams/v1/index.json", &[("x-big", &big)]) {
+        Ok(response) => response.status == 431,
+        Err(_) => true,
+    };
+    assert!(refused, "h2 took a 20 KiB header");
+
+    // A hundred connections each stalled on 300 KiB of head cost the server little.
+    let before = support::net::memory(server.child.id());
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let mut tls = client.connect().await.expect("TLS handshake");
+            let _ = tls.write_all(&unterminated(300 << 10)).await;
+            held.push(tls);
+        }
+    });
+    let after = support::net::memory(server.child.id());
+    let grown = after.peak_kib.saturating_sub(before.rss_kib);
+    println!("100 stalled 300 KiB heads: peak RSS grew by {} KiB", grown);
+    assert!(grown < 16 << 10, "the server grew by {grown} KiB");
+    assert_eq!(client.get("/healthz").status, 200);
+}

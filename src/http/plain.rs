@@ -24,8 +24,8 @@ use super::access_log::AccessRecord;
 use super::files::{self, Reply, ReplyBody};
 use crate::metrics::Scheme;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head accepted, in every protocol (431 beyond it).
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How long the unread rest of a request is drained after the answer, so that closing does
 /// not reset the connection before the client has read the answer.
@@ -65,6 +65,9 @@ pub async fn serve(
             let reply = Reply::text(status, text);
             let sent = send(&mut stream, reply, false, state.settings.send_timeout).await;
             record.finish(status.as_u16(), *sent.as_ref().unwrap_or(&0), sent.is_ok());
+            // The rest of the head is still coming: closing on it would reset the connection
+            // and could destroy the answer before the client reads it.
+            linger(&mut stream).await;
             return;
         }
     };

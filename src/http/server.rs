@@ -197,6 +197,7 @@ async fn serve_tls(
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_PING_INTERVAL))
             .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_header_list_size(plain::MAX_HEAD as u32)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
@@ -210,6 +211,9 @@ async fn serve_tls(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(state.settings.handshake_timeout)
+            // hyper's default is its whole read buffer (~400 KiB): a head without its end
+            // would cost that much per connection and get no answer.
+            .max_header_size(plain::MAX_HEAD)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
