@@ -174,3 +174,83 @@ fn request_heads_over_16_kib_get_431_at_once_in_every_protocol() {
     assert!(grown < 16 << 10, "the server grew by {grown} KiB");
     assert_eq!(client.get("/healthz").status, 200);
 }
+
+/// Bytes that differ at every offset (so a wrong range shows).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Puts a file with known content straight into www/.
+fn put(t: &TestDir, relative: &str, content: &[u8]) {
+    let path = t.www().join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+}
+
+/// Bad Range values: malformed ones are ignored (the whole file, 200), as RFC 9110 says;
+/// numbers past 2^64 are read as "very large" (a first byte past the end is 416, a last byte
+/// past the end means the end), and many ranges get the whole file, over TLS and plain HTTP.
+#[test]
+fn bad_range_values_get_the_whole_file_or_416() {
+    let t = TestDir::new();
+    let content = pattern(10_000);
+    put(&t, "images/test/blob.bin", &content);
+    let server = Server::start(&t, &[]);
+    let client = https_client(&t, &server);
+    let huge = "99999999999999999999999999";
+    let many: String = (0..1000)
+        .map(|i| format!("{i}-{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cases: Vec<(String, u16, std::ops::Range<usize>)> = vec![
+        // Malformed: ignored.
+        ("bytes=abc".into(), 200, 0..10_000),
+        ("bytes=1-2-3".into(), 200, 0..10_000),
+        ("bytes".into(), 200, 0..10_000),
+        ("bytes=".into(), 200, 0..10_000),
+        ("bytes=,".into(), 200, 0..10_000),
+        ("bytes=-".into(), 200, 0..10_000),
+        ("bytes=0x10-0x20".into(), 200, 0..10_000),
+        ("bytes=+1-2".into(), 200, 0..10_000),
+        ("bytes=-1-2".into(), 200, 0..10_000),
+        ("bytes=1.5-2".into(), 200, 0..10_000),
+        ("bytes=１-２".into(), 200, 0..10_000),
+        ("chars=0-1".into(), 200, 0..10_000),
+        // Reversed: ignored.
+        ("bytes=9-1".into(), 200, 0..10_000),
+        // Overflowing numbers.
+        (format!("bytes={huge}-"), 416, 0..0),
+        (format!("bytes={huge}-{huge}"), 416, 0..0),
+        (format!("bytes=9990-{huge}"), 206, 9990..10_000),
+        (format!("bytes=-{huge}"), 206, 0..10_000),
+        ("bytes=18446744073709551615-".into(), 416, 0..0),
+        ("bytes=0-18446744073709551615".into(), 206, 0..10_000),
+        // Many ranges: the whole file, never a multipart answer.
+        (format!("bytes={many}"), 200, 0..10_000),
+        ("bytes=0-0,0-0,0-0,0-0".into(), 200, 0..10_000),
+        // Sound ones still work.
+        ("bytes=10-19".into(), 206, 10..20),
+        ("bytes=-5".into(), 206, 9995..10_000),
+    ];
+    for (range, status, expected) in &cases {
+        let response = client.request("GET", "/images/test/blob.bin", &[("range", range)]);
+        let shown = &range[..range.len().min(60)];
+        assert_eq!(response.status, *status, "HTTPS {shown}");
+        if *status == 416 {
+            assert_eq!(response.header("content-range"), Some("bytes */10000"));
+        } else {
+            assert_eq!(response.body, &content[expected.clone()], "HTTPS {shown}");
+        }
+        let (raw, _) = support::http::plain(
+            server.https(),
+            format!("GET /images/test/blob.bin HTTP/1.1\r\nHost: x\r\nRange: {range}\r\n\r\n")
+                .as_bytes(),
+            Duration::from_secs(10),
+        );
+        let response = support::http::parse_response(&raw);
+        assert_eq!(response.status, *status, "plain {shown}");
+        if *status != 416 {
+            assert_eq!(response.body, &content[expected.clone()], "plain {shown}");
+        }
+    }
+}
