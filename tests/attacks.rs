@@ -254,3 +254,160 @@ fn bad_range_values_get_the_whole_file_or_416() {
         }
     }
 }
+
+/// Every regular file under `dir`, as paths relative to it.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// HEAD and GET on every file of a published tree (split and unified images, container and
+/// VM, the stream JSON): 200, the file's size as Content-Length, and the file's bytes, over
+/// HTTP/1.1, h2 and, for image files, plain HTTP.
+#[test]
+fn every_file_under_www_is_served_whole_by_get_and_head() {
+    let t = TestDir::new();
+    let metadata = t.file("split.tar.xz");
+    let root = t.file("split.squashfs");
+    support::metadata_tarball(&metadata, &support::Meta::default());
+    support::squashfs(&root, "split");
+    t.ok(&[
+        "import",
+        metadata.to_str().unwrap(),
+        root.to_str().unwrap(),
+        "--alias",
+        "split/one",
+    ]);
+    let unified = t.file("vm.tar.gz");
+    let vm = support::Meta {
+        release: "2",
+        ..support::Meta::default()
+    };
+    support::unified_tarball(&unified, &vm, true, "vm");
+    t.ok(&["import", unified.to_str().unwrap()]);
+    let server = Server::start(&t, &[]);
+    let h1 = https_client(&t, &server);
+    let h2 = https_client(&t, &server).h2();
+
+    let files = files_under(&t.www());
+    for expected in ["streams/v1/index.json", "streams/v1/images.json"] {
+        assert!(files.iter().any(|f| f == expected), "{files:?}");
+    }
+    let images = files.iter().filter(|f| f.starts_with("images/")).count();
+    assert!(images >= 3, "{files:?}");
+    for relative in &files {
+        let content = std::fs::read(t.www().join(relative)).unwrap();
+        let length = content.len().to_string();
+        let target = format!("/{relative}");
+        for (protocol, client) in [("HTTP/1.1", &h1), ("h2", &h2)] {
+            let get = client.get(&target);
+            assert_eq!(get.status, 200, "{protocol} GET {target}");
+            assert_eq!(
+                get.header("content-length"),
+                Some(length.as_str()),
+                "{protocol} GET {target}"
+            );
+            assert!(get.body == content, "{protocol} GET {target}: other bytes");
+            let head = client.request("HEAD", &target, &[]);
+            assert_eq!(head.status, 200, "{protocol} HEAD {target}");
+            assert_eq!(
+                head.header("content-length"),
+                Some(length.as_str()),
+                "{protocol} HEAD {target}"
+            );
+            assert!(head.body.is_empty(), "{protocol} HEAD {target}");
+        }
+        if relative.starts_with("images/") {
+            for method in ["GET", "HEAD"] {
+                let (raw, _) = support::http::plain(
+                    server.https(),
+                    format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                    Duration::from_secs(20),
+                );
+                let response = support::http::parse_response(&raw);
+                assert_eq!(response.status, 200, "plain {method} {target}");
+                assert_eq!(
+                    response.header("content-length"),
+                    Some(length.as_str()),
+                    "plain {method} {target}"
+                );
+                let body: &[u8] = if method == "GET" { &content } else { &[] };
+                assert!(
+                    response.body == body,
+                    "plain {method} {target}: other bytes"
+                );
+            }
+        }
+    }
+}
+
+/// Methods other than GET and HEAD are refused with 405 and an `Allow` of GET and HEAD on every kind
+/// of path: pages, stream JSON, image files, missing files, directories, traversal attempts,
+/// over HTTP/1.1, h2 and plain HTTP; and nothing changes on disk.
+#[test]
+fn methods_other_than_get_and_head_get_405_on_every_kind_of_path() {
+    let t = TestDir::new();
+    put(&t, "images/test/blob.bin", b"blob");
+    let server = Server::start(&t, &[]);
+    let before = t.snapshot_www();
+    let h1 = https_client(&t, &server);
+    let h2 = https_client(&t, &server).h2();
+    let paths = [
+        "/",
+        "/server.crt",
+        "/healthz",
+        "/metrics",
+        "/streams/v1/index.json",
+        "/streams/v1/images.json",
+        "/images/test/blob.bin",
+        "/images/test/missing.bin",
+        "/images/test/",
+        "/images/%2e%2e/%2e%2e/state/catalog.json",
+        "/no/such/place",
+    ];
+    let methods = [
+        "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "MKCOL", "BREW",
+    ];
+    for path in paths {
+        for method in methods {
+            for (protocol, client) in [("HTTP/1.1", &h1), ("h2", &h2)] {
+                let response = client.request(method, path, &[]);
+                assert_eq!(response.status, 405, "{protocol} {method} {path}");
+                let mut allow: Vec<&str> = response
+                    .header("allow")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                allow.sort();
+                assert_eq!(allow, ["GET", "HEAD"], "{protocol} {method} {path}");
+            }
+            // Plain HTTP serves image files only; the rest is redirected to https whatever
+            // the method, and never acted on.
+            let (raw, _) = support::http::plain(
+                server.https(),
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+                    .as_bytes(),
+                Duration::from_secs(10),
+            );
+            let response = support::http::parse_response(&raw);
+            let is_image_file = path.starts_with("/images/test/") && !path.ends_with('/');
+            let expected = if is_image_file { 405 } else { 301 };
+            assert_eq!(response.status, expected, "plain {method} {path}");
+        }
+    }
+    assert_eq!(t.snapshot_www(), before, "a refused request changed www/");
+}
