@@ -245,11 +245,24 @@ fn a_thousand_idle_ssh_connections_from_one_address() {
         &times,
         &format!("{held} held by the server, {closed} refused"),
     );
-    let refused = audit_events(&target.t, "connection_refused");
+    assert_eq!(held, 16, "the per-address cap");
+    // Audited, but not a line each: the first refusal at once, the rest counted (written a
+    // minute later, or at shutdown).
+    let early = audit_events(&target.t, "connection_refused");
+    assert_eq!(early.len(), 1, "{early:?}");
+    let t = &target.t;
+    assert!(target.server.terminate().success());
+    let refused = audit_events(t, "connection_refused");
+    assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(
         refused.iter().all(|e| e["address"] == "127.0.0.2"),
         "{refused:?}"
     );
+    let counted: u64 = refused
+        .iter()
+        .map(|e| e["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, closed as u64, "{refused:?}");
 }
 
 /// (a) 500 failed authentications from one address: passwords, keyboard-interactive and
