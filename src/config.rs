@@ -54,6 +54,10 @@ pub struct HttpConfig {
     pub shutdown_timeout_secs: u64,
     /// Connections served at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections open at once from one address; more are closed at once. Keep it well
+    /// below `max_connections`, so that one client cannot take every slot. Behind a reverse
+    /// proxy every client has the proxy's address: raise it to `max_connections` there.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +144,7 @@ impl Default for HttpConfig {
             send_timeout_secs: 60,
             shutdown_timeout_secs: 30,
             max_connections: 4096,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`http`]: the HTTPS side: the simplestreams tree over TLS 1.3, the plain-HTTP first try,
 //!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
 //! - [`ssh`]: the SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands.
+//! - [`limits`]: who may open a connection (caps in all and per address, throttling), asked
+//!   by both accept loops before a byte is exchanged.
 //! - [`config`]: settings with defaults, the config file and flags.
 //! - [`sha256`]: SHA-256 with two streams over the same bytes for the price of one.
 //! - [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
@@ -24,6 +26,7 @@ pub mod data_dir;
 pub mod fsutil;
 pub mod http;
 pub mod image;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod serve;

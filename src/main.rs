@@ -203,7 +203,7 @@ fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode
         progress,
         digests: None,
     };
-    ExitCode::from(commands::execute(command, &mut ctx) as u8)
+    ExitCode::from(commands::execute(command, &mut ctx).code as u8)
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {

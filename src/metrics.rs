@@ -49,6 +49,7 @@ static BYTES_SENT: [AtomicU64; 2] = [ZERO; 2];
 static TLS_HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
 static TLS_HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
 static IMPORTS: AtomicU64 = AtomicU64::new(0);
+static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one finished response and the body bytes it sent.
 pub fn record_request(scheme: Scheme, status: u16, bytes: u64) {
@@ -77,6 +78,11 @@ pub fn record_import() {
     IMPORTS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts one HTTPS connection closed unread because its address had too many open.
+pub fn record_connection_refused() {
+    CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A consistent-enough copy of every counter, for rendering.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -87,6 +93,7 @@ pub struct Snapshot {
     pub tls_handshakes_ok: u64,
     pub tls_handshakes_failed: u64,
     pub imports: u64,
+    pub connections_refused: u64,
 }
 
 pub fn snapshot() -> Snapshot {
@@ -108,6 +115,7 @@ pub fn snapshot() -> Snapshot {
         tls_handshakes_ok: TLS_HANDSHAKES_OK.load(Ordering::Relaxed),
         tls_handshakes_failed: TLS_HANDSHAKES_FAILED.load(Ordering::Relaxed),
         imports: IMPORTS.load(Ordering::Relaxed),
+        connections_refused: CONNECTIONS_REFUSED.load(Ordering::Relaxed),
     }
 }
 

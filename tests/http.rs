@@ -359,7 +359,27 @@ fn traversal_and_symlinks_out_of_www_are_not_found() {
         "/images/test/inside.txt/",
         "/images//test/inside.txt",
         "/images/./test/inside.txt",
+        // Upper case, mixed and partial encodings of `.`, `/` and `\`.
+        "/%2E%2E/state/catalog.json",
+        "/images/.%2e/.%2E/state/catalog.json",
+        "/images/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/images/%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/images/%5c..%5c..%5csecret.txt",
+        "/images/test/%2e/inside.txt",
+        "/images/test/%2finside.txt",
+        // Double and triple encodings.
+        "/%25%32%65%25%32%65/state/catalog.json",
+        "/images/%25252e%25252e/%25252e%25252e/secret.txt",
+        // Overlong UTF-8 dots and slash, and a NUL before an extension.
+        "/images/%c0%ae%c0%ae/%c0%ae%c0%ae/secret.txt",
+        "/images/%c0%afsecret.txt",
+        "/images/test/inside.txt%00.json",
+        // Hidden names, and Tomcat-style `..;`.
+        "/images/test/.hidden",
+        "/images/..;/..;/secret.txt",
+        "//secret.txt",
     ];
+    put(&t, "images/test/.hidden", b"TOP-SECRET-hidden");
     for target in attempts {
         let response = client.get(target);
         assert_eq!(response.status, 404, "{target}");
@@ -373,6 +393,10 @@ fn traversal_and_symlinks_out_of_www_are_not_found() {
     for target in [
         "/images\\..\\..\\secret.txt",
         "/images/test/../../../secret.txt",
+        "/images/%zz/../../secret.txt",
+        "http://x/../secret.txt",
+        "http://x/images/%2e%2e/%2e%2e/secret.txt",
+        "*",
     ] {
         let raw = client.raw(
             format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -386,7 +410,11 @@ fn traversal_and_symlinks_out_of_www_are_not_found() {
         assert!(!response.text().contains("TOP-SECRET"), "{target}");
     }
     // The same over plain HTTP.
-    for target in ["/images/test/link-out", "/images/%2e%2e/%2e%2e/secret.txt"] {
+    for target in attempts.iter().chain(&[
+        "/images\\..\\..\\secret.txt",
+        "/images/test/../../../secret.txt",
+        "/images/%zz/../../secret.txt",
+    ]) {
         let (raw, _) = plain(
             client.addr,
             format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),

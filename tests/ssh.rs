@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::server::Server;
 use support::ssh::{
-    Client, Key, area, audit_events, names_in, random_file, run, write_authorized_keys,
-    write_config,
+    Client, Key, area, audit_events, names_in, random_file, refusal, refusal_reason, run,
+    write_authorized_keys, write_config,
 };
 use support::{Meta, TestDir, wait_until};
 
@@ -384,6 +384,9 @@ fn every_role_boundary() {
     ] {
         let line = s.reader.fails(command, 1);
         assert!(line.contains("has the reader role"), "{command}: {line}");
+        // Audited: who, from where, what, and the reason the client saw.
+        let reason = refusal_reason(&s.t, "ci-reader", command);
+        assert!(line.ends_with(&reason), "{command}: {reason}");
     }
     let output = s.reader.scp(&[], &[&file], "");
     assert!(!output.status.success());
@@ -407,6 +410,9 @@ fn every_role_boundary() {
         stderr(&output)
     );
     assert!(!area(&s.t, "ci-reader").exists());
+    for request in ["subsystem sftp", "scp -t"] {
+        assert!(refusal_reason(&s.t, "ci-reader", request).contains("needs the publisher role"));
+    }
 
     // Publisher: uploads and imports, nothing of the admin's.
     assert!(s.publisher.scp(&[], &[&file], "").status.success());
@@ -423,7 +429,17 @@ fn every_role_boundary() {
             line.contains("needs the admin role and your key has the publisher role"),
             "{command}: {line}"
         );
+        let reason = refusal_reason(&s.t, "alice@laptop", command);
+        assert!(line.ends_with(&reason), "{command}: {reason}");
     }
+    // Someone else's uploads, and a path out of the area, are refusals too.
+    s.publisher.fails("uploads --user ci-reader", 1);
+    refusal(&s.t, "alice@laptop", "uploads --user ci-reader");
+    s.publisher.fails("import ../ci-reader/x.tar.xz", 1);
+    assert!(
+        refusal_reason(&s.t, "alice@laptop", "import ../ci-reader/x.tar.xz")
+            .contains("leaves your upload area")
+    );
     // Removing their own upload is theirs to do.
     assert_eq!(
         s.publisher.ok("uploads --remove data.bin"),
@@ -533,6 +549,21 @@ fn refusals_say_what_is_wrong() {
             stderr(&output)
         );
     }
+    // OpenSSH never sends a password to a server that offers only keys: it probes with
+    // "none" and gives up. Those connections are audited all the same (tests/attacks.rs has
+    // passwords that reach the server).
+    let probes = wait_until(Duration::from_secs(10), "two failed logins", || {
+        let failures: Vec<Value> = audit_events(&s.t, "auth")
+            .into_iter()
+            .filter(|e| e["result"] == "failure")
+            .collect();
+        (failures.len() == 2).then_some(failures)
+    });
+    for probe in &probes {
+        assert_eq!(probe["address"], "127.0.0.1", "{probe}");
+        assert_eq!(probe["attempts"][0]["method"], "none", "{probe}");
+        assert_eq!(probe["attempts"][0]["login"], "upload", "{probe}");
+    }
 
     // A shell: one line saying this is not a shell, status 1.
     let output = run(client.ssh_command(&[], None), None);
@@ -543,6 +574,7 @@ fn refusals_say_what_is_wrong() {
         stderr(&output)
     );
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains(&refusal_reason(&s.t, "alice@laptop", "shell")));
     // A pty is refused; OpenSSH's client gives up when one was asked for with -t.
     let output = run(client.ssh_command(&["-tt"], Some("whoami")), None);
     assert_eq!(output.status.code(), Some(255), "{}", stderr(&output));
@@ -551,11 +583,7 @@ fn refusals_say_what_is_wrong() {
         "{}",
         stderr(&output)
     );
-    assert!(
-        audit_events(&s.t, "refused")
-            .iter()
-            .any(|e| e["request"] == "pty")
-    );
+    assert_eq!(refusal(&s.t, "alice@laptop", "pty")["request"], "pty");
 
     // Environment variables are refused (silently for the client, as OpenSSH asks for no
     // reply) and noted in the audit log; the command runs.
@@ -564,12 +592,7 @@ fn refusals_say_what_is_wrong() {
         None,
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(
-        audit_events(&s.t, "refused")
-            .iter()
-            .any(|e| e["request"] == "environment variable SNEAKY"),
-        "env refusal not audited"
-    );
+    refusal(&s.t, "alice@laptop", "environment variable SNEAKY");
 
     // Forwarding: stdio (-W), remote (-R) and local (-L).
     let output = run(client.ssh_command(&["-W", "127.0.0.1:9"], None), None);
@@ -579,6 +602,7 @@ fn refusals_say_what_is_wrong() {
         "{}",
         stderr(&output)
     );
+    refusal(&s.t, "alice@laptop", "port forwarding to 127.0.0.1:9");
     let output = run(
         client.ssh_command(
             &[
@@ -597,6 +621,11 @@ fn refusals_say_what_is_wrong() {
         stderr(&output).contains("remote port forwarding failed"),
         "{}",
         stderr(&output)
+    );
+    refusal(
+        &s.t,
+        "alice@laptop",
+        "remote port forwarding from localhost:0",
     );
 
     let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -689,6 +718,34 @@ fn expired_keys_and_wrong_addresses_are_refused() {
         reasons.contains("may not connect from 127.0.0.1"),
         "{reasons}"
     );
+    // Each failure names the key's user and the address it came from.
+    for (user, reason) in [
+        ("expired", "the key expired"),
+        ("elsewhere", "may not connect from 127.0.0.1"),
+    ] {
+        let failure = failures
+            .iter()
+            .find(|e| {
+                e["attempts"]
+                    .to_string()
+                    .contains(&format!("\"user\":\"{user}\""))
+            })
+            .unwrap_or_else(|| panic!("no failure naming {user}: {reasons}"));
+        assert_eq!(failure["result"], "failure");
+        assert_eq!(failure["address"], "127.0.0.1");
+        let attempt = failure["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["method"] == "publickey")
+            .unwrap();
+        assert_eq!(attempt["user"], user);
+        assert!(
+            attempt["reason"].as_str().unwrap().contains(reason),
+            "{attempt}"
+        );
+        assert!(attempt["key"].as_str().unwrap().starts_with("SHA256:"));
+    }
 }
 
 #[test]
@@ -825,6 +882,21 @@ async fn offering_one_key_and_signing_with_another_makes_you_the_signer() {
         successes.iter().all(|e| e["user"] != "the-admin"),
         "{successes:?}"
     );
+    // The probe of the admin's key is on the record of the session it preceded.
+    let admin_fingerprint = admin_key
+        .public_key()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    let success = successes
+        .iter()
+        .find(|e| e["result"] == "success")
+        .expect("the success line");
+    assert_eq!(success["user"], "the-reader");
+    assert_eq!(success["address"], "127.0.0.1");
+    assert_eq!(
+        success["offered_unsigned"],
+        serde_json::json!([admin_fingerprint])
+    );
 }
 
 #[test]
@@ -876,6 +948,39 @@ fn paths_cannot_leave_the_upload_area() {
     assert!(!s.t.file("got.bin").exists());
     assert_eq!(names_in(&dir), ["fine.bin", "link"]);
     assert_eq!(names_in(&s.t.data().join("incoming")), ["alice@laptop"]);
+
+    // Every refusal is audited: the request as the client sent it, and why.
+    let user = "alice@laptop";
+    for (request, reason) in [
+        ("sftp open \"/../escaped.bin\"", "leaves your upload area"),
+        ("sftp open \"/link/escaped.bin\"", "symbolic link"),
+        ("sftp lstat \"/link/authorized_keys\"", "symbolic link"),
+        ("sftp lstat \"/../ci-reader/x\"", "leaves your upload area"),
+        ("sftp stat \"/..\"", "leaves your upload area"),
+        ("sftp symlink", "symbolic links cannot be created"),
+        (
+            "sftp open \"/.upload-sneaky\"",
+            "reserved for uploads in progress",
+        ),
+        ("scp -t ../escaped.bin", "leaves your upload area"),
+        ("scp -t /../escaped.bin", "leaves your upload area"),
+        ("scp -t a/../../escaped.bin", "leaves your upload area"),
+        ("scp -t link/escaped.bin", "symbolic link"),
+    ] {
+        let found = refusal_reason(&s.t, user, request);
+        assert!(found.contains(reason), "{request}: {found}");
+    }
+    // scp's SFTP mode resolves the name itself before opening it.
+    let opened: Vec<Value> = audit_events(&s.t, "refused")
+        .into_iter()
+        .filter(|e| e["request"].as_str().unwrap().contains("escaped.bin"))
+        .collect();
+    assert!(opened.len() >= 12, "{opened:?}");
+    assert!(
+        opened
+            .iter()
+            .all(|e| e["user"] == user && e["address"] == "127.0.0.1")
+    );
 }
 
 #[test]
@@ -923,6 +1028,17 @@ fn quota_and_file_size_limits_hold_while_writing() {
         stderr(&output)
     );
     assert_eq!(names_in(&dir), ["small.bin"]);
+
+    // Each refusal is audited with the file and the limit.
+    for (request, reason) in [
+        ("sftp write /big.bin", "larger than"),
+        ("scp \"C0644 800000 big.bin\"", "larger than"),
+        ("sftp write /second.bin", "over your quota"),
+        ("scp \"C0644 600000 second.bin\"", "over your quota"),
+    ] {
+        let found = refusal_reason(&s.t, "alice@laptop", request);
+        assert!(found.contains(reason), "{request}: {found}");
+    }
 
     // Removing an upload frees its room.
     s.publisher.ok("uploads --remove small.bin");

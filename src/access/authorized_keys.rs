@@ -87,6 +87,15 @@ impl AuthorizedKeys {
         parsed
     }
 
+    /// The user name of the first line listing `key`, whatever its conditions: who a refused
+    /// key belongs to, for the audit log.
+    pub fn name_of(&self, key: &PublicKey) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|entry| entry.key.key_data() == key.key_data())
+            .map(|entry| entry.name.as_str())
+    }
+
     /// The first line naming `key` whose conditions let it in from `address` at `now`.
     pub fn find(
         &self,
@@ -693,6 +702,8 @@ mod tests {
                 address: v4("11.0.0.1")
             }
         );
+        assert_eq!(parsed.name_of(&b), Some("ten"));
+        assert_eq!(parsed.name_of(&a), Some("old"));
         let expired_only = AuthorizedKeys::parse(&format!("expiry-time=\"20000101\" {ED_B} x\n"));
         assert_eq!(
             expired_only.find(&b, v4("127.0.0.1"), now).unwrap_err(),

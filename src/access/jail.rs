@@ -21,12 +21,26 @@ const MAX_PART: usize = 255;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JailError {
-    #[error("{0:?} is not an allowed file name: {1}")]
+    #[error("{} is not an allowed file name: {}", shown(.0), .1)]
     BadName(String, &'static str),
-    #[error("{0:?} leaves your upload area")]
+    #[error("{} leaves your upload area", shown(.0))]
     Escape(String),
-    #[error("{0:?} goes through a symbolic link, which uploads may not use")]
+    #[error("{} goes through a symbolic link, which uploads may not use", shown(.0))]
     Symlink(String),
+}
+
+/// Characters of a client path repeated in a message: enough to recognise it, and a
+/// 2,000-byte name does not bury the reason after it.
+const SHOWN_CHARS: usize = 80;
+
+/// The path quoted and escaped as Rust does (`"a\0b"`), cut to [`SHOWN_CHARS`] with `…`.
+fn shown(path: &str) -> String {
+    let quoted = format!("{path:?}");
+    if quoted.chars().count() <= SHOWN_CHARS {
+        return quoted;
+    }
+    let start: String = quoted.chars().take(SHOWN_CHARS).collect();
+    format!("{start}…\"")
 }
 
 /// One user's private upload area, `data/incoming/<user>/`.
@@ -255,6 +269,20 @@ mod tests {
                 "{client:?}"
             );
         }
+    }
+
+    #[test]
+    fn messages_quote_a_long_path_in_part_and_keep_the_reason() {
+        let message = area().resolve(&"a/".repeat(600)).unwrap_err().to_string();
+        assert!(
+            message.ends_with("is not an allowed file name: it is too long"),
+            "{message}"
+        );
+        assert!(message.len() < 150, "{message}");
+        assert_eq!(
+            JailError::Escape("../x".into()).to_string(),
+            "\"../x\" leaves your upload area"
+        );
     }
 
     #[test]

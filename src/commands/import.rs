@@ -146,12 +146,8 @@ fn input_path(caller: &Caller, given: &str) -> Result<PathBuf, CommandError> {
     match caller {
         Caller::Local => Ok(PathBuf::from(given)),
         Caller::Remote { upload_area, .. } => {
-            let jailed = upload_area
-                .resolve(given)
-                .map_err(|e| CommandError::Failed(e.to_string()))?;
-            jailed
-                .check_no_symlinks(upload_area)
-                .map_err(|e| CommandError::Failed(e.to_string()))?;
+            let jailed = upload_area.resolve(given)?;
+            jailed.check_no_symlinks(upload_area)?;
             if !jailed.full().is_file() {
                 return Err(CommandError::Failed(format!(
                     "{given} is not in your upload area; upload it first (scp {given} <host>:), `uploads` lists what is there"

@@ -27,12 +27,8 @@ impl ImportTree {
         let dir = match ctx.caller {
             Caller::Local => PathBuf::from(&self.dir),
             Caller::Remote { upload_area, .. } => {
-                let jailed = upload_area
-                    .resolve(&self.dir)
-                    .map_err(|e| CommandError::Failed(e.to_string()))?;
-                jailed
-                    .check_no_symlinks(upload_area)
-                    .map_err(|e| CommandError::Failed(e.to_string()))?;
+                let jailed = upload_area.resolve(&self.dir)?;
+                jailed.check_no_symlinks(upload_area)?;
                 jailed.full().to_path_buf()
             }
         };

@@ -22,7 +22,7 @@ pub mod whoami;
 
 use std::io::{Read, Write};
 
-use crate::access::{Caller, Role};
+use crate::access::{Caller, JailError, Role};
 use crate::catalog::import::DigestCache;
 use crate::catalog::{Catalog, CatalogError};
 
@@ -164,6 +164,13 @@ impl CommandError {
     }
 }
 
+/// A path out of the caller's upload area is a refusal, like a role that does not allow it.
+impl From<JailError> for CommandError {
+    fn from(e: JailError) -> Self {
+        CommandError::Denied(e.to_string())
+    }
+}
+
 impl From<CatalogError> for CommandError {
     fn from(e: CatalogError) -> Self {
         CommandError::Failed(e.to_string())
@@ -180,9 +187,17 @@ impl From<std::io::Error> for CommandError {
     }
 }
 
-/// Checks the role, runs the command and reports an error as one line on stderr. Returns the
-/// exit status.
-pub fn execute(command: Command, ctx: &mut Context<'_>) -> i32 {
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: i32,
+    /// Why it was refused, when the caller's role or upload area did not allow it: the SSH
+    /// door audits that.
+    pub refused: Option<String>,
+}
+
+/// Checks the role, runs the command and reports an error as one line on stderr.
+pub fn execute(command: Command, ctx: &mut Context<'_>) -> Outcome {
     let name = command.name();
     let result = ctx
         .caller
@@ -191,10 +206,16 @@ pub fn execute(command: Command, ctx: &mut Context<'_>) -> i32 {
         .and_then(|()| command.run(ctx));
     let _ = ctx.out.flush();
     match result {
-        Ok(()) | Err(CommandError::BrokenPipe) => 0,
+        Ok(()) | Err(CommandError::BrokenPipe) => Outcome {
+            code: 0,
+            refused: None,
+        },
         Err(e) => {
             report_error(ctx.err, &e.to_string());
-            e.exit_code()
+            Outcome {
+                code: e.exit_code(),
+                refused: matches!(e, CommandError::Denied(_)).then(|| e.to_string()),
+            }
         }
     }
 }

@@ -187,11 +187,8 @@ fn collect(root: &Path, dir: &Path, user: &str, ctx: &Context<'_>, rows: &mut Ve
 }
 
 fn remove_one(area: &UploadArea, name: &str) -> Result<(), CommandError> {
-    let path = area
-        .resolve(name)
-        .map_err(|e| CommandError::Failed(e.to_string()))?;
-    path.check_no_symlinks(area)
-        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let path = area.resolve(name)?;
+    path.check_no_symlinks(area)?;
     match std::fs::symlink_metadata(path.full()) {
         Ok(meta) if meta.is_file() => std::fs::remove_file(path.full()).map_err(|e| {
             CommandError::Failed(format!(

@@ -75,6 +75,12 @@ pub fn render(snapshot: &Snapshot, images: Option<usize>) -> String {
         ],
     );
     family(
+        "simplestream_https_connections_refused_total",
+        "counter",
+        "Connections closed unread because their address had http.max_connections_per_address open.",
+        &[(String::new(), snapshot.connections_refused)],
+    );
+    family(
         "simplestream_imports_total",
         "counter",
         "Imports that published an image in this process (over SSH, or any in-process caller).",
@@ -110,6 +116,7 @@ mod tests {
             tls_handshakes_ok: 4,
             tls_handshakes_failed: 1,
             imports: 2,
+            connections_refused: 6,
         };
         let text = render(&snapshot, Some(5));
         for line in [
@@ -119,6 +126,7 @@ mod tests {
             "simplestream_http_response_bytes_total{scheme=\"https\"} 10",
             "simplestream_tls_handshakes_total{result=\"failed\"} 1",
             "simplestream_imports_total 2",
+            "simplestream_https_connections_refused_total 6",
             "simplestream_images_published 5",
             "simplestream_catalog_readable 1",
         ] {

@@ -52,6 +52,7 @@ pub struct HttpSettings {
     pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub reload_interval: Duration,
     /// The URL clients add as the remote, and the remote's name.
     pub public_url: String,
@@ -75,6 +76,9 @@ impl HttpSettings {
         if http.max_connections == 0 {
             anyhow::bail!("http.max_connections is 0; set it to at least 1");
         }
+        if http.max_connections_per_address == 0 {
+            anyhow::bail!("http.max_connections_per_address is 0; set it to at least 1 (e.g. 256)");
+        }
         Ok(HttpSettings {
             public_url: public_url(http, &base_path, listen),
             base_path,
@@ -83,6 +87,7 @@ impl HttpSettings {
             send_timeout: Duration::from_secs(http.send_timeout_secs.max(1)),
             shutdown_timeout: Duration::from_secs(http.shutdown_timeout_secs),
             max_connections: http.max_connections,
+            max_connections_per_address: http.max_connections_per_address,
             reload_interval: Duration::from_secs(config.tls.reload_interval_secs.max(1)),
             remote_name: http.remote_name.clone(),
         })

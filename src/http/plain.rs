@@ -7,7 +7,7 @@
 //! request is redirected to the same URL over https.
 //!
 //! One request per connection (`Connection: close`, which is what the clients send), read
-//! within the handshake timeout and at most [`MAX_HEAD`] bytes. File bodies go out with
+//! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. File bodies go out with
 //! `sendfile(2)`: page cache to socket, no copy through this process.
 
 use std::net::SocketAddr;
@@ -24,8 +24,8 @@ use super::access_log::AccessRecord;
 use super::files::{self, Reply, ReplyBody};
 use crate::metrics::Scheme;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head accepted, in every protocol (431 beyond it).
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How long the unread rest of a request is drained after the answer, so that closing does
 /// not reset the connection before the client has read the answer.
@@ -47,10 +47,14 @@ enum HeadError {
     Bad(StatusCode, &'static str),
 }
 
-pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpState>) {
-    let head = match tokio::time::timeout(state.settings.handshake_timeout, read_head(&mut stream))
-        .await
-    {
+/// Answers the one request of a connection whose head must arrive before `deadline`.
+pub async fn serve(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    deadline: tokio::time::Instant,
+    state: Arc<HttpState>,
+) {
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::Gone)) | Err(_) => {
             tracing::debug!(%remote, "closed a plain-HTTP connection without a complete request");
@@ -61,6 +65,9 @@ pub async fn serve(mut stream: TcpStream, remote: SocketAddr, state: Arc<HttpSta
             let reply = Reply::text(status, text);
             let sent = send(&mut stream, reply, false, state.settings.send_timeout).await;
             record.finish(status.as_u16(), *sent.as_ref().unwrap_or(&0), sent.is_ok());
+            // The rest of the head is still coming: closing on it would reset the connection
+            // and could destroy the answer before the client reads it.
+            linger(&mut stream).await;
             return;
         }
     };

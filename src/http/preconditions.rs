@@ -179,10 +179,11 @@ fn parse_range(value: &[u8], size: u64) -> RangeRequest {
         let Some((first, last)) = spec.split_once('-') else {
             return RangeRequest::Ignored;
         };
+        // Digits only; past u64 it is just "very large" (a first byte past the end, a last
+        // byte meaning the end), not malformed.
         let number = |s: &str| -> Option<u64> {
             (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.parse().ok())
-                .flatten()
+                .then(|| s.parse().unwrap_or(u64::MAX))
         };
         let range = match (first.trim(), last.trim()) {
             ("", suffix) => {
@@ -289,6 +290,19 @@ mod tests {
             Decision::RangeNotSatisfiable
         );
         assert_eq!(get(&[("range", "bytes=0-1,5-6")]), Decision::Full);
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            get(&[("range", &format!("bytes={huge}-"))]),
+            Decision::RangeNotSatisfiable
+        );
+        assert_eq!(
+            get(&[("range", &format!("bytes=90-{huge}"))]),
+            Decision::Partial { start: 90, len: 10 }
+        );
+        assert_eq!(
+            get(&[("range", &format!("bytes=-{huge}"))]),
+            Decision::Partial { start: 0, len: 100 }
+        );
         for ignored in [
             "bytes=5-1",
             "bytes=x-",

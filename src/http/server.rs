@@ -5,13 +5,19 @@
 //!
 //! Each connection, in order:
 //! 1. A permit from the connection cap is taken before `accept`, so at the cap new clients
-//!    wait in the kernel's queue instead of costing memory here.
-//! 2. Its first byte is peeked, within the handshake timeout. No byte at all is normal: LXD
-//!    opens and closes a connection on purpose, and a silent client is dropped at the
-//!    timeout. Neither is an error, so both are logged at debug level only.
+//!    wait in the kernel's queue instead of costing memory here. Then the cap per address
+//!    ([`ConnectionGate`]): a connection over it is closed before a byte is read, so that
+//!    one address cannot take every slot and leave everyone else waiting in that queue.
+//! 2. Its first byte is peeked. No byte at all is normal: LXD opens and closes a connection on
+//!    purpose, and a silent client is dropped at the handshake timeout. Neither is an error,
+//!    so both are logged at debug level only.
 //! 3. 0x16 (a TLS handshake record) goes to rustls, then hyper (h2 when ALPN chose it, else
 //!    HTTP/1.1) with the [`app`](super::app) pipeline. Anything else is plain HTTP: LXD's
 //!    first try for an image file, answered by [`plain`](super::plain).
+//!
+//! The handshake timeout is one deadline from the accept: the first byte and the TLS
+//! handshake (or, in plain HTTP, the whole request head) must all arrive before it, however
+//! the client spreads its bytes.
 //!
 //! On shutdown the listener is dropped (no new connections), idle connections close, and
 //! responses in progress get `shutdown_timeout` to finish before the tasks are abandoned.
@@ -25,12 +31,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
 use super::send_timeout::SendTimeout;
 use super::{HttpState, app, plain};
+use crate::limits::{ConnectionGate, GateLimits};
 use crate::metrics;
 
 /// The first byte of a TLS connection: a handshake record.
@@ -46,6 +54,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
     let router = app::router(state.clone());
     let limit = Arc::new(Semaphore::new(state.settings.max_connections));
+    let gate = ConnectionGate::new(GateLimits {
+        // The semaphore caps the total; the gate only counts per address.
+        max_connections: usize::MAX,
+        max_per_address: state.settings.max_connections_per_address,
+        failure_limit: 0,
+        failure_window: Duration::ZERO,
+    });
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -66,12 +81,23 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
                 }
             },
         };
+        let deadline = Instant::now() + state.settings.handshake_timeout;
+        let slot = match gate.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Closed here, unread. Not worth a warning each: a flood would flood the log.
+                metrics::record_connection_refused();
+                tracing::debug!(%remote, "refused an HTTPS connection: {refusal}");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            handle_connection(stream, remote, state, router, shutdown).await;
+            handle_connection(stream, remote, deadline, state, router, shutdown).await;
+            drop(slot);
             drop(permit);
         });
     }
@@ -94,17 +120,18 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
     }
 }
 
+/// Serves one connection; `deadline` ends the handshake (see the module's documentation).
 async fn handle_connection(
     stream: TcpStream,
     remote: SocketAddr,
+    deadline: Instant,
     state: Arc<HttpState>,
     router: axum::Router,
     shutdown: CancellationToken,
 ) {
-    let timeout = state.settings.handshake_timeout;
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,
-        first = tokio::time::timeout(timeout, first_byte(&stream)) => first,
+        first = tokio::time::timeout_at(deadline, first_byte(&stream)) => first,
     };
     match first {
         Err(_) => tracing::debug!(%remote, "closed a connection that sent nothing in time"),
@@ -115,9 +142,9 @@ async fn handle_connection(
             tracing::debug!(%remote, error = %e, "a connection failed before its first byte")
         }
         Ok(Ok(Some(TLS_HANDSHAKE_RECORD))) => {
-            serve_tls(stream, remote, state, router, shutdown).await;
+            serve_tls(stream, remote, deadline, state, router, shutdown).await;
         }
-        Ok(Ok(Some(_))) => plain::serve(stream, remote, state).await,
+        Ok(Ok(Some(_))) => plain::serve(stream, remote, deadline, state).await,
     }
 }
 
@@ -133,12 +160,12 @@ async fn first_byte(stream: &TcpStream) -> std::io::Result<Option<u8>> {
 async fn serve_tls(
     stream: TcpStream,
     remote: SocketAddr,
+    deadline: Instant,
     state: Arc<HttpState>,
     router: axum::Router,
     shutdown: CancellationToken,
 ) {
-    let handshake =
-        tokio::time::timeout(state.settings.handshake_timeout, state.tls.accept(stream));
+    let handshake = tokio::time::timeout_at(deadline, state.tls.accept(stream));
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
         result = handshake => match result {
@@ -170,6 +197,7 @@ async fn serve_tls(
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_PING_INTERVAL))
             .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_header_list_size(plain::MAX_HEAD as u32)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
@@ -183,6 +211,9 @@ async fn serve_tls(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(state.settings.handshake_timeout)
+            // hyper's default is its whole read buffer (~400 KiB): a head without its end
+            // would cost that much per connection and get no answer.
+            .max_header_size(plain::MAX_HEAD)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {

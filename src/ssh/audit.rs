@@ -1,13 +1,22 @@
-//! The audit log: one JSON object a line for every authentication, upload, removal and
-//! command, written to `data/audit.log` (or standard output) as it happens. Fields are a
+//! The audit log: one JSON object a line for every authentication, upload, removal, command
+//! and refusal, written to `data/audit.log` (or standard output) as it happens. Fields are a
 //! stable interface for log shippers: `time` (RFC 3339, UTC), `event`, then the event's own.
+//!
+//! Every door refuses through [`Audit::refused`], so every refusal reads alike: event
+//! `refused`, `user` (`-` before authentication), `address`, `request` (what was asked, as
+//! the client put it) and `reason` (what the client was told).
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
+
+/// Longest text kept from a client in one field; a 200 KiB file name is not worth a line of
+/// that length each time it is refused.
+const MAX_FIELD: usize = 512;
 
 pub struct Audit {
     sink: Option<Mutex<Box<dyn Write + Send>>>,
@@ -36,6 +45,19 @@ impl Audit {
 
     pub fn disabled() -> Audit {
         Audit { sink: None }
+    }
+
+    /// A request refused: who (`-` before authentication), from where, what, and why.
+    pub fn refused(&self, user: &str, address: IpAddr, request: &str, reason: &str) {
+        self.record(
+            "refused",
+            json!({
+                "user": user,
+                "address": address.to_canonical().to_string(),
+                "request": clip(request),
+                "reason": clip(reason),
+            }),
+        );
     }
 
     /// Writes one event. `fields` must be a JSON object; a failed write is logged, never fatal.
@@ -68,9 +90,37 @@ impl Audit {
     }
 }
 
+/// `text`, cut to [`MAX_FIELD`] bytes (at a character boundary) with `…` when longer.
+pub fn clip(text: &str) -> String {
+    if text.len() <= MAX_FIELD {
+        return text.to_string();
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_who_where_what_and_why_in_bounded_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open("audit.log", dir.path()).unwrap();
+        let long = "é".repeat(1000);
+        audit.refused("alice", "::ffff:10.0.0.1".parse().unwrap(), &long, "no");
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["event"], "refused");
+        assert_eq!(line["user"], "alice");
+        assert_eq!(line["address"], "10.0.0.1");
+        assert_eq!(line["reason"], "no");
+        let request = line["request"].as_str().unwrap();
+        assert!(request.len() <= MAX_FIELD + 3 && request.ends_with('…'));
+    }
 
     #[test]
     fn writes_one_json_object_a_line() {

@@ -2,7 +2,8 @@
 //! by the same clap table as the local CLI and run by [`commands::execute`] on a blocking
 //! thread. Standard output and error go back over the channel (stdout data, stderr extended
 //! data); channel data feeds standard input for `import -`, which publishes only when the
-//! client ended it with EOF. Then: exit status (0, 1, or 2 for usage), EOF, close.
+//! client ended it with EOF. Then: exit status (0, 1, or 2 for usage), EOF, close. A command
+//! the caller's role or upload area does not allow is also audited as refused.
 //!
 //! `scp -t …` (what `scp -O` runs) is handed to [`super::scp`].
 
@@ -37,7 +38,7 @@ pub async fn run(
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
     let started = Instant::now();
-    let (name, code) = dispatch(&gateway, &caller, &command, &mut reader, &writer).await;
+    let (name, code) = dispatch(&gateway, &caller, peer, &command, &mut reader, &writer).await;
     gateway.audit.record(
         "command",
         json!({
@@ -58,6 +59,7 @@ pub async fn run(
 async fn dispatch(
     gateway: &Arc<Gateway>,
     caller: &Caller,
+    peer: SocketAddr,
     command: &[u8],
     reader: &mut russh::ChannelReadHalf,
     writer: &Arc<ChannelWriteHalf<Msg>>,
@@ -83,7 +85,7 @@ async fn dispatch(
     if words[0] == "scp" {
         return (
             Some("scp"),
-            super::scp::run(gateway, caller, reader, writer, &words).await,
+            super::scp::run(gateway, caller, peer.ip(), reader, writer, &words).await,
         );
     }
     match RemoteCommandLine::try_parse_from(&words) {
@@ -98,8 +100,16 @@ async fn dispatch(
         }
         Ok(cli) => {
             let name = cli.command.name();
-            let code = run_command(gateway, caller.clone(), cli.command, reader, writer).await;
-            (Some(name), code)
+            let outcome = run_command(gateway, caller.clone(), cli.command, reader, writer).await;
+            if let Some(reason) = &outcome.refused {
+                gateway.audit.refused(
+                    &caller.name(),
+                    peer.ip(),
+                    &String::from_utf8_lossy(command),
+                    reason,
+                );
+            }
+            (Some(name), outcome.code as u32)
         }
     }
 }
@@ -111,7 +121,7 @@ async fn run_command(
     command: Command,
     reader: &mut russh::ChannelReadHalf,
     writer: &Arc<ChannelWriteHalf<Msg>>,
-) -> u32 {
+) -> commands::Outcome {
     let wants_stdin = matches!(&command, Command::Import(import) if import.metadata == "-");
     let (stdin_tx, stdin_rx) = mpsc::channel::<StdinChunk>(STDIN_QUEUE);
     let runtime = tokio::runtime::Handle::current();
@@ -137,9 +147,9 @@ async fn run_command(
                 progress: ProgressStyle::Lines,
                 digests: Some(&gateway.digests),
             };
-            let code = commands::execute(command, &mut ctx);
+            let outcome = commands::execute(command, &mut ctx);
             let _ = out.flush();
-            code
+            outcome
         })
     };
     tokio::pin!(job);
@@ -149,11 +159,11 @@ async fn run_command(
         tokio::select! {
             result = &mut job => {
                 return match result {
-                    Ok(code) => code as u32,
+                    Ok(outcome) => outcome,
                     Err(e) => {
                         tracing::error!(error = %e, "a command failed unexpectedly");
                         send_error_line(writer, "the command failed unexpectedly; the server log has details").await;
-                        1
+                        commands::Outcome { code: 1, refused: None }
                     }
                 };
             }

@@ -1,9 +1,9 @@
 //! The SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands (`ssh host …`).
 //!
 //! # Layout
-//! - [`server`]: the accept loop. Caps (in all, per address, throttling of failed logins) are
-//!   checked before the handshake; a login grace deadline bounds what an unauthenticated
-//!   client may hold; then russh runs the connection.
+//! - [`server`]: the accept loop. Caps (in all, per address, throttling of failed logins:
+//!   [`crate::limits`]) are checked before the handshake; a login grace deadline bounds what
+//!   an unauthenticated client may hold; then russh runs the connection.
 //! - [`session`]: one connection's russh handler: public-key authentication against
 //!   `authorized_keys` (identity bound only after the signature is verified), and the
 //!   refusals (password, pty, shell, forwarding, …). Each accepted request is handed to a
@@ -16,8 +16,8 @@
 //!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
 //! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
 //! - [`sha256`]: SHA-256 with an owned state, two streams for the price of one.
-//! - [`audit`], [`limits`], [`host_keys`], [`command_line`]: the audit log, the connection
-//!   gate, the host keys and the exec line splitter.
+//! - [`audit`], [`host_keys`], [`command_line`]: the audit log, the host keys and the exec
+//!   line splitter. The connection gate is [`crate::limits`], shared with HTTPS.
 //!
 //!
 //! # Threads
@@ -35,7 +35,6 @@ pub mod digests;
 pub mod disk_writer;
 pub mod exec;
 pub mod host_keys;
-pub mod limits;
 pub mod scp;
 pub mod server;
 pub mod session;

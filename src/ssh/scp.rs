@@ -6,9 +6,11 @@
 //! `C` line come `<size>` bytes and a `\0`; the sink answers once the file is stored.
 //!
 //! Every name goes through the same jail as SFTP ([`JailedPath::child`]), every file through
-//! the same [`Upload`] (temp file, quota, size limit, hashing, rename).
+//! the same [`Upload`] (temp file, quota, size limit, hashing, rename). Refusals (the role, a
+//! name out of the jail, the quota) are audited, at most [`MAX_REFUSALS_AUDITED`] a run.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +28,8 @@ const MAX_LINE: usize = 4096;
 const MAX_DEPTH: usize = 32;
 /// Most bytes handed to the upload at once.
 const BATCH: u64 = 256 << 10;
+/// Refusals audited in one run (`scp -r` of a tree of bad names stops being news).
+const MAX_REFUSALS_AUDITED: usize = 32;
 
 /// How the remote scp was started.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -167,10 +171,11 @@ impl<'a> ChannelBytes<'a> {
     }
 }
 
-/// Runs the sink; returns the exit status.
+/// Runs the sink for a client at `address`; returns the exit status.
 pub async fn run(
     gateway: &Arc<Gateway>,
     caller: &Caller,
+    address: IpAddr,
     reader: &mut ChannelReadHalf,
     writer: &Arc<ChannelWriteHalf<Msg>>,
     words: &[String],
@@ -195,20 +200,35 @@ pub async fn run(
     else {
         return fatal("scp needs an SSH user".into()).await;
     };
+    let command_line = words.join(" ");
+    let mut audited = 0;
+    let mut audit_refusal = |what: &str, reason: &str| {
+        if audited < MAX_REFUSALS_AUDITED {
+            audited += 1;
+            gateway.audit.refused(&identity.name, address, what, reason);
+        }
+    };
     if let Err(denied) = caller.check("upload", Role::Publisher) {
+        audit_refusal(&command_line, &denied);
         return fatal(denied).await;
     }
     let args = match parse_args(words) {
         Ok(args) => args,
-        Err(message) => return fatal(message).await,
+        Err(message) => {
+            audit_refusal(&command_line, &message);
+            return fatal(message).await;
+        }
     };
-    let target = match upload_area.resolve(&args.target) {
+    let target = match upload_area
+        .resolve(&args.target)
+        .and_then(|target| target.check_no_symlinks(upload_area).map(|()| target))
+    {
         Ok(target) => target,
-        Err(e) => return fatal(e.to_string()).await,
+        Err(e) => {
+            audit_refusal(&command_line, &e.to_string());
+            return fatal(e.to_string()).await;
+        }
     };
-    if let Err(e) = target.check_no_symlinks(upload_area) {
-        return fatal(e.to_string()).await;
-    }
     let target_is_dir = std::fs::metadata(target.full()).is_ok_and(|m| m.is_dir());
     if args.target_is_dir && !target_is_dir {
         return fatal(format!("{} is not a directory", target.client_view())).await;
@@ -261,6 +281,9 @@ pub async fn run(
                 let mut upload = match upload {
                     Ok(upload) => upload,
                     Err(e) => {
+                        if is_refusal(&e) {
+                            audit_refusal(&format!("scp {text:?}"), &e.to_string());
+                        }
                         // The source skips this file's data after an error reply.
                         failed = true;
                         if !reply(error_line(&e)).await {
@@ -311,6 +334,9 @@ pub async fn run(
                 let answer = match stored {
                     Ok(()) => vec![0],
                     Err(e) => {
+                        if is_refusal(&e) {
+                            audit_refusal(&format!("scp {text:?}"), &e.to_string());
+                        }
                         failed = true;
                         error_line(&e)
                     }
@@ -331,7 +357,10 @@ pub async fn run(
                 }
                 let dir = match dirs.last().map(|parent| parent.child(&name)) {
                     Some(Ok(dir)) => dir,
-                    Some(Err(e)) => return fatal(e.to_string()).await,
+                    Some(Err(e)) => {
+                        audit_refusal(&format!("scp {text:?}"), &e.to_string());
+                        return fatal(e.to_string()).await;
+                    }
                     None => target.clone(),
                 };
                 match std::fs::symlink_metadata(dir.full()) {
@@ -382,6 +411,14 @@ pub async fn run(
         }
     }
     u32::from(failed)
+}
+
+/// Refused by a rule (the jail, the quota, the size limit), not a plain failure: audited.
+fn is_refusal(e: &UploadError) -> bool {
+    matches!(
+        e,
+        UploadError::Jail(_) | UploadError::Quota { .. } | UploadError::TooLarge { .. }
+    )
 }
 
 fn error_line(e: &UploadError) -> Vec<u8> {

@@ -7,12 +7,16 @@
 //! 4. on shutdown, says goodbye (SSH disconnect) and cuts what is still open shortly after;
 //! 5. when it ends without authenticating after trying, counts a failure for its address.
 //!
-//! A connection's errors stay in its own task; they never reach this loop.
+//! A connection's errors stay in its own task; they never reach this loop. Refused
+//! connections are audited, but a flood of them is not a flood of audit lines: an address's
+//! first refusal gets its line at once, the ones after it are counted and written as one line
+//! a minute ([`RefusalTally`]).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,8 +33,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Gateway;
-use super::limits::{ConnectionGate, ConnectionPermit, GateLimits};
 use super::session::{ConnectionState, SshSession};
+use crate::limits::{ConnectionGate, ConnectionPermit, GateLimits};
 
 /// How long a connection has to leave after the server said goodbye.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
@@ -40,6 +44,10 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const READ_BUFFER: usize = 256 << 10;
 /// Constant time every rejected authentication takes (russh pads to it).
 const AUTH_REJECTION_TIME: Duration = Duration::from_millis(250);
+/// How often counted connection refusals are written to the audit log.
+const REFUSAL_TALLY_INTERVAL: Duration = Duration::from_secs(60);
+/// Addresses tallied one by one; refusals from more addresses within one interval share a line.
+const REFUSAL_TALLY_ADDRESSES: usize = 4096;
 
 /// The russh settings from our configuration: public keys only, AES-GCM offered first, no
 /// wait for OpenSSH's initial "none" probe, TCP_NODELAY.
@@ -134,10 +142,16 @@ pub async fn run(
     });
     let grace = Duration::from_secs(ssh.login_grace_secs.max(1));
     let mut connections = JoinSet::new();
+    let mut refusals = RefusalTally::default();
+    let mut tally_tick = tokio::time::interval_at(
+        Instant::now() + REFUSAL_TALLY_INTERVAL,
+        REFUSAL_TALLY_INTERVAL,
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = tally_tick.tick() => refusals.flush(&gateway),
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
@@ -151,11 +165,7 @@ pub async fn run(
                 let permit = match gate.admit(peer.ip()) {
                     Ok(permit) => permit,
                     Err(refusal) => {
-                        tracing::warn!(peer = %peer, "refused an SSH connection: {refusal}");
-                        gateway.audit.record(
-                            "connection_refused",
-                            json!({"address": peer.ip().to_string(), "reason": refusal.to_string()}),
-                        );
+                        refusals.refused(&gateway, peer.ip(), refusal.to_string());
                         continue;
                     }
                 };
@@ -174,6 +184,7 @@ pub async fn run(
         }
     }
     drop(listener);
+    refusals.flush(&gateway);
     if tokio::time::timeout(SHUTDOWN_WAIT, async {
         while connections.join_next().await.is_some() {}
     })
@@ -183,6 +194,62 @@ pub async fn run(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Connection refusals not yet written to the audit log, by address.
+#[derive(Default)]
+struct RefusalTally {
+    /// Addresses refused since the last flush: the refusals after their first, and the
+    /// latest reason.
+    pending: HashMap<IpAddr, (u64, String)>,
+    /// Refusals of addresses past [`REFUSAL_TALLY_ADDRESSES`].
+    others: u64,
+}
+
+impl RefusalTally {
+    /// A refused connection: audited at once when it is its address's first since the last
+    /// flush, else counted.
+    fn refused(&mut self, gateway: &Gateway, address: IpAddr, reason: String) {
+        let address = address.to_canonical();
+        if let Some((count, latest)) = self.pending.get_mut(&address) {
+            *count += 1;
+            *latest = reason;
+            return;
+        }
+        if self.pending.len() >= REFUSAL_TALLY_ADDRESSES {
+            self.others += 1;
+            return;
+        }
+        tracing::warn!(%address, "refused an SSH connection: {reason}");
+        gateway.audit.record(
+            "connection_refused",
+            json!({"address": address.to_string(), "reason": reason, "connections": 1}),
+        );
+        self.pending.insert(address, (0, String::new()));
+    }
+
+    /// Writes one line per address for the refusals counted since its first.
+    fn flush(&mut self, gateway: &Gateway) {
+        for (address, (count, reason)) in self.pending.drain() {
+            if count > 0 {
+                tracing::warn!(%address, count, "refused more SSH connections: {reason}");
+                gateway.audit.record(
+                    "connection_refused",
+                    json!({"address": address.to_string(), "reason": reason, "connections": count}),
+                );
+            }
+        }
+        if self.others > 0 {
+            gateway.audit.record(
+                "connection_refused",
+                json!({
+                    "address": "*",
+                    "reason": format!("refused from more than {REFUSAL_TALLY_ADDRESSES} addresses within a minute"),
+                    "connections": std::mem::take(&mut self.others),
+                }),
+            );
+        }
+    }
 }
 
 struct Connection {

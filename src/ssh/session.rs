@@ -7,7 +7,15 @@
 //! (soft-serve GHSA-pchf-49fh-w34r).
 //!
 //! Everything but `exec` and the `sftp` subsystem is refused with a message the OpenSSH
-//! client shows. Accepted requests run in tasks of their own, never on the connection task.
+//! client shows, and each refusal is audited ([`Audit::refused`]). Accepted requests run in
+//! tasks of their own, never on the connection task.
+//!
+//! A connection that never authenticates gets one audit line (`auth`, `failure`) listing its
+//! attempts, the "none" probe of a client with no usable method included; keys it offered
+//! but never signed for (probing which keys the server knows) are listed with it, and in
+//! the success line of a connection that then logged in with another key.
+//!
+//! [`Audit::refused`]: super::audit::Audit::refused
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +30,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
 
 use super::Gateway;
+use super::audit::clip;
 use crate::access::authorized_keys::Refusal;
 use crate::access::{Caller, Identity, Role};
 
@@ -55,7 +64,12 @@ pub struct SshSession {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// Failed attempts, for the one audit line a failed connection gets.
     attempts: Vec<serde_json::Value>,
+    /// Fingerprints of keys the server said it would accept, not yet signed for.
+    offered: Vec<String>,
 }
+
+/// Attempts and offered keys kept for the audit line of one connection.
+const MAX_ATTEMPTS_KEPT: usize = 16;
 
 fn publickey_only() -> MethodSet {
     MethodSet::from(&[MethodKind::PublicKey][..])
@@ -77,20 +91,30 @@ impl SshSession {
             caller: None,
             channels: HashMap::new(),
             attempts: Vec::new(),
+            offered: Vec::new(),
         }
     }
 
-    fn failed(&mut self, method: &str, user: &str, key: Option<&PublicKey>, reason: &str) {
+    /// A refused authentication attempt: counted for throttling, kept for the audit line.
+    fn failed(&mut self, method: &str, login: &str, key: Option<&PublicKey>, reason: &str) {
         self.state.failures.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(peer = %self.peer, method, reason, "authentication attempt refused");
-        if self.attempts.len() < 16 {
-            self.attempts.push(json!({
-                "method": method,
-                "login": user,
-                "key": key.map(|k| k.fingerprint(HashAlg::Sha256).to_string()),
-                "reason": reason,
-            }));
+        self.note_attempt(method, login, key, reason);
+    }
+
+    fn note_attempt(&mut self, method: &str, login: &str, key: Option<&PublicKey>, reason: &str) {
+        if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            return;
         }
+        // A key listed in authorized_keys (expired, or from the wrong address) names its user.
+        let user = key.and_then(|key| self.gateway.keys.current().name_of(key).map(str::to_string));
+        self.attempts.push(json!({
+            "method": method,
+            "login": clip(login),
+            "key": key.map(|k| k.fingerprint(HashAlg::Sha256).to_string()),
+            "user": user,
+            "reason": reason,
+        }));
     }
 
     fn user_name(&self) -> String {
@@ -100,15 +124,10 @@ impl SshSession {
             .unwrap_or_else(|| "-".into())
     }
 
-    fn audit_refusal(&self, what: &str) {
-        self.gateway.audit.record(
-            "refused",
-            json!({
-                "user": self.user_name(),
-                "address": self.peer.ip().to_string(),
-                "request": what,
-            }),
-        );
+    fn audit_refusal(&self, what: &str, reason: &str) {
+        self.gateway
+            .audit
+            .refused(&self.user_name(), self.peer.ip(), what, reason);
     }
 
     /// Answers a request on a session channel with a message on stderr and exit status 1,
@@ -126,13 +145,14 @@ impl SshSession {
 
 impl Drop for SshSession {
     fn drop(&mut self) {
-        if self.caller.is_none() && !self.attempts.is_empty() {
+        if self.caller.is_none() && (!self.attempts.is_empty() || !self.offered.is_empty()) {
             self.gateway.audit.record(
                 "auth",
                 json!({
                     "result": "failure",
-                    "address": self.peer.ip().to_string(),
+                    "address": self.peer.ip().to_canonical().to_string(),
                     "attempts": self.attempts,
+                    "offered_unsigned": self.offered,
                 }),
             );
         }
@@ -142,7 +162,15 @@ impl Drop for SshSession {
 impl Handler for SshSession {
     type Error = anyhow::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+    /// Every client's first probe. Not a failure (it does not count for throttling), but
+    /// a connection that gets no further is audited with it.
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.note_attempt(
+            "none",
+            user,
+            None,
+            "this server takes public keys only; use a key listed in authorized_keys",
+        );
         Ok(reject())
     }
 
@@ -179,7 +207,14 @@ impl Handler for SshSession {
     ) -> Result<Auth, Self::Error> {
         let keys = self.gateway.keys.current();
         match keys.find(offer.public_key, self.peer.ip(), crate::catalog::unix_now()) {
-            Ok(_) => Ok(Auth::Accept),
+            Ok(entry) => {
+                if self.offered.len() < MAX_ATTEMPTS_KEPT
+                    && !self.offered.contains(&entry.fingerprint)
+                {
+                    self.offered.push(entry.fingerprint.clone());
+                }
+                Ok(Auth::Accept)
+            }
             Err(refusal) => {
                 self.failed(
                     "publickey",
@@ -216,6 +251,8 @@ impl Handler for SshSession {
             role: entry.role,
             key_fingerprint: entry.fingerprint.clone(),
         };
+        self.offered
+            .retain(|offered| *offered != identity.key_fingerprint);
         let upload_area = self.gateway.upload_area(&identity.name);
         if identity.role.allows(Role::Publisher)
             && let Err(e) = upload_area.ensure_exists()
@@ -229,9 +266,11 @@ impl Handler for SshSession {
                 "user": identity.name,
                 "role": identity.role.as_str(),
                 "key": identity.key_fingerprint,
-                "address": self.peer.ip().to_string(),
-                "login": user,
+                "address": self.peer.ip().to_canonical().to_string(),
+                "login": clip(user),
                 "line": entry.line,
+                // Keys offered on this connection and accepted, but never signed for.
+                "offered_unsigned": self.offered,
             }),
         );
         tracing::info!(user = identity.name, role = %identity.role, peer = %self.peer, "logged in");
@@ -253,7 +292,15 @@ impl Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.caller.is_none() || self.channels.len() >= MAX_CHANNELS {
+        if self.caller.is_none() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        if self.channels.len() >= MAX_CHANNELS {
+            self.audit_refusal(
+                "session channel",
+                &format!("at most {MAX_CHANNELS} session channels may be open at once"),
+            );
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
@@ -280,10 +327,9 @@ impl Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal("x11 channel");
-        reply
-            .reject(prohibited("X11 forwarding is not available on this server"))
-            .await;
+        let reason = "X11 forwarding is not available on this server";
+        self.audit_refusal("x11 channel", reason);
+        reply.reject(prohibited(reason)).await;
         Ok(())
     }
 
@@ -297,14 +343,12 @@ impl Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal(&format!(
-            "port forwarding to {host_to_connect}:{port_to_connect}"
-        ));
-        reply
-            .reject(prohibited(
-                "port forwarding is not available on this server",
-            ))
-            .await;
+        let reason = "port forwarding is not available on this server";
+        self.audit_refusal(
+            &format!("port forwarding to {host_to_connect}:{port_to_connect}"),
+            reason,
+        );
+        reply.reject(prohibited(reason)).await;
         Ok(())
     }
 
@@ -315,12 +359,9 @@ impl Handler for SshSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal(&format!("socket forwarding to {socket_path}"));
-        reply
-            .reject(prohibited(
-                "socket forwarding is not available on this server",
-            ))
-            .await;
+        let reason = "socket forwarding is not available on this server";
+        self.audit_refusal(&format!("socket forwarding to {socket_path}"), reason);
+        reply.reject(prohibited(reason)).await;
         Ok(())
     }
 
@@ -330,7 +371,10 @@ impl Handler for SshSession {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.audit_refusal(&format!("remote port forwarding from {address}:{port}"));
+        self.audit_refusal(
+            &format!("remote port forwarding from {address}:{port}"),
+            "port forwarding is not available on this server",
+        );
         Ok(false)
     }
 
@@ -339,7 +383,10 @@ impl Handler for SshSession {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.audit_refusal(&format!("remote socket forwarding from {socket_path}"));
+        self.audit_refusal(
+            &format!("remote socket forwarding from {socket_path}"),
+            "socket forwarding is not available on this server",
+        );
         Ok(false)
     }
 
@@ -348,7 +395,10 @@ impl Handler for SshSession {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.audit_refusal("agent forwarding");
+        self.audit_refusal(
+            "agent forwarding",
+            "agent forwarding is not available on this server",
+        );
         Ok(false)
     }
 
@@ -361,7 +411,10 @@ impl Handler for SshSession {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal("x11 forwarding");
+        self.audit_refusal(
+            "x11 forwarding",
+            "X11 forwarding is not available on this server",
+        );
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -378,7 +431,10 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // The client says "PTY allocation request failed" and goes on without one.
-        self.audit_refusal("pty");
+        self.audit_refusal(
+            "pty",
+            "this server gives no terminal; it runs commands only",
+        );
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -392,7 +448,10 @@ impl Handler for SshSession {
     ) -> Result<(), Self::Error> {
         // OpenSSH sends these without asking for a reply (SendEnv LANG LC_* is common), so
         // the refusal is silent to the client; commands run with no environment from it.
-        self.audit_refusal(&format!("environment variable {variable_name}"));
+        self.audit_refusal(
+            &format!("environment variable {variable_name}"),
+            "commands run with the server's environment only",
+        );
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -402,12 +461,9 @@ impl Handler for SshSession {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal("shell");
-        self.refuse_on_channel(
-            channel,
-            session,
-            "this server runs commands only, not a shell: try `ssh <host> help`",
-        );
+        let reason = "this server runs commands only, not a shell: try `ssh <host> help`";
+        self.audit_refusal("shell", reason);
+        self.refuse_on_channel(channel, session, reason);
         Ok(())
     }
 
@@ -441,16 +497,14 @@ impl Handler for SshSession {
             return Ok(());
         };
         if name != "sftp" {
-            self.audit_refusal(&format!("subsystem {name}"));
-            self.refuse_on_channel(
-                channel,
-                session,
-                &format!("there is no subsystem {name:?} here; use sftp, scp or `ssh <host> help`"),
-            );
+            let reason =
+                format!("there is no subsystem {name:?} here; use sftp, scp or `ssh <host> help`");
+            self.audit_refusal(&format!("subsystem {name}"), &reason);
+            self.refuse_on_channel(channel, session, &reason);
             return Ok(());
         }
         if let Err(denied) = caller.check("upload", Role::Publisher) {
-            self.audit_refusal("sftp (role)");
+            self.audit_refusal("subsystem sftp", &denied);
             self.refuse_on_channel(channel, session, &denied);
             return Ok(());
         }
@@ -459,7 +513,12 @@ impl Handler for SshSession {
             return Ok(());
         };
         session.channel_success(channel)?;
-        tokio::spawn(super::sftp::run(self.gateway.clone(), caller, open));
+        tokio::spawn(super::sftp::run(
+            self.gateway.clone(),
+            caller,
+            open,
+            self.peer.ip(),
+        ));
         Ok(())
     }
 }

@@ -13,9 +13,15 @@
 //! MKDIR/RMDIR, `fsync@openssh.com`, `expand-path@openssh.com` (`~` is the area's root), and
 //! `limits@openssh.com`, whose large write size makes scp send 255 KiB writes instead of
 //! 32 KiB ones. Symbolic and hard links are refused.
+//!
+//! Refusals (a path out of the jail, a link, the quota, …) are audited with the request as the
+//! client sent it; past [`MAX_REFUSALS_AUDITED`] in one session the rest are counted and
+//! audited as one line when it ends, so a client cannot turn a loop of bad requests into a
+//! flood of audit lines.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Metadata, OpenOptions};
+use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +52,9 @@ const DIR_BATCH: usize = 128;
 
 const SSH_FXP_WRITE: u8 = 6;
 
+/// Refusals audited one by one in a session; the rest are counted.
+const MAX_REFUSALS_AUDITED: usize = 32;
+
 /// A failed request: the status the client gets, and its message.
 #[derive(Debug)]
 pub struct SftpError {
@@ -53,6 +62,8 @@ pub struct SftpError {
     message: String,
     /// Also say it on stderr (OpenSSH prints only the status code for failed writes).
     tell: bool,
+    /// Refused by a rule (jail, links, quota), not a plain failure: audited.
+    refused: bool,
 }
 
 impl SftpError {
@@ -61,6 +72,15 @@ impl SftpError {
             code,
             message: message.into(),
             tell: false,
+            refused: false,
+        }
+    }
+
+    /// A request a rule forbids: permission denied, and audited.
+    fn refused(message: impl Into<String>) -> Self {
+        SftpError {
+            refused: true,
+            ..SftpError::new(StatusCode::PermissionDenied, message)
         }
     }
 
@@ -90,7 +110,7 @@ impl From<StatusCode> for SftpError {
 
 impl From<JailError> for SftpError {
     fn from(e: JailError) -> Self {
-        SftpError::new(StatusCode::PermissionDenied, e.to_string())
+        SftpError::refused(e.to_string())
     }
 }
 
@@ -102,10 +122,12 @@ impl From<UploadError> for SftpError {
             _ => StatusCode::Failure,
         };
         let tell = matches!(e, UploadError::Quota { .. } | UploadError::TooLarge { .. });
+        let refused = tell || matches!(e, UploadError::Jail(_));
         SftpError {
             code,
             message: e.to_string(),
             tell,
+            refused,
         }
     }
 }
@@ -139,22 +161,56 @@ enum OpenHandle {
 pub struct SftpSession {
     gateway: Arc<Gateway>,
     user: String,
+    address: IpAddr,
     area: UploadArea,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     /// Lines for the client's stderr, sent after the current reply.
     notices: Vec<String>,
+    /// Refusals audited, and those only counted past [`MAX_REFUSALS_AUDITED`].
+    refusals_audited: usize,
+    refusals_counted: usize,
 }
 
 impl SftpSession {
-    pub fn new(gateway: Arc<Gateway>, user: String, area: UploadArea) -> Self {
+    pub fn new(gateway: Arc<Gateway>, user: String, address: IpAddr, area: UploadArea) -> Self {
         SftpSession {
             gateway,
             user,
+            address,
             area,
             handles: HashMap::new(),
             next_handle: 0,
             notices: Vec::new(),
+            refusals_audited: 0,
+            refusals_counted: 0,
+        }
+    }
+
+    /// Audits a refused request (`what`, as the client sent it), up to the session's budget.
+    fn audit_refusal(&mut self, what: &str, reason: &str) {
+        if self.refusals_audited < MAX_REFUSALS_AUDITED {
+            self.refusals_audited += 1;
+            self.gateway
+                .audit
+                .refused(&self.user, self.address, what, reason);
+        } else {
+            self.refusals_counted += 1;
+        }
+    }
+
+    /// At the end of the session: one line for the refusals that were only counted.
+    fn audit_counted_refusals(&mut self) {
+        if self.refusals_counted > 0 {
+            let count = std::mem::take(&mut self.refusals_counted);
+            self.gateway.audit.refused(
+                &self.user,
+                self.address,
+                &format!("sftp: {count} more requests"),
+                &format!(
+                    "refused like the {MAX_REFUSALS_AUDITED} before them in this session (not audited one by one)"
+                ),
+            );
         }
     }
 
@@ -197,18 +253,22 @@ impl SftpSession {
         data: Vec<Bytes>,
     ) -> Result<(), SftpError> {
         let result = self.upload_mut(handle)?.write_at(offset, data).await;
-        result.map_err(|e| self.fail_upload(handle, e))
+        result.map_err(|e| self.fail_upload("write", handle, e))
     }
 
     /// An upload that cannot go on: say why (once) and drop it, so the temp file goes and
     /// the quota is released at once rather than at CLOSE.
-    fn fail_upload(&mut self, handle: &str, e: UploadError) -> SftpError {
+    fn fail_upload(&mut self, request: &str, handle: &str, e: UploadError) -> SftpError {
         let error = SftpError::from(e);
         if error.tell {
             self.notices.push(error.message.clone());
         }
-        if matches!(self.handles.get(handle), Some(OpenHandle::Upload(_))) {
-            self.handles.remove(handle);
+        if matches!(self.handles.get(handle), Some(OpenHandle::Upload(_)))
+            && let Some(OpenHandle::Upload(upload)) = self.handles.remove(handle)
+            && error.refused
+        {
+            let what = format!("sftp {request} {}", upload.client_view());
+            self.audit_refusal(&what, &error.message);
         }
         error
     }
@@ -235,8 +295,7 @@ impl SftpSession {
         let from = self.resolve(from)?;
         let to = self.resolve(to)?;
         if from.is_root() || to.is_root() {
-            return Err(SftpError::new(
-                StatusCode::PermissionDenied,
+            return Err(SftpError::refused(
                 "the upload area itself cannot be renamed",
             ));
         }
@@ -469,13 +528,16 @@ impl Handler for SftpSession {
             && size != meta.len()
         {
             // Changing a finished upload's length would bypass the quota and the hashes.
-            return Err(SftpError::new(
-                StatusCode::OpUnsupported,
-                format!(
-                    "{} is a finished upload; upload it again instead of resizing it",
-                    path.client_view()
-                ),
-            ));
+            return Err(SftpError {
+                refused: true,
+                ..SftpError::new(
+                    StatusCode::OpUnsupported,
+                    format!(
+                        "{} is a finished upload; upload it again instead of resizing it",
+                        path.client_view()
+                    ),
+                )
+            });
         }
         if let Some(mtime) = mtime_of(&attrs)
             && meta.is_file()
@@ -512,7 +574,7 @@ impl Handler for SftpSession {
             Some(_) => Ok(()),
             None => return Err(SftpError::bad_handle()),
         };
-        result.map_err(|e| self.fail_upload(&handle, e))?;
+        result.map_err(|e| self.fail_upload("fsetstat", &handle, e))?;
         Ok(ok(id))
     }
 
@@ -571,8 +633,7 @@ impl Handler for SftpSession {
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         let path = self.resolve(&path)?;
         if path.is_root() {
-            return Err(SftpError::new(
-                StatusCode::PermissionDenied,
+            return Err(SftpError::refused(
                 "the upload area itself cannot be removed",
             ));
         }
@@ -611,8 +672,7 @@ impl Handler for SftpSession {
         _linkpath: String,
         _targetpath: String,
     ) -> Result<Status, Self::Error> {
-        Err(SftpError::new(
-            StatusCode::PermissionDenied,
+        Err(SftpError::refused(
             "symbolic links cannot be created in an upload area",
         ))
     }
@@ -668,8 +728,7 @@ impl Handler for SftpSession {
                     files: vec![DirEntry::dummy(path.client_view())],
                 }))
             }
-            "hardlink@openssh.com" => Err(SftpError::new(
-                StatusCode::PermissionDenied,
+            "hardlink@openssh.com" => Err(SftpError::refused(
                 "links cannot be created in an upload area",
             )),
             other => Err(SftpError::new(
@@ -823,6 +882,7 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
         }
     };
     let id = packet.get_request_id();
+    let request = describe(&packet);
     let result: Result<Packet, SftpError> = match packet {
         Packet::Init(p) => session
             .init(p.version, p.extensions)
@@ -873,11 +933,48 @@ async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
             "this is not a request",
         )),
     };
-    result.unwrap_or_else(|e| e.status(id))
+    result.unwrap_or_else(|e| {
+        if e.refused {
+            session.audit_refusal(&request, &e.message);
+        }
+        e.status(id)
+    })
 }
 
-/// Serves one SFTP channel until the client ends it.
-pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>) {
+/// A request as the audit log shows it: `sftp <operation> <path(s) as sent>`.
+fn describe(packet: &Packet) -> String {
+    let (operation, paths): (&str, Vec<&str>) = match packet {
+        Packet::Open(p) => ("open", vec![&p.filename]),
+        Packet::Lstat(p) => ("lstat", vec![&p.path]),
+        Packet::Stat(p) => ("stat", vec![&p.path]),
+        Packet::SetStat(p) => ("setstat", vec![&p.path]),
+        Packet::OpenDir(p) => ("opendir", vec![&p.path]),
+        Packet::Remove(p) => ("remove", vec![&p.filename]),
+        Packet::MkDir(p) => ("mkdir", vec![&p.path]),
+        Packet::RmDir(p) => ("rmdir", vec![&p.path]),
+        Packet::RealPath(p) => ("realpath", vec![&p.path]),
+        Packet::Rename(p) => ("rename", vec![&p.oldpath, &p.newpath]),
+        Packet::ReadLink(p) => ("readlink", vec![&p.path]),
+        Packet::Symlink(p) => ("symlink", vec![&p.linkpath, &p.targetpath]),
+        Packet::Extended(p) => (p.request.as_str(), Vec::new()),
+        Packet::Close(_) => ("close", Vec::new()),
+        Packet::Read(_) => ("read", Vec::new()),
+        Packet::Write(_) => ("write", Vec::new()),
+        Packet::Fstat(_) => ("fstat", Vec::new()),
+        Packet::FSetStat(_) => ("fsetstat", Vec::new()),
+        Packet::ReadDir(_) => ("readdir", Vec::new()),
+        _ => ("request", Vec::new()),
+    };
+    let mut text = format!("sftp {operation}");
+    for path in paths {
+        text.push(' ');
+        text.push_str(&format!("{path:?}"));
+    }
+    text
+}
+
+/// Serves one SFTP channel of a client at `address` until the client ends it.
+pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>, address: IpAddr) {
     let Caller::Remote {
         identity,
         upload_area,
@@ -886,7 +983,7 @@ pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>) {
         return;
     };
     let (mut reader, writer) = channel.split();
-    let mut session = SftpSession::new(gateway, identity.name, upload_area);
+    let mut session = SftpSession::new(gateway, identity.name, address, upload_area);
     let mut inbox = Inbox::default();
     let mut status = 0;
     'session: loop {
@@ -922,6 +1019,7 @@ pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>) {
             Some(_) => {}
         }
     }
+    session.audit_counted_refusals();
     // Unfinished uploads are dropped here: their temp files go, nothing becomes visible.
     drop(session);
     super::exec::finish(&writer, status).await;

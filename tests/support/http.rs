@@ -111,6 +111,22 @@ impl Client {
         &self,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        self.handshake_over(tcp).await
+    }
+
+    /// Connects from the loopback address `from` (see [`super::net`]).
+    pub async fn connect_from(
+        &self,
+        from: std::net::IpAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = super::net::connect_from(from, self.addr).await?;
+        self.handshake_over(tcp).await
+    }
+
+    async fn handshake_over(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         tokio_rustls::TlsConnector::from(self.config())
             .connect(self.server_name.clone(), tcp)
             .await

@@ -7,6 +7,8 @@ pub mod clients;
 pub mod contract;
 pub mod http;
 pub mod lxd_daemon;
+pub mod net;
+pub mod raw_ssh;
 pub mod server;
 pub mod ssh;
 

@@ -326,3 +326,40 @@ pub fn random_file(path: &Path, n: usize, seed: u64) {
     data.truncate(n);
     std::fs::write(path, data).expect("write random file");
 }
+
+/// Waits for the `refused` audit line of `user`, from 127.0.0.1, whose request contains
+/// `request`, and returns it; fails the test when none comes or when it lacks a reason.
+pub fn refusal(t: &TestDir, user: &str, request: &str) -> serde_json::Value {
+    let found = super::wait_until(
+        std::time::Duration::from_secs(10),
+        &format!(
+            "the audit line refusing {user} {request:?} among {:#?}",
+            audit_events(t, "refused")
+                .iter()
+                .map(|e| format!("{} {} / {}", e["user"], e["request"], e["reason"]))
+                .collect::<Vec<_>>()
+        ),
+        || {
+            audit_events(t, "refused").into_iter().find(|e| {
+                e["user"] == user
+                    && e["request"]
+                        .as_str()
+                        .is_some_and(|asked| asked.contains(request))
+            })
+        },
+    );
+    assert_eq!(found["address"], "127.0.0.1", "{found}");
+    assert!(
+        found["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{found}"
+    );
+    found
+}
+
+/// The reason of the refusal [`refusal`] finds.
+pub fn refusal_reason(t: &TestDir, user: &str, request: &str) -> String {
+    refusal(t, user, request)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

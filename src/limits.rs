@@ -1,7 +1,10 @@
 //! Who may open a connection at all, decided before the handshake: a cap on connections in
 //! all and per address, and throttling of addresses that keep failing to log in. One function
-//! ([`ConnectionGate::admit`]) that the accept loop calls; a permit that gives the slot back
-//! when the connection ends.
+//! ([`ConnectionGate::admit`]) that each accept loop (SSH, HTTPS) calls; a permit that gives
+//! the slot back when the connection ends.
+//!
+//! The cap per address is what keeps one client (a flood, a stuck script) from taking every
+//! slot of the cap in all: set it well below the latter.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

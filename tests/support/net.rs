@@ -1,0 +1,79 @@
+//! What the attack and flood tests need beyond the clients: sockets from a chosen loopback
+//! address, room for many file descriptors, and the memory of the server process.
+//!
+//! All of 127.0.0.0/8 is loopback on Linux. An attack sent from [`ATTACKER`] reaches the
+//! server as another address than the legitimate user's 127.0.0.1, so per-address caps and
+//! throttling fall on the attacker only, as they would across a real network.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Where attacks come from.
+pub const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// Where the legitimate user comes from (what every client binds by default).
+pub const USER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A TCP connection to `to` from `from` (any port).
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    let socket = match from {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
+/// The same, blocking.
+pub fn connect_from_blocking(from: IpAddr, to: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stream = runtime.block_on(connect_from(from, to))?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Raises this process's soft limit on open files to at least `wanted` (the server, started
+/// later, inherits it). Fails the test when the hard limit is lower.
+pub fn raise_fd_limit(wanted: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return;
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    assert!(
+        hard >= wanted,
+        "this test opens {wanted} sockets but the hard limit on open files is {hard}; raise it (ulimit -Hn)"
+    );
+    limit.current = Some(wanted);
+    setrlimit(Resource::Nofile, limit).expect("raise the open-file limit");
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// VmRSS: resident now, KiB.
+    pub rss_kib: u64,
+    /// VmHWM: the most ever resident, KiB.
+    pub peak_kib: u64,
+}
+
+pub fn memory(pid: u32) -> Memory {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    Memory {
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+    }
+}
