@@ -18,11 +18,15 @@
 //! A crash after it leaves a stale stream: the same recovery republishes it. Opening the
 //! catalog runs that recovery when a journal is found, so every command starts from a whole
 //! tree. Readers (the HTTP side, `list`) never lock: every file they read is replaced by
-//! rename, whole.
+//! rename, whole. A transaction that fails after its commit point leaves its journal for the
+//! next `begin` too, rather than guessing what to undo.
 //!
 //! Regenerating the stream never re-reads an image file: sizes and hashes live in the record.
 //! Removed images leave the index at once, but their files stay downloadable for a grace
-//! period (daemons cache an index for an hour) and are deleted by a later transaction.
+//! period (daemons cache an index for an hour). A transaction that finds a file's grace period
+//! over deletes it only after its commit point, once the stream no longer names it (with a
+//! grace period of 0 that is the removing transaction itself); the journal lists the file
+//! first, so a crash in between cannot leave it behind.
 
 pub mod alias;
 pub mod hashing;
@@ -209,7 +213,10 @@ impl Catalog {
             original: state.clone(),
             state,
             placed: Vec::new(),
+            deleting: Vec::new(),
             force_publish: false,
+            wrote_journal: false,
+            past_commit_point: false,
             now: unix_now(),
         };
         txn.recover()?;
@@ -217,11 +224,15 @@ impl Catalog {
     }
 }
 
-/// What a crashed transaction may have left behind.
+/// What a crashed transaction may have left behind. Recovery deletes every path listed here
+/// that the committed record does not name.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     /// Paths under `www/` this transaction placed; those the record does not name are undone.
     placed: Vec<String>,
+    /// Paths under `www/` whose grace period is over, deleted after the commit point.
+    #[serde(default)]
+    deleting: Vec<String>,
 }
 
 /// One change to the catalog, holding the writer lock. Dropped without `commit`, it deletes
@@ -232,7 +243,14 @@ pub(crate) struct Transaction<'a> {
     original: CatalogState,
     pub state: CatalogState,
     placed: Vec<String>,
+    /// Expired files to delete once the record no longer names them.
+    deleting: Vec<String>,
     force_publish: bool,
+    /// This transaction wrote the journal: undone on drop, it removes it again.
+    wrote_journal: bool,
+    /// The record may be committed: whatever happens next, the journal stays for the next
+    /// `begin` to finish (dropping the transaction undoes nothing).
+    past_commit_point: bool,
     pub now: i64,
 }
 
@@ -250,6 +268,11 @@ impl Transaction<'_> {
                 self.catalog.store().delete(path)?;
             }
         }
+        for path in &journal.deleting {
+            if !self.state.path_in_use(path) {
+                self.catalog.store().delete(path)?;
+            }
+        }
         self.publish_stream()?;
         remove_if_exists(&journal_path)?;
         Ok(())
@@ -263,9 +286,12 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    fn write_journal(&self) -> Result<()> {
+    fn write_journal(&mut self) -> Result<()> {
+        // Set first: a failed write may still have replaced an earlier journal of ours.
+        self.wrote_journal = true;
         let journal = Journal {
             placed: self.placed.clone(),
+            deleting: self.deleting.clone(),
         };
         let bytes = serde_json::to_vec(&journal).map_err(io::Error::other)?;
         fsutil::write_atomic(
@@ -282,25 +308,31 @@ impl Transaction<'_> {
     }
 
     fn commit_returning_retired(mut self) -> Result<usize> {
-        self.sweep_expired()?;
+        self.take_expired();
         let changed = self.state != self.original;
         if changed || self.force_publish {
             // A new catalog's first stream is dated too, not 1970.
             if changed || self.state.updated == 0 {
                 self.state.updated = self.now.max(self.original.updated);
             }
-            if self.placed.is_empty() {
-                // A crash between the record and the stream must leave a journal behind.
+            if self.placed.is_empty() || !self.deleting.is_empty() {
+                // A crash between the record and the stream, or before the expired files are
+                // deleted, must leave a journal behind.
                 self.write_journal()?;
             }
             // Everything that needs disk space is written before the commit point (the record's
-            // rename); after it come only renames. A full disk stops a change before it shows.
+            // rename); after it come only renames and deletions. A full disk stops a change
+            // before it shows.
             let record = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
             let record =
                 fsutil::TempFile::write(&self.catalog.dirs.tmp(), "the catalog record", &record)?;
             let stream = self.prepare_stream()?;
+            self.past_commit_point = true;
             fsutil::rename_durably(record.path(), &self.catalog.state_path())?;
             self.publish_prepared(stream)?;
+            for path in &self.deleting {
+                self.catalog.store().delete(path)?;
+            }
         }
         remove_if_exists(&self.catalog.journal_path())?;
         self.placed.clear();
@@ -331,8 +363,9 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Deletes expired retired files (files first: a crash then leaves only a stale list entry).
-    fn sweep_expired(&mut self) -> Result<()> {
+    /// Takes retired files whose grace period is over off the list; they are deleted after
+    /// the commit point, when the stream no longer names them.
+    fn take_expired(&mut self) {
         let now = self.now;
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.retired)
             .into_iter()
@@ -340,10 +373,9 @@ impl Transaction<'_> {
         self.state.retired = kept;
         for retired in expired {
             if self.state.live_path(&retired.path).is_none() {
-                self.catalog.store().delete(&retired.path)?;
+                self.deleting.push(retired.path);
             }
         }
-        Ok(())
     }
 
     /// Moves a file that no live item uses any more to the retired list.
@@ -367,13 +399,23 @@ impl Transaction<'_> {
 }
 
 impl Drop for Transaction<'_> {
+    /// A transaction that failed before its commit point undoes what it placed. Past that
+    /// point, or when the journal is not its own (a recovery that failed), the journal stays
+    /// for the next `begin`.
     fn drop(&mut self) {
+        if self.past_commit_point || !self.wrote_journal {
+            return;
+        }
+        let mut undone = true;
         for path in self.placed.drain(..) {
             if let Err(e) = self.catalog.store().delete(&path) {
                 tracing::warn!(path, error = %e, "cannot undo a placed file");
+                undone = false;
             }
         }
-        let _ = fs::remove_file(self.catalog.journal_path());
+        if undone {
+            let _ = fs::remove_file(self.catalog.journal_path());
+        }
     }
 }
 
