@@ -37,8 +37,9 @@ pub mod store;
 pub mod tree;
 pub mod verify;
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -105,8 +106,17 @@ impl Catalog {
     /// Opens the catalog in `dirs`, creating its folders, and publishes an empty stream when
     /// there is none yet (so a new server answers clients at once).
     pub fn open(dirs: DataDir, settings: CatalogSettings) -> Result<Catalog> {
-        dirs.create_layout()?;
         let store = Box::new(LocalStore::new(dirs.www()));
+        Self::open_with_store(dirs, settings, store)
+    }
+
+    /// [`Catalog::open`] publishing through `store`.
+    fn open_with_store(
+        dirs: DataDir,
+        settings: CatalogSettings,
+        store: Box<dyn Store>,
+    ) -> Result<Catalog> {
+        dirs.create_layout()?;
         let catalog = Catalog {
             dirs,
             store,
@@ -235,6 +245,13 @@ struct Journal {
     deleting: Vec<String>,
 }
 
+/// Both stream files written to temp files, and the products they list.
+struct PreparedStream {
+    images: fsutil::TempFile,
+    index: fsutil::TempFile,
+    products: BTreeSet<String>,
+}
+
 /// One change to the catalog, holding the writer lock. Dropped without `commit`, it deletes
 /// the files it placed.
 pub(crate) struct Transaction<'a> {
@@ -346,21 +363,45 @@ impl Transaction<'_> {
     }
 
     /// Writes both stream files to temp files, ready to be renamed into place.
-    fn prepare_stream(&self) -> Result<[fsutil::TempFile; 2]> {
+    fn prepare_stream(&self) -> Result<PreparedStream> {
         let stream = streams::generate(&self.state);
         let tmp = self.catalog.dirs.tmp();
-        Ok([
-            fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
-            fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
-        ])
+        Ok(PreparedStream {
+            images: fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
+            index: fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
+            products: streams::product_ids(&self.state),
+        })
     }
 
-    /// images.json first: index.json must never name a product images.json lacks.
-    fn publish_prepared(&self, [images, index]: [fsutil::TempFile; 2]) -> Result<()> {
+    /// Renames both stream files into place, in the order that keeps index.json from ever
+    /// naming a product images.json lacks (a crash between the two renames included): when
+    /// products are added, images.json goes first; when some leave, index.json does. A
+    /// change never does both: every transaction starts from a published stream.
+    fn publish_prepared(&self, stream: PreparedStream) -> Result<()> {
         let store = self.catalog.store();
-        store.publish_file(images.path(), streams::IMAGES_PATH)?;
-        store.publish_file(index.path(), streams::INDEX_PATH)?;
+        let images = (stream.images.path(), streams::IMAGES_PATH);
+        let index = (stream.index.path(), streams::INDEX_PATH);
+        let order = if self.published_products().is_subset(&stream.products) {
+            [images, index]
+        } else {
+            [index, images]
+        };
+        for (staged, path) in order {
+            store.publish_file(staged, path)?;
+        }
         Ok(())
+    }
+
+    /// The products the published index.json lists (none when there is none to read).
+    fn published_products(&self) -> BTreeSet<String> {
+        let mut bytes = Vec::new();
+        self.catalog
+            .store()
+            .open(streams::INDEX_PATH)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .ok()
+            .and_then(|_| streams::index_products(&bytes))
+            .unwrap_or_default()
     }
 
     /// Takes retired files whose grace period is over off the list; they are deleted after
@@ -478,4 +519,148 @@ pub fn find_by_fingerprint<'a>(state: &'a CatalogState, prefix: &str) -> Result<
 /// The first 12 hex digits of a fingerprint, as `lxc image list` shows them.
 pub fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::catalog::hashing::Silent;
+
+    /// Publishes to the local tree, but refuses the second stream file of a publication once
+    /// armed: what is on disk then is what a crash between the two renames leaves.
+    struct CrashBetweenStreamFiles {
+        inner: LocalStore,
+        /// Armed: stream files published since.
+        armed: Arc<Mutex<Option<usize>>>,
+    }
+
+    impl Store for CrashBetweenStreamFiles {
+        fn publish_file(&self, staged: &Path, path: &str) -> io::Result<()> {
+            let mut armed = self.armed.lock().unwrap();
+            if let Some(published) = armed.as_mut()
+                && (path == streams::INDEX_PATH || path == streams::IMAGES_PATH)
+            {
+                *published += 1;
+                if *published == 2 {
+                    return Err(io::Error::other("simulated crash"));
+                }
+            }
+            self.inner.publish_file(staged, path)
+        }
+        fn delete(&self, path: &str) -> io::Result<()> {
+            self.inner.delete(path)
+        }
+        fn open(&self, path: &str) -> io::Result<File> {
+            self.inner.open(path)
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+    }
+
+    /// A unified container tarball (metadata.yaml and rootfs/) for release `release`.
+    fn unified(dir: &Path, release: &str) -> PathBuf {
+        let yaml = format!(
+            "architecture: x86_64\ncreation_date: 1764244800\nproperties:\n  os: testos\n  release: \"{release}\"\n  variant: default\n  description: test\n"
+        );
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("metadata.yaml", yaml.as_bytes()),
+            ("rootfs/", b"".as_slice()),
+            ("rootfs/hostname", release.as_bytes()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            if name.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+            }
+            tar.append_data(&mut header, name, data).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        let path = dir.join(format!("{release}.tar.gz"));
+        fs::write(&path, gz.finish().unwrap()).unwrap();
+        path
+    }
+
+    fn import(catalog: &Catalog, source: PathBuf) -> Result<ImportOutcome> {
+        let request = ImportRequest {
+            sources: vec![ImportSource::file(source)],
+            aliases: Vec::new(),
+            default_aliases: true,
+            serial: None,
+            requirements: Default::default(),
+            transfer: Transfer::Copy,
+            imported_by: "test".into(),
+            expected_fingerprint: None,
+        };
+        catalog.import(request, &mut Silent)
+    }
+
+    /// (products index.json lists, products images.json has), as published.
+    fn published(dirs: &DataDir) -> (BTreeSet<String>, BTreeSet<String>) {
+        let index = fs::read(dirs.www().join(streams::INDEX_PATH)).unwrap();
+        let images: serde_json::Value =
+            serde_json::from_slice(&fs::read(dirs.www().join(streams::IMAGES_PATH)).unwrap())
+                .unwrap();
+        (
+            streams::index_products(&index).unwrap(),
+            images["products"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Regression: images.json was always renamed first, so a crash after it while an image
+    /// was being removed left index.json naming a product images.json no longer had.
+    #[test]
+    fn a_crash_between_the_stream_files_never_leaves_the_index_naming_a_missing_product() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = DataDir::new(dir.path().join("data"));
+        let armed = Arc::new(Mutex::new(None));
+        let store = Box::new(CrashBetweenStreamFiles {
+            inner: LocalStore::new(dirs.www()),
+            armed: armed.clone(),
+        });
+        let settings = CatalogSettings {
+            grace_period_secs: 0,
+            ..CatalogSettings::default()
+        };
+        let catalog = Catalog::open_with_store(dirs.clone(), settings.clone(), store).unwrap();
+        let one = import(&catalog, unified(dir.path(), "one")).unwrap();
+        import(&catalog, unified(dir.path(), "two")).unwrap();
+
+        // A product leaves.
+        *armed.lock().unwrap() = Some(0);
+        assert!(catalog.remove(&one.image().fingerprint).is_err());
+        let (index, images) = published(&dirs);
+        assert!(index.is_subset(&images), "{index:?} ⊄ {images:?}");
+        assert_eq!(index.len(), 1, "the index went first");
+
+        // The next transaction finishes the removal first; then a product arrives.
+        *armed.lock().unwrap() = None;
+        catalog.rebuild().unwrap();
+        assert_eq!(published(&dirs).1.len(), 1);
+        *armed.lock().unwrap() = Some(0);
+        assert!(import(&catalog, unified(dir.path(), "three")).is_err());
+        let (index, images) = published(&dirs);
+        assert!(index.is_subset(&images), "{index:?} ⊄ {images:?}");
+
+        // The next opening finishes both: the record, the stream and the files agree.
+        *armed.lock().unwrap() = None;
+        drop(catalog);
+        let catalog = Catalog::open(dirs.clone(), settings).unwrap();
+        let (index, images) = published(&dirs);
+        assert_eq!(index, images);
+        assert_eq!(index.len(), 2);
+        let report = catalog.verify(&mut Silent).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
 }
