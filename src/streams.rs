@@ -3,9 +3,9 @@
 //! to it. Go decodes these files strictly: one field of the wrong JSON type anywhere makes the
 //! client list nothing, so every field here has exactly the type the clients declare.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::record::{CatalogState, Product, Version, VersionFiles};
 use crate::image::{ImageType, RootKind};
@@ -151,6 +151,36 @@ pub fn generate(state: &CatalogState) -> Stream {
     }
 }
 
+/// The product ids a stream generated from `state` lists: those with a version.
+pub fn product_ids(state: &CatalogState) -> BTreeSet<String> {
+    state
+        .products
+        .iter()
+        .filter(|(_, product)| !product.versions.is_empty())
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// The product ids a published index.json lists; `None` when the bytes are not one.
+pub fn index_products(index_json: &[u8]) -> Option<BTreeSet<String>> {
+    #[derive(Deserialize)]
+    struct Index {
+        index: BTreeMap<String, Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        products: Vec<String>,
+    }
+    let index: Index = serde_json::from_slice(index_json).ok()?;
+    Some(
+        index
+            .index
+            .into_values()
+            .flat_map(|entry| entry.products)
+            .collect(),
+    )
+}
+
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail: every map key is a string.
     let mut bytes = serde_json::to_vec(value).unwrap_or_default();
@@ -260,6 +290,14 @@ mod tests {
     #[test]
     fn rfc2822_is_utc() {
         assert_eq!(rfc2822(1_764_244_800), "Thu, 27 Nov 2025 12:00:00 +0000");
+    }
+
+    #[test]
+    fn index_products_reads_what_generate_writes() {
+        let stream = generate(&CatalogState::default());
+        assert_eq!(index_products(&stream.index_json), Some(BTreeSet::new()));
+        assert_eq!(index_products(b"{\"index\": 1}"), None);
+        assert_eq!(index_products(b"not json"), None);
     }
 
     #[test]

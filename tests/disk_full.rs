@@ -6,9 +6,10 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use support::contract::assert_contract;
-use support::{Meta, TestDir, Tmpfs};
+use support::{Meta, TestDir, Tmpfs, invariants};
 
 #[test]
 fn an_import_that_runs_out_of_space_changes_nothing() {
@@ -157,4 +158,147 @@ fn an_import_that_runs_out_of_space_changes_nothing() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(assert_contract(&data.join("www")).len(), 2);
+}
+
+/// Fills the tmpfs to the last byte with `ballast`.
+fn fill(mount: &Tmpfs, ballast: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(ballast).unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => {
+                if chunk.len() == 1 {
+                    break;
+                }
+                chunk.truncate(chunk.len() / 2);
+            }
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    assert_eq!(mount.available(), 0, "the disk is full");
+}
+
+/// A split image in `dir`; returns (metadata, root).
+fn split_image(dir: &Path, release: &'static str) -> (PathBuf, PathBuf) {
+    let meta = dir.join(format!("{release}.tar.xz"));
+    support::metadata_tarball(
+        &meta,
+        &Meta {
+            release,
+            ..Meta::default()
+        },
+    );
+    let root = dir.join(format!("{release}.squashfs"));
+    support::squashfs(&root, release);
+    (meta, root)
+}
+
+fn assert_full_disk_line(output: &std::process::Output, context: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{context}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{context}: one line: {stderr}");
+    assert!(
+        stderr.contains("the disk holding the data directory is full")
+            && stderr.contains("free some space and try again"),
+        "{context}: {stderr}"
+    );
+}
+
+/// Regression: a transaction deleted the files of expired retired images (with a grace period
+/// of 0, the image it was removing) before writing its journal and record. When the disk was
+/// full (or the process died) right after, the record and the stream still named files that
+/// were gone.
+#[test]
+fn a_removal_on_a_full_disk_deletes_nothing_the_stream_names() {
+    let t = TestDir::new();
+    let mount = Tmpfs::mount(&t.path().join("mnt"), "8m");
+    let data = mount.path.join("data");
+    let (meta, root) = split_image(t.path(), "kept");
+    let imported = invariants::run(
+        &data,
+        &["import", meta.to_str().unwrap(), root.to_str().unwrap()],
+    );
+    assert!(imported.status.success());
+    let fingerprint = support::sha256_of(&[&meta, &root]);
+    let published = invariants::assert_whole(&data, "after the import");
+    // A backup that hard-links the published files: deleting them frees no space.
+    let backup = mount.path.join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for (i, file) in invariants::files_under(&data.join("www/images"))
+        .iter()
+        .enumerate()
+    {
+        std::fs::hard_link(file, backup.join(i.to_string())).unwrap();
+    }
+    let ballast = mount.path.join("ballast");
+    fill(&mount, &ballast);
+
+    let output = invariants::run(&data, &["--grace-period", "0", "remove", &fingerprint]);
+    assert_full_disk_line(&output, "remove on a full disk");
+    assert_eq!(
+        invariants::assert_served_whole(&data, "still full"),
+        published
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    assert_eq!(invariants::assert_whole(&data, "space is back"), published);
+    let output = invariants::run(&data, &["--grace-period", "0", "remove", &fingerprint]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(invariants::assert_whole(&data, "removed").is_empty());
+    assert!(
+        invariants::files_under(&data.join("www/images")).is_empty(),
+        "a grace period of 0 deletes the files at once"
+    );
+}
+
+/// Regression: a recovery (finishing a crashed transaction) that failed, on a full disk,
+/// deleted the journal on its way out; the stale stream then stayed published for good.
+#[test]
+fn a_recovery_that_runs_out_of_space_keeps_its_journal() {
+    let t = TestDir::new();
+    let mount = Tmpfs::mount(&t.path().join("mnt"), "8m");
+    let data = mount.path.join("data");
+    for release in ["one", "two"] {
+        let (meta, root) = split_image(t.path(), release);
+        let output = invariants::run(
+            &data,
+            &["import", meta.to_str().unwrap(), root.to_str().unwrap()],
+        );
+        assert!(output.status.success());
+        if release == "one" {
+            for name in ["index.json", "images.json"] {
+                std::fs::copy(data.join("www/streams/v1").join(name), t.path().join(name)).unwrap();
+            }
+        }
+    }
+    // What a crash between the record and the stream leaves: the second import is in the
+    // record, the stream still shows only the first, and a journal says to finish.
+    for name in ["index.json", "images.json"] {
+        std::fs::copy(t.path().join(name), data.join("www/streams/v1").join(name)).unwrap();
+    }
+    std::fs::write(data.join("state/journal.json"), r#"{"placed":[]}"#).unwrap();
+    assert_eq!(invariants::assert_served_whole(&data, "crashed").len(), 1);
+
+    let ballast = mount.path.join("ballast");
+    fill(&mount, &ballast);
+    let output = invariants::run(&data, &["list"]);
+    assert_full_disk_line(&output, "recovery on a full disk");
+    assert!(
+        data.join("state/journal.json").exists(),
+        "the failed recovery kept its journal"
+    );
+    assert_eq!(
+        invariants::assert_served_whole(&data, "still full").len(),
+        1
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    assert_eq!(invariants::assert_whole(&data, "space is back").len(), 2);
 }

@@ -18,11 +18,15 @@
 //! A crash after it leaves a stale stream: the same recovery republishes it. Opening the
 //! catalog runs that recovery when a journal is found, so every command starts from a whole
 //! tree. Readers (the HTTP side, `list`) never lock: every file they read is replaced by
-//! rename, whole.
+//! rename, whole. A transaction that fails after its commit point leaves its journal for the
+//! next `begin` too, rather than guessing what to undo.
 //!
 //! Regenerating the stream never re-reads an image file: sizes and hashes live in the record.
 //! Removed images leave the index at once, but their files stay downloadable for a grace
-//! period (daemons cache an index for an hour) and are deleted by a later transaction.
+//! period (daemons cache an index for an hour). A transaction that finds a file's grace period
+//! over deletes it only after its commit point, once the stream no longer names it (with a
+//! grace period of 0 that is the removing transaction itself); the journal lists the file
+//! first, so a crash in between cannot leave it behind.
 
 pub mod alias;
 pub mod hashing;
@@ -33,8 +37,9 @@ pub mod store;
 pub mod tree;
 pub mod verify;
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -101,8 +106,17 @@ impl Catalog {
     /// Opens the catalog in `dirs`, creating its folders, and publishes an empty stream when
     /// there is none yet (so a new server answers clients at once).
     pub fn open(dirs: DataDir, settings: CatalogSettings) -> Result<Catalog> {
-        dirs.create_layout()?;
         let store = Box::new(LocalStore::new(dirs.www()));
+        Self::open_with_store(dirs, settings, store)
+    }
+
+    /// [`Catalog::open`] publishing through `store`.
+    fn open_with_store(
+        dirs: DataDir,
+        settings: CatalogSettings,
+        store: Box<dyn Store>,
+    ) -> Result<Catalog> {
+        dirs.create_layout()?;
         let catalog = Catalog {
             dirs,
             store,
@@ -209,7 +223,10 @@ impl Catalog {
             original: state.clone(),
             state,
             placed: Vec::new(),
+            deleting: Vec::new(),
             force_publish: false,
+            wrote_journal: false,
+            past_commit_point: false,
             now: unix_now(),
         };
         txn.recover()?;
@@ -217,11 +234,22 @@ impl Catalog {
     }
 }
 
-/// What a crashed transaction may have left behind.
+/// What a crashed transaction may have left behind. Recovery deletes every path listed here
+/// that the committed record does not name.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     /// Paths under `www/` this transaction placed; those the record does not name are undone.
     placed: Vec<String>,
+    /// Paths under `www/` whose grace period is over, deleted after the commit point.
+    #[serde(default)]
+    deleting: Vec<String>,
+}
+
+/// Both stream files written to temp files, and the products they list.
+struct PreparedStream {
+    images: fsutil::TempFile,
+    index: fsutil::TempFile,
+    products: BTreeSet<String>,
 }
 
 /// One change to the catalog, holding the writer lock. Dropped without `commit`, it deletes
@@ -232,7 +260,14 @@ pub(crate) struct Transaction<'a> {
     original: CatalogState,
     pub state: CatalogState,
     placed: Vec<String>,
+    /// Expired files to delete once the record no longer names them.
+    deleting: Vec<String>,
     force_publish: bool,
+    /// This transaction wrote the journal: undone on drop, it removes it again.
+    wrote_journal: bool,
+    /// The record may be committed: whatever happens next, the journal stays for the next
+    /// `begin` to finish (dropping the transaction undoes nothing).
+    past_commit_point: bool,
     pub now: i64,
 }
 
@@ -250,6 +285,11 @@ impl Transaction<'_> {
                 self.catalog.store().delete(path)?;
             }
         }
+        for path in &journal.deleting {
+            if !self.state.path_in_use(path) {
+                self.catalog.store().delete(path)?;
+            }
+        }
         self.publish_stream()?;
         remove_if_exists(&journal_path)?;
         Ok(())
@@ -263,9 +303,12 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    fn write_journal(&self) -> Result<()> {
+    fn write_journal(&mut self) -> Result<()> {
+        // Set first: a failed write may still have replaced an earlier journal of ours.
+        self.wrote_journal = true;
         let journal = Journal {
             placed: self.placed.clone(),
+            deleting: self.deleting.clone(),
         };
         let bytes = serde_json::to_vec(&journal).map_err(io::Error::other)?;
         fsutil::write_atomic(
@@ -282,25 +325,31 @@ impl Transaction<'_> {
     }
 
     fn commit_returning_retired(mut self) -> Result<usize> {
-        self.sweep_expired()?;
+        self.take_expired();
         let changed = self.state != self.original;
         if changed || self.force_publish {
             // A new catalog's first stream is dated too, not 1970.
             if changed || self.state.updated == 0 {
                 self.state.updated = self.now.max(self.original.updated);
             }
-            if self.placed.is_empty() {
-                // A crash between the record and the stream must leave a journal behind.
+            if self.placed.is_empty() || !self.deleting.is_empty() {
+                // A crash between the record and the stream, or before the expired files are
+                // deleted, must leave a journal behind.
                 self.write_journal()?;
             }
             // Everything that needs disk space is written before the commit point (the record's
-            // rename); after it come only renames. A full disk stops a change before it shows.
+            // rename); after it come only renames and deletions. A full disk stops a change
+            // before it shows.
             let record = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
             let record =
                 fsutil::TempFile::write(&self.catalog.dirs.tmp(), "the catalog record", &record)?;
             let stream = self.prepare_stream()?;
+            self.past_commit_point = true;
             fsutil::rename_durably(record.path(), &self.catalog.state_path())?;
             self.publish_prepared(stream)?;
+            for path in &self.deleting {
+                self.catalog.store().delete(path)?;
+            }
         }
         remove_if_exists(&self.catalog.journal_path())?;
         self.placed.clear();
@@ -314,25 +363,50 @@ impl Transaction<'_> {
     }
 
     /// Writes both stream files to temp files, ready to be renamed into place.
-    fn prepare_stream(&self) -> Result<[fsutil::TempFile; 2]> {
+    fn prepare_stream(&self) -> Result<PreparedStream> {
         let stream = streams::generate(&self.state);
         let tmp = self.catalog.dirs.tmp();
-        Ok([
-            fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
-            fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
-        ])
+        Ok(PreparedStream {
+            images: fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
+            index: fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
+            products: streams::product_ids(&self.state),
+        })
     }
 
-    /// images.json first: index.json must never name a product images.json lacks.
-    fn publish_prepared(&self, [images, index]: [fsutil::TempFile; 2]) -> Result<()> {
+    /// Renames both stream files into place, in the order that keeps index.json from ever
+    /// naming a product images.json lacks (a crash between the two renames included): when
+    /// products are added, images.json goes first; when some leave, index.json does. A
+    /// change never does both: every transaction starts from a published stream.
+    fn publish_prepared(&self, stream: PreparedStream) -> Result<()> {
         let store = self.catalog.store();
-        store.publish_file(images.path(), streams::IMAGES_PATH)?;
-        store.publish_file(index.path(), streams::INDEX_PATH)?;
+        let images = (stream.images.path(), streams::IMAGES_PATH);
+        let index = (stream.index.path(), streams::INDEX_PATH);
+        let order = if self.published_products().is_subset(&stream.products) {
+            [images, index]
+        } else {
+            [index, images]
+        };
+        for (staged, path) in order {
+            store.publish_file(staged, path)?;
+        }
         Ok(())
     }
 
-    /// Deletes expired retired files (files first: a crash then leaves only a stale list entry).
-    fn sweep_expired(&mut self) -> Result<()> {
+    /// The products the published index.json lists (none when there is none to read).
+    fn published_products(&self) -> BTreeSet<String> {
+        let mut bytes = Vec::new();
+        self.catalog
+            .store()
+            .open(streams::INDEX_PATH)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .ok()
+            .and_then(|_| streams::index_products(&bytes))
+            .unwrap_or_default()
+    }
+
+    /// Takes retired files whose grace period is over off the list; they are deleted after
+    /// the commit point, when the stream no longer names them.
+    fn take_expired(&mut self) {
         let now = self.now;
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.retired)
             .into_iter()
@@ -340,10 +414,9 @@ impl Transaction<'_> {
         self.state.retired = kept;
         for retired in expired {
             if self.state.live_path(&retired.path).is_none() {
-                self.catalog.store().delete(&retired.path)?;
+                self.deleting.push(retired.path);
             }
         }
-        Ok(())
     }
 
     /// Moves a file that no live item uses any more to the retired list.
@@ -367,13 +440,23 @@ impl Transaction<'_> {
 }
 
 impl Drop for Transaction<'_> {
+    /// A transaction that failed before its commit point undoes what it placed. Past that
+    /// point, or when the journal is not its own (a recovery that failed), the journal stays
+    /// for the next `begin`.
     fn drop(&mut self) {
+        if self.past_commit_point || !self.wrote_journal {
+            return;
+        }
+        let mut undone = true;
         for path in self.placed.drain(..) {
             if let Err(e) = self.catalog.store().delete(&path) {
                 tracing::warn!(path, error = %e, "cannot undo a placed file");
+                undone = false;
             }
         }
-        let _ = fs::remove_file(self.catalog.journal_path());
+        if undone {
+            let _ = fs::remove_file(self.catalog.journal_path());
+        }
     }
 }
 
@@ -436,4 +519,148 @@ pub fn find_by_fingerprint<'a>(state: &'a CatalogState, prefix: &str) -> Result<
 /// The first 12 hex digits of a fingerprint, as `lxc image list` shows them.
 pub fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::catalog::hashing::Silent;
+
+    /// Publishes to the local tree, but refuses the second stream file of a publication once
+    /// armed: what is on disk then is what a crash between the two renames leaves.
+    struct CrashBetweenStreamFiles {
+        inner: LocalStore,
+        /// Armed: stream files published since.
+        armed: Arc<Mutex<Option<usize>>>,
+    }
+
+    impl Store for CrashBetweenStreamFiles {
+        fn publish_file(&self, staged: &Path, path: &str) -> io::Result<()> {
+            let mut armed = self.armed.lock().unwrap();
+            if let Some(published) = armed.as_mut()
+                && (path == streams::INDEX_PATH || path == streams::IMAGES_PATH)
+            {
+                *published += 1;
+                if *published == 2 {
+                    return Err(io::Error::other("simulated crash"));
+                }
+            }
+            self.inner.publish_file(staged, path)
+        }
+        fn delete(&self, path: &str) -> io::Result<()> {
+            self.inner.delete(path)
+        }
+        fn open(&self, path: &str) -> io::Result<File> {
+            self.inner.open(path)
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+    }
+
+    /// A unified container tarball (metadata.yaml and rootfs/) for release `release`.
+    fn unified(dir: &Path, release: &str) -> PathBuf {
+        let yaml = format!(
+            "architecture: x86_64\ncreation_date: 1764244800\nproperties:\n  os: testos\n  release: \"{release}\"\n  variant: default\n  description: test\n"
+        );
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("metadata.yaml", yaml.as_bytes()),
+            ("rootfs/", b"".as_slice()),
+            ("rootfs/hostname", release.as_bytes()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            if name.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+            }
+            tar.append_data(&mut header, name, data).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        let path = dir.join(format!("{release}.tar.gz"));
+        fs::write(&path, gz.finish().unwrap()).unwrap();
+        path
+    }
+
+    fn import(catalog: &Catalog, source: PathBuf) -> Result<ImportOutcome> {
+        let request = ImportRequest {
+            sources: vec![ImportSource::file(source)],
+            aliases: Vec::new(),
+            default_aliases: true,
+            serial: None,
+            requirements: Default::default(),
+            transfer: Transfer::Copy,
+            imported_by: "test".into(),
+            expected_fingerprint: None,
+        };
+        catalog.import(request, &mut Silent)
+    }
+
+    /// (products index.json lists, products images.json has), as published.
+    fn published(dirs: &DataDir) -> (BTreeSet<String>, BTreeSet<String>) {
+        let index = fs::read(dirs.www().join(streams::INDEX_PATH)).unwrap();
+        let images: serde_json::Value =
+            serde_json::from_slice(&fs::read(dirs.www().join(streams::IMAGES_PATH)).unwrap())
+                .unwrap();
+        (
+            streams::index_products(&index).unwrap(),
+            images["products"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Regression: images.json was always renamed first, so a crash after it while an image
+    /// was being removed left index.json naming a product images.json no longer had.
+    #[test]
+    fn a_crash_between_the_stream_files_never_leaves_the_index_naming_a_missing_product() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = DataDir::new(dir.path().join("data"));
+        let armed = Arc::new(Mutex::new(None));
+        let store = Box::new(CrashBetweenStreamFiles {
+            inner: LocalStore::new(dirs.www()),
+            armed: armed.clone(),
+        });
+        let settings = CatalogSettings {
+            grace_period_secs: 0,
+            ..CatalogSettings::default()
+        };
+        let catalog = Catalog::open_with_store(dirs.clone(), settings.clone(), store).unwrap();
+        let one = import(&catalog, unified(dir.path(), "one")).unwrap();
+        import(&catalog, unified(dir.path(), "two")).unwrap();
+
+        // A product leaves.
+        *armed.lock().unwrap() = Some(0);
+        assert!(catalog.remove(&one.image().fingerprint).is_err());
+        let (index, images) = published(&dirs);
+        assert!(index.is_subset(&images), "{index:?} ⊄ {images:?}");
+        assert_eq!(index.len(), 1, "the index went first");
+
+        // The next transaction finishes the removal first; then a product arrives.
+        *armed.lock().unwrap() = None;
+        catalog.rebuild().unwrap();
+        assert_eq!(published(&dirs).1.len(), 1);
+        *armed.lock().unwrap() = Some(0);
+        assert!(import(&catalog, unified(dir.path(), "three")).is_err());
+        let (index, images) = published(&dirs);
+        assert!(index.is_subset(&images), "{index:?} ⊄ {images:?}");
+
+        // The next opening finishes both: the record, the stream and the files agree.
+        *armed.lock().unwrap() = None;
+        drop(catalog);
+        let catalog = Catalog::open(dirs.clone(), settings).unwrap();
+        let (index, images) = published(&dirs);
+        assert_eq!(index, images);
+        assert_eq!(index.len(), 2);
+        let report = catalog.verify(&mut Silent).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
 }

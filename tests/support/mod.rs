@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod contract;
 pub mod http;
+pub mod invariants;
 pub mod lxd_daemon;
 pub mod net;
 pub mod raw_ssh;
