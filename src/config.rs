@@ -298,6 +298,29 @@ fn typed_value(default: &Value, text: &str) -> Result<Value, String> {
     }
 }
 
+/// The file's text as a [`Config`]; a problem names its line and key, on one line:
+/// `config.toml line 2 (ssh.max_file_bytes): invalid type: string "lots", expected u64`.
+fn parse_file(text: &str, path: &str) -> Result<Config, ConfigError> {
+    let error = |e: &toml::de::Error, key: Option<String>| {
+        let mut path = path.to_string();
+        if let Some(span) = e.span() {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            path.push_str(&format!(" line {line}"));
+        }
+        if let Some(key) = key.filter(|k| !k.is_empty() && k != ".") {
+            path.push_str(&format!(" ({key})"));
+        }
+        ConfigError::Parse {
+            path,
+            message: crate::fsutil::one_line(e.message()),
+        }
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| error(&e, None))?;
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| error(e.inner(), Some(e.path().to_string())))
+}
+
 impl Config {
     /// Reads the file, then the environment, then the flags, each overriding the one before.
     pub fn layered(layers: &Layers<'_>) -> Result<Effective, ConfigError> {
@@ -310,10 +333,7 @@ impl Config {
         let file = match std::fs::read_to_string(layers.file) {
             Ok(text) => {
                 // Typed first: unknown keys and wrong types are named with their line.
-                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
-                    path: path_text.clone(),
-                    message: e.message().to_string(),
-                })?;
+                parse_file(&text, &path_text)?;
                 let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path_text.clone(),
                     message: e.message().to_string(),
@@ -424,6 +444,99 @@ impl Config {
     }
 }
 
+/// The keys a reload (SIGHUP) applies to the running server. The others are read once at
+/// start (listeners, caps, timeouts of the accept loops, certificate paths, host keys, log
+/// format): a change to them is reported and waits for a restart.
+pub const LIVE_KEYS: &[&str] = &[
+    "catalog.grace_period_secs",
+    "catalog.max_metadata_bytes",
+    "http.plain_http_images",
+    "http.public_url",
+    "http.remote_name",
+    "http.send_timeout_secs",
+    "ssh.direct_io",
+    "ssh.max_file_bytes",
+    "ssh.quota_bytes",
+];
+
+/// The configuration a running server uses; a reload replaces it whole, and readers take
+/// the one in force at that moment.
+#[derive(Debug)]
+pub struct LiveConfig {
+    current: std::sync::RwLock<std::sync::Arc<Config>>,
+}
+
+impl LiveConfig {
+    pub fn new(config: Config) -> LiveConfig {
+        LiveConfig {
+            current: std::sync::RwLock::new(std::sync::Arc::new(config)),
+        }
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Config> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, config: Config) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = std::sync::Arc::new(config);
+    }
+}
+
+/// What a reload found in a newly read configuration, against the one read at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigChanges {
+    /// The running configuration with the changed live keys taken from the new one.
+    pub config: Config,
+    /// Changed keys in [`LIVE_KEYS`], applied now.
+    pub applied: Vec<String>,
+    /// Changed keys that apply at the next restart.
+    pub need_restart: Vec<String>,
+}
+
+/// Compares `read` (just read) with `baseline` (as read before) and takes the changed live
+/// keys into `running`. A key is compared with what was read, not what runs, so that a
+/// listen address with port 0 (running on the bound port) is not a change.
+pub fn changes(
+    baseline: &Config,
+    running: &Config,
+    read: &Config,
+) -> Result<ConfigChanges, ConfigError> {
+    let as_json = |config: &Config| serde_json::to_value(config).unwrap_or(Value::Null);
+    let (baseline, read_json) = (as_json(baseline), as_json(read));
+    let mut merged = as_json(running);
+    let mut applied = Vec::new();
+    let mut need_restart = Vec::new();
+    for (key, _) in keys() {
+        let pointer = format!("/{}", key.replace('.', "/"));
+        let new = read_json.pointer(&pointer);
+        if baseline.pointer(&pointer) == new {
+            continue;
+        }
+        if !LIVE_KEYS.contains(&key.as_str()) {
+            need_restart.push(key);
+            continue;
+        }
+        if let (Some(slot), Some(new)) = (merged.pointer_mut(&pointer), new) {
+            *slot = new.clone();
+        }
+        applied.push(key);
+    }
+    let config = serde_json::from_value(merged).map_err(|e| ConfigError::Value {
+        origin: "the reloaded configuration".into(),
+        key: applied.join(", "),
+        message: e.to_string(),
+    })?;
+    Ok(ConfigChanges {
+        config,
+        applied,
+        need_restart,
+    })
+}
+
 /// The effective configuration as TOML, each value followed by where it came from: what
 /// `simplestream-server config` prints, and a valid config.toml once the comments are read.
 pub fn render(effective: &Effective) -> String {
@@ -505,5 +618,34 @@ mod tests {
         let config: Config = toml::from_str("[ssh]\nlisten = \"127.0.0.1:2200\"\n").unwrap();
         assert_eq!(config.ssh.listen.port(), 2200);
         assert_eq!(config.http, HttpConfig::default());
+    }
+
+    #[test]
+    fn a_reload_applies_live_keys_and_names_the_others() {
+        let baseline: Config = toml::from_str("[http]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let mut running = baseline.clone();
+        running.http.listen = "127.0.0.1:8443".parse().unwrap();
+        let read: Config = toml::from_str(
+            "[http]\nlisten = \"127.0.0.1:0\"\nremote_name = \"lab\"\n\
+             [ssh]\nlisten = \"127.0.0.1:2200\"\nmax_file_bytes = 5\n",
+        )
+        .unwrap();
+        let changes = changes(&baseline, &running, &read).unwrap();
+        assert_eq!(changes.applied, ["http.remote_name", "ssh.max_file_bytes"]);
+        assert_eq!(changes.need_restart, ["ssh.listen"]);
+        assert_eq!(changes.config.http.remote_name, "lab");
+        assert_eq!(changes.config.ssh.max_file_bytes, 5);
+        // What runs stays: the bound port, the old SSH address.
+        assert_eq!(changes.config.http.listen.port(), 8443);
+        assert_eq!(changes.config.ssh.listen, SshConfig::default().listen);
+        // Nothing changed: nothing to report.
+        let same = super::changes(&baseline, &running, &baseline).unwrap();
+        assert!(same.applied.is_empty() && same.need_restart.is_empty());
+        assert_eq!(same.config, running);
+        // Every live key is a key.
+        let all: Vec<String> = keys().into_iter().map(|(key, _)| key).collect();
+        for key in LIVE_KEYS {
+            assert!(all.iter().any(|k| k == key), "{key}");
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
 //! - [`publish`]: export from a local LXD/Incus store, upload and import, in one command.
-//! - [`serve`]: the long-running command: HTTPS and SSH in one process.
+//! - [`serve`]: the long-running command: HTTPS and SSH in one process; [`reload`] is its
+//!   SIGHUP (keys, configuration and certificate read again).
 //! - [`http`]: the HTTPS side: the simplestreams tree over TLS 1.3, the plain-HTTP first try,
 //!   the catalog page and `/metrics`; [`metrics`] holds the process-wide counters.
 //! - [`ssh`]: the SSH gateway: key-authenticated uploads (SFTP, `scp -t`) and commands.
@@ -29,6 +30,7 @@ pub mod image;
 pub mod limits;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod serve;
 pub mod sha256;
 pub mod ssh;

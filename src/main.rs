@@ -136,7 +136,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         TopCommand::Serve => match common.open(true) {
-            Ok((config, catalog)) => outcome(serve::run(config, catalog)),
+            Ok((config, catalog)) => {
+                let read_config = Box::new(move || common.settings().map(|e| e.config));
+                outcome(serve::run(config, catalog, read_config))
+            }
             Err(code) => code,
         },
         TopCommand::Catalog(command) => match common.open(false) {

@@ -1,27 +1,36 @@
 //! `serve`: the one long-running command. HTTPS and SSH run side by side in one process on
-//! one catalog, until SIGTERM or SIGINT.
+//! one catalog, until SIGTERM or SIGINT; SIGHUP reloads keys, configuration and certificate
+//! ([`reload`](crate::reload)).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
+use crate::reload::{ReadConfig, Reloader};
 
 /// How often retired files are checked for the end of their grace period.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-pub fn run(config: Config, catalog: Catalog) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT. `read_config` reads the configuration again on SIGHUP.
+pub fn run(config: Config, catalog: Catalog, read_config: ReadConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, Arc::new(catalog)))
+    runtime.block_on(serve(config, Arc::new(catalog), read_config))
 }
 
-async fn serve(mut config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+async fn serve(
+    mut config: Config,
+    catalog: Arc<Catalog>,
+    read_config: ReadConfig,
+) -> anyhow::Result<()> {
+    let baseline = config.clone();
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));
 
@@ -33,13 +42,13 @@ async fn serve(mut config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> 
     // this process (over SSH) prints a URL that works.
     let https = crate::http::Https::bind(&config, catalog.clone()).await?;
     config.http.listen = https.local_addr();
-    let config = Arc::new(config);
+    let live = Arc::new(LiveConfig::new(config));
 
     // SSH gateway: host keys, audit log and caps are set up and the port bound before
     // `ready`, so a start-up problem (port taken, unreadable key) fails `serve` at once.
-    let gateway = Arc::new(crate::ssh::Gateway::open(config.clone(), catalog.clone())?);
+    let gateway = Arc::new(crate::ssh::Gateway::open(live.clone(), catalog.clone())?);
     crate::ssh::server::russh_config(&gateway)?;
-    let ssh_listener = crate::ssh::server::bind(config.ssh.listen).await?;
+    let ssh_listener = crate::ssh::server::bind(baseline.ssh.listen).await?;
     let ssh_address = ssh_listener
         .local_addr()
         .context("cannot read the SSH listener's address")?;
@@ -57,11 +66,21 @@ async fn serve(mut config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> 
     announce(&format!(
         "ssh host key {host_key} (clients see this fingerprint on first connection)"
     ));
+    let reloader = Reloader {
+        read_config,
+        baseline,
+        live,
+        catalog: catalog.clone(),
+        http: https.state(),
+        gateway: gateway.clone(),
+    };
     let https_task = tokio::spawn(https.run(shutdown.clone()));
     let ssh_task = crate::ssh::server::spawn(ssh_listener, gateway, shutdown.clone())?;
+    // Watched before `ready`: SIGHUP's default action would end the process.
+    let signals = Signals::watch()?;
     announce("ready");
 
-    wait_for_signal().await?;
+    reload_until_stopped(signals, reloader).await?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = https_task.await;
@@ -93,14 +112,45 @@ async fn sweep_retired_files(catalog: Arc<Catalog>, shutdown: CancellationToken)
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
+/// The signals `serve` acts on: SIGTERM and SIGINT stop it, SIGHUP reloads.
+struct Signals {
+    term: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    Ok(())
+}
+
+/// Reloads on each SIGHUP until SIGTERM or SIGINT.
+async fn reload_until_stopped(mut signals: Signals, reloader: Reloader) -> anyhow::Result<()> {
+    let reloader = Arc::new(std::sync::Mutex::new(reloader));
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.interrupt.recv() => return Ok(()),
+            _ = signals.hangup.recv() => {}
+        }
+        let reloader = reloader.clone();
+        let reloaded = tokio::task::spawn_blocking(move || {
+            reloader.lock().unwrap_or_else(|p| p.into_inner()).reload()
+        })
+        .await;
+        match reloaded {
+            Ok(outcome) if outcome.failed => {
+                tracing::warn!("reloaded (SIGHUP) in part: {}", outcome.summary)
+            }
+            Ok(outcome) => tracing::info!("reloaded (SIGHUP): {}", outcome.summary),
+            Err(e) => tracing::warn!(error = %e, "the reload task failed"),
+        }
+    }
 }
 
 /// Prints one line of the startup protocol on stdout, flushed at once.

@@ -100,14 +100,19 @@ fn mistakes_are_named_in_one_line() {
             Some("[http]\nlistne = \"x\"\n"),
             vec![],
             vec![],
-            "unknown field `listne`",
+            "config.toml line 2 (http.listne): unknown field `listne`",
         ),
-        (Some("[htp]\n"), vec![], vec![], "unknown field `htp`"),
+        (
+            Some("[htp]\n"),
+            vec![],
+            vec![],
+            "config.toml line 1 (htp): unknown field `htp`",
+        ),
         (
             Some("[http]\nmax_connections = \"many\"\n"),
             vec![],
             vec![],
-            "invalid type: string \"many\"",
+            "config.toml line 2 (http.max_connections): invalid type: string \"many\"",
         ),
         (
             None,

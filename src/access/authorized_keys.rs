@@ -481,6 +481,8 @@ pub struct AuthorizedKeysFile {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileStamp {
+    /// Matches no file: the next use reads it again.
+    Stale,
     Missing,
     Present {
         size: u64,
@@ -518,6 +520,19 @@ impl AuthorizedKeysFile {
         &self.path
     }
 
+    /// Reads the file again even if it looks unchanged (SIGHUP: an edit within the same
+    /// second and size as the last one is not missed), logging its problems again.
+    pub fn reload(&self) -> Arc<AuthorizedKeys> {
+        {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((stamp, _)) = loaded.as_mut() {
+                // Keep the keys (an unreadable file keeps them); forget when they were read.
+                *stamp = FileStamp::Stale;
+            }
+        }
+        self.current()
+    }
+
     /// The keys as the file says now. An unreadable file keeps the last good copy (and says
     /// so in the log); a missing file means nobody may log in.
     pub fn current(&self) -> Arc<AuthorizedKeys> {
@@ -548,32 +563,34 @@ impl AuthorizedKeysFile {
                 );
                 AuthorizedKeys::default()
             }
-            FileStamp::Present { .. } => match std::fs::read_to_string(&self.path) {
-                Ok(text) => {
-                    let keys = AuthorizedKeys::parse(&text);
-                    for problem in &keys.problems {
-                        tracing::warn!(
-                            "{} line {}: {}; the line is skipped",
-                            self.path.display(),
-                            problem.line,
-                            problem.message
+            FileStamp::Stale | FileStamp::Present { .. } => {
+                match std::fs::read_to_string(&self.path) {
+                    Ok(text) => {
+                        let keys = AuthorizedKeys::parse(&text);
+                        for problem in &keys.problems {
+                            tracing::warn!(
+                                "{} line {}: {}; the line is skipped",
+                                self.path.display(),
+                                problem.line,
+                                problem.message
+                            );
+                        }
+                        tracing::info!(
+                            keys = keys.keys.len(),
+                            skipped = keys.problems.len(),
+                            "read authorized_keys"
                         );
+                        keys
                     }
-                    tracing::info!(
-                        keys = keys.keys.len(),
-                        skipped = keys.problems.len(),
-                        "read authorized_keys"
-                    );
-                    keys
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cannot read authorized_keys; keeping the keys read before");
+                        return loaded
+                            .as_ref()
+                            .map(|(_, keys)| keys.clone())
+                            .unwrap_or_default();
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read authorized_keys; keeping the keys read before");
-                    return loaded
-                        .as_ref()
-                        .map(|(_, keys)| keys.clone())
-                        .unwrap_or_default();
-                }
-            },
+            }
         };
         let keys = Arc::new(keys);
         *loaded = Some((stamp, keys.clone()));

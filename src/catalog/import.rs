@@ -315,12 +315,12 @@ impl Catalog {
 
         // The metadata tarball is small: read it whole, once, and hash it from memory.
         let meta_bytes =
-            read_metadata_file(&meta_path, &meta_label, self.settings.max_metadata_bytes)?;
+            read_metadata_file(&meta_path, &meta_label, self.settings().max_metadata_bytes)?;
         let inspected = image::inspect_tarball(
             &meta_bytes,
             &meta_bytes[..],
             &meta_label,
-            self.settings.scan_limits,
+            self.settings().scan_limits,
             now,
         )
         .map_err(add_order_hint)?;
@@ -517,9 +517,14 @@ impl Catalog {
         let whole = io::Cursor::new(head.clone()).chain(reader);
         let mut hashing =
             HashingReader::new(whole, copy.as_mut().map(|w| w as &mut dyn Write), progress);
-        let inspected =
-            image::inspect_tarball(&head, &mut hashing, &label, self.settings.scan_limits, now)
-                .map_err(add_order_hint)?;
+        let inspected = image::inspect_tarball(
+            &head,
+            &mut hashing,
+            &label,
+            self.settings().scan_limits,
+            now,
+        )
+        .map_err(add_order_hint)?;
         let digest = hashing.finish().map_err(|e| {
             ImageError::new(
                 &label,

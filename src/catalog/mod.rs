@@ -99,7 +99,8 @@ impl Default for CatalogSettings {
 pub struct Catalog {
     dirs: DataDir,
     store: Box<dyn Store>,
-    settings: CatalogSettings,
+    /// Replaced by a reload (SIGHUP); each operation reads the value in force.
+    settings: std::sync::RwLock<CatalogSettings>,
 }
 
 impl Catalog {
@@ -120,7 +121,7 @@ impl Catalog {
         let catalog = Catalog {
             dirs,
             store,
-            settings,
+            settings: std::sync::RwLock::new(settings),
         };
         // A journal left by a crashed writer is finished now, so that even read-only commands
         // (verify, list) see a consistent tree.
@@ -139,8 +140,17 @@ impl Catalog {
         &self.dirs
     }
 
-    pub fn settings(&self) -> &CatalogSettings {
-        &self.settings
+    pub fn settings(&self) -> CatalogSettings {
+        match self.settings.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// New tunables (a reload); operations already running keep the ones they read.
+    pub fn set_settings(&self, settings: CatalogSettings) {
+        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        *current = settings;
     }
 
     pub(crate) fn store(&self) -> &dyn Store {
@@ -425,7 +435,7 @@ impl Transaction<'_> {
         if self.state.live_path(path).is_none()
             && !self.state.retired.iter().any(|r| r.path == path)
         {
-            let delete_after = self.now + self.catalog.settings.grace_period_secs;
+            let delete_after = self.now + self.catalog.settings().grace_period_secs;
             self.state.retired.push(record::RetiredFile {
                 path: path.to_string(),
                 sha256: file.sha256.clone(),

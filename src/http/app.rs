@@ -16,7 +16,7 @@ use http::{HeaderValue, StatusCode};
 use super::{HttpState, access_log, cache_policy, catalog_page, files, metrics};
 
 pub fn router(state: Arc<HttpState>) -> Router {
-    let base = state.settings.base_path.clone();
+    let base = state.settings().base_path.clone();
     let mut router = Router::new();
     // With a base path, both `/lxd` and `/lxd/` show the page.
     let page_paths = if base.is_empty() {

@@ -35,10 +35,11 @@ pub async fn handle(State(state): State<Arc<HttpState>>) -> Response {
         }
     };
     let cert = state.certs.current();
+    let settings = state.settings();
     let html = render(&Page {
-        url: &state.settings.public_url,
-        remote: &state.settings.remote_name,
-        base_path: &state.settings.base_path,
+        url: &settings.public_url,
+        remote: &settings.remote_name,
+        base_path: &settings.base_path,
         fingerprint: &cert.fingerprint,
         images: &images,
     });

@@ -148,7 +148,7 @@ pub async fn handle(
     if method != Method::GET && method != Method::HEAD {
         return Reply::method_not_allowed().into_response();
     }
-    match strip_base(&state.settings.base_path, uri.path()) {
+    match strip_base(&state.settings().base_path, uri.path()) {
         Some(path) => respond(&state, &method, path, &headers)
             .await
             .into_response(),

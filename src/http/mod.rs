@@ -157,10 +157,27 @@ pub struct HttpState {
     pub catalog: Arc<Catalog>,
     /// `data/www`, canonical: a resolved file must lie below it.
     pub www: PathBuf,
-    pub settings: HttpSettings,
+    /// Replaced by a reload; read with [`HttpState::settings`].
+    settings: std::sync::RwLock<Arc<HttpSettings>>,
     pub certs: Arc<CertStore>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub json: json_cache::JsonCache,
+}
+
+impl HttpState {
+    /// The settings in force now. The accept loop reads its own (caps, handshake and
+    /// shutdown timeouts, base path) once at start; requests read the rest each time.
+    pub fn settings(&self) -> Arc<HttpSettings> {
+        match self.settings.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_settings(&self, settings: HttpSettings) {
+        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(settings);
+    }
 }
 
 /// The HTTPS listener, bound and ready to run.
@@ -199,12 +216,17 @@ impl Https {
             state: Arc::new(HttpState {
                 catalog,
                 www,
-                settings,
+                settings: std::sync::RwLock::new(Arc::new(settings)),
                 certs,
                 tls,
                 json: json_cache::JsonCache::default(),
             }),
         })
+    }
+
+    /// What requests share; a reload updates it while [`Https::run`] serves.
+    pub fn state(&self) -> Arc<HttpState> {
+        self.state.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -216,9 +238,10 @@ impl Https {
     /// How to add this server as a remote and trust its certificate (`remote-info`'s text).
     pub fn remote_info(&self, ssh: Option<crate::commands::remote_info::SshAccess<'_>>) -> String {
         let cert = self.state.certs.current();
+        let settings = self.state.settings();
         crate::commands::remote_info::render(&crate::commands::remote_info::RemoteInfoText {
-            remote: &self.state.settings.remote_name,
-            url: &self.state.settings.public_url,
+            remote: &settings.remote_name,
+            url: &settings.public_url,
             certificate_pem: &cert.pem,
             fingerprint: &cert.fingerprint,
             ssh,
@@ -229,7 +252,7 @@ impl Https {
     pub async fn run(self, shutdown: CancellationToken) {
         let watcher = tokio::spawn(tls::watch(
             self.state.certs.clone(),
-            self.state.settings.reload_interval,
+            self.state.settings().reload_interval,
             shutdown.clone(),
         ));
         server::run(self.listener, self.state, shutdown).await;

@@ -63,7 +63,7 @@ pub async fn serve(
         Ok(Err(HeadError::Bad(status, text))) => {
             let record = AccessRecord::new(Scheme::Http, remote, "-", "-", None);
             let reply = Reply::text(status, text);
-            let sent = send(&mut stream, reply, false, state.settings.send_timeout).await;
+            let sent = send(&mut stream, reply, false, state.settings().send_timeout).await;
             record.finish(status.as_u16(), *sent.as_ref().unwrap_or(&0), sent.is_ok());
             // The rest of the head is still coming: closing on it would reset the connection
             // and could destroy the answer before the client reads it.
@@ -82,7 +82,7 @@ pub async fn serve(
     let reply = answer(&state, &head, path).await;
     let status = reply.status.as_u16();
     let head_only = head.method == Method::HEAD;
-    let sent = send(&mut stream, reply, head_only, state.settings.send_timeout).await;
+    let sent = send(&mut stream, reply, head_only, state.settings().send_timeout).await;
     if let Err(e) = &sent {
         tracing::debug!(%remote, error = %e, "a plain-HTTP client went away during the answer");
     }
@@ -95,11 +95,11 @@ async fn answer(state: &Arc<HttpState>, head: &RequestHead, path: &str) -> Reply
     if !path.starts_with('/') {
         return Reply::text(StatusCode::BAD_REQUEST, "send a path that starts with /\n");
     }
-    let below = files::strip_base(&state.settings.base_path, path);
+    let below = files::strip_base(&state.settings().base_path, path);
     let is_image = below
         .and_then(files::clean_path)
         .is_some_and(|relative| relative.starts_with("images/"));
-    if state.settings.plain_http_images && is_image {
+    if state.settings().plain_http_images && is_image {
         if head.method != Method::GET && head.method != Method::HEAD {
             return Reply::method_not_allowed();
         }

@@ -53,11 +53,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
     let router = app::router(state.clone());
-    let limit = Arc::new(Semaphore::new(state.settings.max_connections));
+    let limit = Arc::new(Semaphore::new(state.settings().max_connections));
     let gate = ConnectionGate::new(GateLimits {
         // The semaphore caps the total; the gate only counts per address.
         max_connections: usize::MAX,
-        max_per_address: state.settings.max_connections_per_address,
+        max_per_address: state.settings().max_connections_per_address,
         failure_limit: 0,
         failure_window: Duration::ZERO,
     });
@@ -81,7 +81,7 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
                 }
             },
         };
-        let deadline = Instant::now() + state.settings.handshake_timeout;
+        let deadline = Instant::now() + state.settings().handshake_timeout;
         let slot = match gate.admit(remote.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
@@ -107,7 +107,7 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
     if open > 0 {
         tracing::info!(open, "waiting for open HTTPS connections to finish");
     }
-    let bound = state.settings.shutdown_timeout;
+    let bound = state.settings().shutdown_timeout;
     if tokio::time::timeout(bound, connections.wait())
         .await
         .is_err()
@@ -191,7 +191,7 @@ async fn serve_tls(
         let mut router = router.clone();
         async move { router.call(request).await }
     });
-    let io = TokioIo::new(SendTimeout::new(tls, state.settings.send_timeout));
+    let io = TokioIo::new(SendTimeout::new(tls, state.settings().send_timeout));
     let result = if h2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -210,7 +210,7 @@ async fn serve_tls(
     } else {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(state.settings.handshake_timeout)
+            .header_read_timeout(state.settings().handshake_timeout)
             // hyper's default is its whole read buffer (~400 KiB): a head without its end
             // would cost that much per connection and get no answer.
             .max_header_size(plain::MAX_HEAD)

@@ -137,10 +137,11 @@ async fn run_command(
             } else {
                 None
             };
+            let config = gateway.config();
             let mut ctx = Context {
                 caller: &caller,
                 catalog: &gateway.catalog,
-                config: &gateway.config,
+                config: &config,
                 out: &mut out,
                 err: &mut err,
                 stdin,

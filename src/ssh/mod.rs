@@ -50,7 +50,7 @@ use russh::keys::PrivateKey;
 use crate::access::UploadArea;
 use crate::access::authorized_keys::AuthorizedKeysFile;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::data_dir::DataDir;
 
 pub use host_keys::host_key_fingerprint;
@@ -58,7 +58,8 @@ pub use host_keys::host_key_fingerprint;
 /// Everything the gateway's connections share.
 pub struct Gateway {
     pub catalog: Arc<Catalog>,
-    pub config: Arc<Config>,
+    /// Replaced by a reload; read it with [`Gateway::config`] where it is used.
+    pub live: Arc<LiveConfig>,
     pub keys: AuthorizedKeysFile,
     pub digests: digests::UploadDigests,
     pub quotas: upload::Quotas,
@@ -75,7 +76,8 @@ const WRITER_THREADS: usize = 32;
 impl Gateway {
     /// Loads (or generates) the host keys, opens the audit log and removes temp files of
     /// uploads a previous run left behind.
-    pub fn open(config: Arc<Config>, catalog: Arc<Catalog>) -> anyhow::Result<Gateway> {
+    pub fn open(live: Arc<LiveConfig>, catalog: Arc<Catalog>) -> anyhow::Result<Gateway> {
+        let config = live.current();
         let dirs = catalog.dirs().clone();
         let host_keys = host_keys::load_or_generate(&dirs, config.ssh.rsa_host_key)?;
         let audit = audit::Audit::open(&config.ssh.audit_log, dirs.root())?;
@@ -92,13 +94,18 @@ impl Gateway {
         Ok(Gateway {
             quotas: upload::Quotas::new(config.ssh.quota_bytes),
             catalog,
-            config,
+            live,
             keys,
             digests: digests::UploadDigests::new(),
             audit,
             writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
             host_keys,
         })
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.current()
     }
 
     pub fn dirs(&self) -> &DataDir {

@@ -52,7 +52,8 @@ const REFUSAL_TALLY_ADDRESSES: usize = 4096;
 /// The russh settings from our configuration: public keys only, AES-GCM offered first, no
 /// wait for OpenSSH's initial "none" probe, TCP_NODELAY.
 pub fn russh_config(gateway: &Gateway) -> anyhow::Result<russh::server::Config> {
-    let ssh = &gateway.config.ssh;
+    let config = gateway.config();
+    let ssh = &config.ssh;
     let mut ciphers = Vec::new();
     for name in &ssh.ciphers {
         let cipher = cipher::Name::try_from(name.as_str())
@@ -133,7 +134,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(russh_config(&gateway)?);
-    let ssh = &gateway.config.ssh;
+    let settings = gateway.config();
+    let ssh = &settings.ssh;
     let gate = ConnectionGate::new(GateLimits {
         max_connections: ssh.max_connections,
         max_per_address: ssh.max_connections_per_address,

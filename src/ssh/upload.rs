@@ -82,12 +82,13 @@ impl UploadError {
 /// by the uploads while any is running; removals by other means (an import moving files out)
 /// only make it overestimate until the next scan, never underestimate.
 pub struct Quotas {
-    limit: u64,
+    /// Shared with every account, so that a reload's new limit applies to them at once.
+    limit: Arc<AtomicU64>,
     accounts: Mutex<HashMap<PathBuf, Weak<QuotaAccount>>>,
 }
 
 pub struct QuotaAccount {
-    limit: u64,
+    limit: Arc<AtomicU64>,
     used: Mutex<u64>,
 }
 
@@ -95,9 +96,14 @@ impl Quotas {
     /// `limit` in bytes; 0 means no quota.
     pub fn new(limit: u64) -> Quotas {
         Quotas {
-            limit,
+            limit: Arc::new(AtomicU64::new(limit)),
             accounts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A new limit (a reload), for uploads in progress too; 0 means no quota.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     pub fn account(&self, area: &UploadArea) -> io::Result<Arc<QuotaAccount>> {
@@ -110,7 +116,7 @@ impl Quotas {
         }
         accounts.retain(|_, weak| weak.strong_count() > 0);
         let account = Arc::new(QuotaAccount {
-            limit: self.limit,
+            limit: self.limit.clone(),
             used: Mutex::new(area_usage(area.root())?),
         });
         accounts.insert(area.root().to_path_buf(), Arc::downgrade(&account));
@@ -130,6 +136,10 @@ impl Quotas {
 }
 
 impl QuotaAccount {
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     fn used(&self) -> std::sync::MutexGuard<'_, u64> {
         match self.used.lock() {
             Ok(guard) => guard,
@@ -141,11 +151,12 @@ impl QuotaAccount {
     fn take(&self, bytes: u64, file: &str) -> Result<(), UploadError> {
         let mut used = self.used();
         let needed = used.saturating_add(bytes);
-        if self.limit > 0 && needed > self.limit {
+        let limit = self.limit();
+        if limit > 0 && needed > limit {
             return Err(UploadError::Quota {
                 file: file.to_string(),
                 needed: human_size(needed),
-                limit: human_size(self.limit),
+                limit: human_size(limit),
             });
         }
         *used = needed;
@@ -158,7 +169,8 @@ impl QuotaAccount {
     }
 
     fn is_full(&self) -> bool {
-        self.limit > 0 && *self.used() >= self.limit
+        let limit = self.limit();
+        limit > 0 && *self.used() >= limit
     }
 }
 
@@ -312,7 +324,7 @@ impl Upload {
             return Err(UploadError::Quota {
                 file: view,
                 needed: human_size(*account.used()),
-                limit: human_size(account.limit),
+                limit: human_size(account.limit()),
             });
         }
         let temp = target.temp_sibling(&unique_suffix());
@@ -415,7 +427,7 @@ impl Upload {
             tracing::info!(file = %self.target.client_view(), "all upload writer threads are busy; this upload is not hashed on the way in");
             return Sink::Positional;
         };
-        match DiskWriter::start(&self.temp, self.gateway.config.ssh.direct_io, slot) {
+        match DiskWriter::start(&self.temp, self.gateway.config().ssh.direct_io, slot) {
             Ok(writer) => Sink::Streaming { writer, next: 0 },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");
@@ -514,7 +526,7 @@ impl Upload {
     }
 
     fn check_size(&self, size: u64) -> Result<(), UploadError> {
-        let limit = self.gateway.config.ssh.max_file_bytes;
+        let limit = self.gateway.config().ssh.max_file_bytes;
         if limit > 0 && size > limit {
             return Err(UploadError::TooLarge {
                 file: self.target.client_view(),
