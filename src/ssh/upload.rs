@@ -2,8 +2,8 @@
 //!
 //! - Bytes go to a hidden temp file next to the target (same directory, so the final rename
 //!   is atomic); [`Upload::commit`] renames it into place. Dropped without a commit (the
-//!   client went away, the quota ran out), the temp file is deleted: an interrupted upload
-//!   leaves nothing visible.
+//!   client went away, the quota ran out, the disk filled), the temp file is deleted: an
+//!   interrupted upload leaves nothing visible.
 //! - The user's quota and the per-file size limit are checked on every write that grows the
 //!   file, so a client learns at once, not after sending 30 GiB.
 //! - While writes are sequential, their bytes are hashed as they arrive (sha256, and for a
