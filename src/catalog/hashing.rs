@@ -148,11 +148,14 @@ fn read_some(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// A reader that hashes (and optionally copies) everything read through it: used where a
 /// parser drives the reads, as when a unified tarball is walked while it is stored.
+/// A failed copy (a full disk) fails the read too, so the parser stops; it is kept apart for
+/// [`HashingReader::take_copy_error`], so that it is not reported as a corrupt input.
 pub struct HashingReader<'a, R> {
     inner: R,
     hasher: Sha256,
     size: u64,
     copy_to: Option<&'a mut dyn Write>,
+    copy_error: Option<io::Error>,
     progress: &'a mut dyn Progress,
 }
 
@@ -167,28 +170,40 @@ impl<'a, R: Read> HashingReader<'a, R> {
             hasher: Sha256::new(),
             size: 0,
             copy_to,
+            copy_error: None,
             progress,
         }
     }
 
     /// Reads whatever the parser left unread, then returns the digest of the whole stream.
-    pub fn finish(mut self) -> io::Result<StreamDigest> {
+    pub fn finish(&mut self) -> io::Result<StreamDigest> {
         let mut rest = vec![0u8; 64 << 10];
         while self.read(&mut rest)? > 0 {}
         Ok(StreamDigest {
             size: self.size,
-            sha256: hex(self.hasher.finalize()),
+            sha256: hex(std::mem::take(&mut self.hasher).finalize()),
             combined: None,
         })
+    }
+
+    /// Why the copy failed, when it did: then that, not the input, stopped the reading.
+    pub fn take_copy_error(&mut self) -> Option<io::Error> {
+        self.copy_error.take()
     }
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.copy_error.is_some() {
+            return Err(io::Error::other("the copy failed"));
+        }
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        if let Some(sink) = self.copy_to.as_mut() {
-            sink.write_all(&buf[..n])?;
+        if let Some(sink) = self.copy_to.as_mut()
+            && let Err(e) = sink.write_all(&buf[..n])
+        {
+            self.copy_error = Some(e);
+            return Err(io::Error::other("the copy failed"));
         }
         self.size += n as u64;
         self.progress.advance(self.size);
@@ -227,6 +242,28 @@ mod tests {
         let mut first = [0u8; 10];
         reader.read_exact(&mut first).unwrap();
         assert_eq!(reader.finish().unwrap(), plain);
+    }
+
+    #[test]
+    fn a_failed_copy_is_told_apart_from_the_input() {
+        let data = vec![7u8; 1000];
+        let mut full = io::BufWriter::with_capacity(
+            0,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        let mut silent = Silent;
+        let mut reader = HashingReader::new(&data[..], Some(&mut full), &mut silent);
+        assert!(reader.finish().is_err());
+        let e = reader.take_copy_error().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        // A read error of the input is no copy error.
+        let mut silent = Silent;
+        let mut reader = HashingReader::new(&data[..], None, &mut silent);
+        assert!(reader.finish().is_ok());
+        assert!(reader.take_copy_error().is_none());
     }
 
     #[test]

@@ -350,7 +350,7 @@ impl Catalog {
             None => {
                 let (staged, mut file) = stage_new(&self.dirs.tmp())?;
                 file.write_all(&meta_bytes)
-                    .map_err(|e| fsutil::with_path(e, "cannot write", &staged.path))?;
+                    .map_err(|e| copy_error(e, &meta_label))?;
                 staged
             }
         };
@@ -517,23 +517,31 @@ impl Catalog {
         let whole = io::Cursor::new(head.clone()).chain(reader);
         let mut hashing =
             HashingReader::new(whole, copy.as_mut().map(|w| w as &mut dyn Write), progress);
-        let inspected = image::inspect_tarball(
-            &head,
-            &mut hashing,
-            &label,
-            self.settings().scan_limits,
-            now,
-        )
-        .map_err(add_order_hint)?;
-        let digest = hashing.finish().map_err(|e| {
-            ImageError::new(
+        let read = (|| -> Result<_> {
+            let inspected = image::inspect_tarball(
+                &head,
+                &mut hashing,
                 &label,
-                format!("cannot be read to its end ({})", fsutil::plain_message(&e)),
+                self.settings().scan_limits,
+                now,
             )
-        })?;
+            .map_err(add_order_hint)?;
+            let digest = hashing.finish().map_err(|e| {
+                ImageError::new(
+                    &label,
+                    format!("cannot be read to its end ({})", fsutil::plain_message(&e)),
+                )
+            })?;
+            Ok((inspected, digest))
+        })();
+        // A copy that ran out of room is the data directory's trouble, not a corrupt input.
+        if let Some(e) = hashing.take_copy_error() {
+            return Err(copy_error(e, &label).into());
+        }
+        let (inspected, digest) = read?;
         if let Some(copy) = copy {
             copy.into_inner()
-                .map_err(|e| fsutil::with_path(e.into_error(), "cannot write", &staged.path))?;
+                .map_err(|e| copy_error(e.into_error(), &label))?;
         }
         progress.finish();
         sync_staged(&staged)?;

@@ -8,6 +8,10 @@
 //! left to flush. A filesystem that refuses `O_DIRECT` (tmpfs, some network filesystems)
 //! gets the same blocks through the page cache instead. The last partial block is written
 //! padded and the file truncated to its real length.
+//!
+//! A write that fails (a full disk) stops the thread at once: the next call on the
+//! [`DiskWriter`] returns that error, so the client hears it at its next write rather than
+//! after sending the rest of the file.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -49,12 +53,22 @@ enum Job {
 pub struct DiskWriter {
     jobs: mpsc::Sender<Job>,
     done: oneshot::Receiver<io::Result<Written>>,
+    /// The error the thread stopped on, once it has been received from `done`.
+    failed: Option<io::Error>,
     /// One of the gateway's writer slots, held while the writer lives.
     _slot: OwnedSemaphorePermit,
 }
 
 fn gone() -> io::Error {
     io::Error::other("the upload's writer thread stopped")
+}
+
+/// The same error again (io::Error is not Clone); the OS error code, and so the kind, stays.
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 impl DiskWriter {
@@ -83,30 +97,56 @@ impl DiskWriter {
         Ok(DiskWriter {
             jobs,
             done,
+            failed: None,
             _slot: slot,
         })
     }
 
-    pub async fn seeds(&self, seeds: Vec<(String, Sha256State)>) -> io::Result<()> {
-        self.jobs.send(Job::Seeds(seeds)).await.map_err(|_| gone())
+    /// Queues `job`; when the thread has stopped, the error it stopped on.
+    async fn send(&mut self, job: Job) -> io::Result<()> {
+        if self.failed.is_none() && self.jobs.send(job).await.is_ok() {
+            return Ok(());
+        }
+        Err(self.stopped().await)
+    }
+
+    /// Why the thread stopped: a failed write, or [`gone`] when it died without saying.
+    async fn stopped(&mut self) -> io::Error {
+        if self.failed.is_none() {
+            self.failed = Some(match (&mut self.done).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) | Err(_) => gone(),
+            });
+        }
+        self.failed.as_ref().map_or_else(gone, copy_error)
+    }
+
+    pub async fn seeds(&mut self, seeds: Vec<(String, Sha256State)>) -> io::Result<()> {
+        self.send(Job::Seeds(seeds)).await
     }
 
     /// Queues the next bytes of the file.
-    pub async fn write(&self, chunks: Vec<Bytes>) -> io::Result<()> {
-        self.jobs.send(Job::Data(chunks)).await.map_err(|_| gone())
+    pub async fn write(&mut self, chunks: Vec<Bytes>) -> io::Result<()> {
+        self.send(Job::Data(chunks)).await
     }
 
     /// Makes everything queued so far durable.
-    pub async fn sync(&self) -> io::Result<()> {
+    pub async fn sync(&mut self) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job::Sync(reply)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.send(Job::Sync(reply)).await?;
+        match answer.await {
+            Ok(synced) => synced,
+            Err(_) => Err(self.stopped().await),
+        }
     }
 
     /// Writes what is queued, sets the file's exact length and hands back the hashes.
-    pub async fn finish(self) -> io::Result<Written> {
-        self.jobs.send(Job::Finish).await.map_err(|_| gone())?;
-        self.done.await.map_err(|_| gone())?
+    pub async fn finish(mut self) -> io::Result<Written> {
+        self.send(Job::Finish).await?;
+        match self.done.await {
+            Ok(written) => written,
+            Err(_) => Err(gone()),
+        }
     }
 }
 
@@ -142,7 +182,6 @@ struct WriterState {
     total: u64,
     own: Sha256State,
     combined: Vec<(String, Sha256State)>,
-    error: Option<io::Error>,
 }
 
 impl WriterState {
@@ -156,7 +195,6 @@ impl WriterState {
             total: 0,
             own: Sha256State::new(),
             combined: Vec::new(),
-            error: None,
         }
     }
 
@@ -165,10 +203,10 @@ impl WriterState {
             match job {
                 Job::Seeds(seeds) => self.combined = seeds,
                 Job::Data(chunks) => {
-                    if self.error.is_none()
-                        && let Err(e) = self.append(&chunks)
-                    {
-                        self.error = Some(e);
+                    if let Err(e) = self.append(&chunks) {
+                        // Stop here: the next send fails and fetches this error.
+                        let _ = done.send(Err(e));
+                        return;
                     }
                 }
                 Job::Sync(reply) => {
@@ -235,18 +273,12 @@ impl WriterState {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        if let Some(e) = &self.error {
-            return Err(io::Error::new(e.kind(), e.to_string()));
-        }
         // The partial block stays in memory: it is written again, whole, once it fills.
         self.write_tail()?;
         self.file.sync_data()
     }
 
     fn finish(&mut self) -> io::Result<Written> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
         self.write_tail()?;
         Ok(Written {
             len: self.total,
@@ -276,7 +308,7 @@ mod tests {
 
     async fn write_all(path: &Path, direct: bool, body: &[u8], seed: &[u8]) -> Written {
         std::fs::write(path, b"").unwrap();
-        let writer = DiskWriter::start(path, direct, slot()).unwrap();
+        let mut writer = DiskWriter::start(path, direct, slot()).unwrap();
         let mut state = Sha256State::new();
         state.update(seed);
         writer.seeds(vec![("seed".into(), state)]).await.unwrap();
@@ -321,10 +353,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upload");
         std::fs::write(&path, b"").unwrap();
-        let writer = DiskWriter::start(&path, true, slot()).unwrap();
+        let mut writer = DiskWriter::start(&path, true, slot()).unwrap();
         writer.write(vec![Bytes::from(data(5000))]).await.unwrap();
         drop(writer);
         // Nothing hangs, and the file is at most what was written.
         assert!(std::fs::metadata(&path).unwrap().len() <= ALIGN as u64 * 2);
+    }
+
+    /// `/dev/full` fails every write with ENOSPC, as a full disk does.
+    #[tokio::test]
+    async fn a_full_disk_is_reported_at_the_next_write() {
+        let mut writer = DiskWriter::start(Path::new("/dev/full"), false, slot()).unwrap();
+        let block = Bytes::from(data(BLOCK));
+        let mut sent = 0;
+        let error = loop {
+            match writer.write(vec![block.clone()]).await {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 2 + QUEUE, "the failed write was never reported");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+        // Every later call says the same.
+        let again = writer.sync().await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::StorageFull);
+        let last = writer.finish().await.err().unwrap();
+        assert_eq!(last.kind(), io::ErrorKind::StorageFull);
     }
 }

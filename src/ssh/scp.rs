@@ -278,7 +278,7 @@ pub async fn run(
                     upload.expect_size(size)?;
                     Ok(upload)
                 });
-                let mut upload = match upload {
+                let upload = match upload {
                     Ok(upload) => upload,
                     Err(e) => {
                         if is_refusal(&e) {
@@ -296,7 +296,10 @@ pub async fn run(
                 if !reply(vec![0]).await {
                     return 1;
                 }
-                let mut problem: Option<UploadError> = None;
+                // An error replaces the upload at once: its temp file, and the room it took,
+                // go while the client still sends the rest (the protocol wants every byte).
+                let view = upload.client_view();
+                let mut upload: Result<Upload, UploadError> = Ok(upload);
                 let mut received = 0u64;
                 while received < size {
                     let want = (size - received).min(BATCH) as usize;
@@ -305,10 +308,10 @@ pub async fn run(
                         return 1;
                     };
                     let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-                    if problem.is_none()
-                        && let Err(e) = upload.write_at(received, pieces).await
+                    if let Ok(current) = &mut upload
+                        && let Err(e) = current.write_at(received, pieces).await
                     {
-                        problem = Some(e);
+                        upload = Err(e);
                     }
                     received += len;
                 }
@@ -317,19 +320,23 @@ pub async fn run(
                     Some(_) => {
                         // The source reports a read error on its side; its line follows.
                         let _ = input.line().await;
-                        problem.get_or_insert(UploadError::Io(format!(
-                            "{} was not sent whole by the client",
-                            upload.client_view()
-                        )));
+                        if upload.is_ok() {
+                            upload = Err(UploadError::Io(format!(
+                                "{view} was not sent whole by the client"
+                            )));
+                        }
                     }
                     None => return 1,
                 }
-                if let Some(time) = mtime.take() {
-                    upload.set_mtime(time);
-                }
-                let stored = match problem {
-                    Some(e) => Err(e),
-                    None => upload.commit().await.map(|_| ()),
+                let time = mtime.take();
+                let stored = match upload {
+                    Ok(mut upload) => {
+                        if let Some(time) = time {
+                            upload.set_mtime(time);
+                        }
+                        upload.commit().await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
                 };
                 let answer = match stored {
                     Ok(()) => vec![0],

@@ -121,8 +121,14 @@ impl From<UploadError> for SftpError {
             UploadError::NotFound(_) => StatusCode::NoSuchFile,
             _ => StatusCode::Failure,
         };
-        let tell = matches!(e, UploadError::Quota { .. } | UploadError::TooLarge { .. });
-        let refused = tell || matches!(e, UploadError::Jail(_));
+        let tell = matches!(
+            e,
+            UploadError::Quota { .. } | UploadError::TooLarge { .. } | UploadError::DiskFull(_)
+        );
+        let refused = matches!(
+            e,
+            UploadError::Jail(_) | UploadError::Quota { .. } | UploadError::TooLarge { .. }
+        );
         SftpError {
             code,
             message: e.to_string(),
@@ -256,13 +262,18 @@ impl SftpSession {
         result.map_err(|e| self.fail_upload("write", handle, e))
     }
 
-    /// An upload that cannot go on: say why (once) and drop it, so the temp file goes and
-    /// the quota is released at once rather than at CLOSE.
-    fn fail_upload(&mut self, request: &str, handle: &str, e: UploadError) -> SftpError {
-        let error = SftpError::from(e);
+    /// `error`, also queued for the client's stderr when OpenSSH would not show its message.
+    fn told(&mut self, error: SftpError) -> SftpError {
         if error.tell {
             self.notices.push(error.message.clone());
         }
+        error
+    }
+
+    /// An upload that cannot go on: say why (once) and drop it, so the temp file goes and
+    /// the quota is released at once rather than at CLOSE.
+    fn fail_upload(&mut self, request: &str, handle: &str, e: UploadError) -> SftpError {
+        let error = self.told(SftpError::from(e));
         if matches!(self.handles.get(handle), Some(OpenHandle::Upload(_)))
             && let Some(OpenHandle::Upload(upload)) = self.handles.remove(handle)
             && error.refused
@@ -411,15 +422,8 @@ impl Handler for SftpSession {
             }
             let keep = !pflags.contains(OpenFlags::TRUNCATE);
             let mut upload =
-                Upload::create(&self.gateway, &self.user, &self.area, path, keep, "sftp").map_err(
-                    |e| {
-                        let error = SftpError::from(e);
-                        if error.tell {
-                            self.notices.push(error.message.clone());
-                        }
-                        error
-                    },
-                )?;
+                Upload::create(&self.gateway, &self.user, &self.area, path, keep, "sftp")
+                    .map_err(|e| self.told(SftpError::from(e)))?;
             if let Some(mtime) = mtime_of(&attrs) {
                 upload.set_mtime(mtime);
             }
@@ -446,7 +450,11 @@ impl Handler for SftpSession {
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
             Some(OpenHandle::Upload(upload)) => {
-                upload.commit().await.map_err(SftpError::from)?;
+                // The handle is gone already: a failed commit drops the upload and its temp file.
+                upload
+                    .commit()
+                    .await
+                    .map_err(|e| self.told(SftpError::from(e)))?;
                 Ok(ok(id))
             }
             Some(_) => Ok(ok(id)),
@@ -710,11 +718,12 @@ impl Handler for SftpSession {
                 let mut at = 0;
                 let handle = take_string(&data, &mut at)
                     .ok_or_else(|| SftpError::from(StatusCode::BadMessage))?;
-                match self.handles.get(&handle) {
-                    Some(OpenHandle::Upload(upload)) => upload.sync().await?,
-                    Some(_) => {}
+                let synced = match self.handles.get_mut(&handle) {
+                    Some(OpenHandle::Upload(upload)) => upload.sync().await,
+                    Some(_) => Ok(()),
                     None => return Err(SftpError::bad_handle()),
-                }
+                };
+                synced.map_err(|e| self.fail_upload("fsync", &handle, e))?;
                 Ok(Packet::Status(ok(id)))
             }
             "expand-path@openssh.com" => {

@@ -2,8 +2,8 @@
 //!
 //! - Bytes go to a hidden temp file next to the target (same directory, so the final rename
 //!   is atomic); [`Upload::commit`] renames it into place. Dropped without a commit (the
-//!   client went away, the quota ran out), the temp file is deleted: an interrupted upload
-//!   leaves nothing visible.
+//!   client went away, the quota ran out, the disk filled), the temp file is deleted: an
+//!   interrupted upload leaves nothing visible.
 //! - The user's quota and the per-file size limit are checked on every write that grows the
 //!   file, so a client learns at once, not after sending 30 GiB.
 //! - While writes are sequential, their bytes are hashed as they arrive (sha256, and for a
@@ -59,6 +59,11 @@ pub enum UploadError {
     NotFound(String),
     #[error("{0} is a directory, not a file")]
     IsDirectory(String),
+    /// No room left on the disk holding the upload areas (ENOSPC or a filesystem quota).
+    #[error(
+        "upload failed: {0}: the server's disk is full; nothing was kept, try again once space is freed"
+    )]
+    DiskFull(String),
     #[error("{0}")]
     Io(String),
 }
@@ -68,6 +73,9 @@ impl UploadError {
     pub fn io(action: &str, file: &str, e: &io::Error) -> UploadError {
         match e.kind() {
             io::ErrorKind::NotFound => UploadError::NotFound(file.to_string()),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                UploadError::DiskFull(file.to_string())
+            }
             _ => UploadError::Io(format!(
                 "cannot {action} {file}: {}",
                 crate::fsutil::plain_message(e)
@@ -450,11 +458,9 @@ impl Upload {
             return Ok(());
         }
         let seeds = self.gateway.digests.metadata_seeds(self.area.root());
-        if let (Sink::Streaming { writer, .. }, false) = (&self.sink, seeds.is_empty()) {
-            writer
-                .seeds(seeds)
-                .await
-                .map_err(|e| self.io_error("write", &e))?;
+        if let (Sink::Streaming { writer, .. }, false) = (&mut self.sink, seeds.is_empty()) {
+            let sent = writer.seeds(seeds).await;
+            sent.map_err(|e| self.io_error("write", &e))?;
         }
         Ok(())
     }
@@ -479,8 +485,8 @@ impl Upload {
     }
 
     /// Forces the bytes written so far to disk (`fsync@openssh.com`).
-    pub async fn sync(&self) -> Result<(), UploadError> {
-        let synced = match &self.sink {
+    pub async fn sync(&mut self) -> Result<(), UploadError> {
+        let synced = match &mut self.sink {
             Sink::Streaming { writer, .. } => writer.sync().await,
             Sink::NotStarted | Sink::Positional => self.file.sync_data(),
         };
