@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod direct_file;
 pub mod fsutil;
 pub mod http;
 pub mod image;

@@ -13,8 +13,8 @@ use crate::sha256::{Sha256State, update_pair};
 
 /// Bytes per read; large enough that per-chunk overhead vanishes, small enough to pipeline.
 const CHUNK: usize = 1 << 20;
-/// Chunks in flight between the reader and the second thread.
-const IN_FLIGHT: usize = 4;
+/// Chunks in flight between the reader and the other stages.
+const IN_FLIGHT: usize = 8;
 
 /// Reports how far the reading of a file has come; the import command turns it into a
 /// progress line.
@@ -81,29 +81,51 @@ pub fn digest_stream(
         let _ = empty_tx.send(vec![0u8; CHUNK]);
     }
     std::thread::scope(|scope| {
-        // The worker hashes (both streams in one interleaved pass) and copies; this thread
-        // only reads, so reading overlaps with hashing.
-        let worker = scope.spawn(move || -> io::Result<(String, Option<String>)> {
+        // A pipeline: this thread reads, a second hashes (both streams in one interleaved
+        // pass), a third writes the copy. A copying import then takes as long as its slowest
+        // stage, not the sum of hashing and writing.
+        let (hashed_tx, writer) = match copy_to {
+            Some(sink) => {
+                let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+                let empty_tx = empty_tx.clone();
+                let writer = scope.spawn(move || -> io::Result<()> {
+                    for chunk in hashed_rx {
+                        sink.write_all(&chunk)?;
+                        let _ = empty_tx.send(chunk);
+                    }
+                    sink.flush()
+                });
+                (Some(hashed_tx), Some(writer))
+            }
+            None => (None, None),
+        };
+        let hasher = scope.spawn(move || -> (String, Option<String>) {
             let mut combined = combined_seed;
-            let mut copy_to = copy_to;
             for chunk in full_rx {
                 match combined.as_mut() {
                     Some(hasher) => update_pair(&mut own, hasher, &chunk),
                     None => own.update(&chunk),
                 }
-                if let Some(sink) = copy_to.as_mut() {
-                    sink.write_all(&chunk)?;
+                match &hashed_tx {
+                    Some(writer) => {
+                        if writer.send(chunk).is_err() {
+                            // The writer stopped: its join reports why.
+                            break;
+                        }
+                    }
+                    None => {
+                        // The reader may have stopped early; a closed channel is fine.
+                        let _ = empty_tx.send(chunk);
+                    }
                 }
-                // The reader may have stopped early; a closed channel is fine.
-                let _ = empty_tx.send(chunk);
             }
-            Ok((own.finalize_hex(), combined.map(Sha256State::finalize_hex)))
+            (own.finalize_hex(), combined.map(Sha256State::finalize_hex))
         });
 
         let read_result = (|| -> io::Result<()> {
             loop {
                 let Ok(mut buf) = empty_rx.recv() else {
-                    // The worker stopped: its error is reported by join below.
+                    // The other stages stopped: an error is reported by their joins below.
                     return Ok(());
                 };
                 buf.resize(CHUNK, 0);
@@ -120,9 +142,11 @@ pub fn digest_stream(
             }
         })();
         drop(full_tx);
-        let (sha256, combined) = worker
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))??;
+        let panicked = |_| io::Error::other("a hashing or copying thread panicked");
+        let (sha256, combined) = hasher.join().map_err(panicked)?;
+        if let Some(writer) = writer {
+            writer.join().map_err(panicked)??;
+        }
         read_result?;
         Ok(StreamDigest {
             size,

@@ -12,12 +12,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::hashing::{self, HashingReader, Progress, StreamDigest};
 use super::record::{Product, Provenance, Root, StoredFile, Version, VersionFiles};
 use super::{Catalog, CatalogError, Result, Transaction, alias, short};
+use crate::direct_file::DirectFile;
 use crate::fsutil;
 use crate::image::{
     self, Compression, ImageError, ImageMetadata, ImageType, Layout, RootKind, sniff,
@@ -410,7 +411,14 @@ impl Catalog {
                 let (staged, copy) = stage_new(&self.dirs.tmp())?;
                 let cloned = fsutil::try_reflink(&root_file, &copy)
                     .map_err(|e| copy_error(e, &root_label))?;
-                let mut sink = (!cloned).then(|| fsutil::WritebackFile::new(copy));
+                let mut sink = if cloned {
+                    None
+                } else {
+                    Some(
+                        DirectFile::create(&staged.path, true)
+                            .map_err(|e| fsutil::with_path(e, "cannot open", &staged.path))?,
+                    )
+                };
                 progress.start(&root_label, Some(root_size));
                 let digest = hashing::digest_stream(
                     &mut root_file,
@@ -504,15 +512,15 @@ impl Catalog {
             .into());
         }
 
-        let (staged, copy_file) = match prestaged {
+        let (staged, mut copy) = match prestaged {
             Some(staged) => (staged, None),
             None => {
-                let (staged, file) = stage_new(&self.dirs.tmp())?;
-                (staged, Some(file))
+                let (staged, _) = stage_new(&self.dirs.tmp())?;
+                let copy = DirectFile::create(&staged.path, true)
+                    .map_err(|e| fsutil::with_path(e, "cannot open", &staged.path))?;
+                (staged, Some(copy))
             }
         };
-        let mut copy = copy_file
-            .map(|file| BufWriter::with_capacity(1 << 20, fsutil::WritebackFile::new(file)));
         progress.start(&label, total);
         let whole = io::Cursor::new(head.clone()).chain(reader);
         let mut hashing =
@@ -539,9 +547,8 @@ impl Catalog {
             return Err(copy_error(e, &label).into());
         }
         let (inspected, digest) = read?;
-        if let Some(copy) = copy {
-            copy.into_inner()
-                .map_err(|e| copy_error(e.into_error(), &label))?;
+        if let Some(copy) = copy.as_mut() {
+            copy.write_tail().map_err(|e| copy_error(e, &label))?;
         }
         progress.finish();
         sync_staged(&staged)?;

@@ -1,33 +1,23 @@
 //! The thread behind an upload whose bytes arrive in order (nearly every upload): it hashes
 //! them and writes them to disk, so the connection's task only decrypts and queues.
 //!
-//! Bytes are gathered into 1 MiB blocks aligned in memory and on disk and written with
-//! `O_DIRECT`: an upload does not pass through the page cache (measured here: 0.13 instead of
-//! 0.39 CPU s/GiB for the writes, and no writeback to pay for later), and by the time the
-//! client hears its CLOSE answered the bytes are on the device, so `import` finds nothing
-//! left to flush. A filesystem that refuses `O_DIRECT` (tmpfs, some network filesystems)
-//! gets the same blocks through the page cache instead. The last partial block is written
-//! padded and the file truncated to its real length.
+//! Bytes are written in aligned 1 MiB blocks with `O_DIRECT` ([`DirectFile`]): an upload
+//! does not pass through the page cache, and by the time the client hears its CLOSE answered
+//! the bytes are on the device, so `import` finds nothing left to flush.
 //!
 //! A write that fails (a full disk) stops the thread at once: the next call on the
 //! [`DiskWriter`] returns that error, so the client hears it at its next write rather than
 //! after sending the rest of the file.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::sha256::{Sha256State, update_all};
+use crate::direct_file::DirectFile;
 
-/// Bytes per disk write.
-const BLOCK: usize = 1 << 20;
-/// Alignment `O_DIRECT` wants of buffers, offsets and lengths (covers 512 and 4096-byte
-/// sectors).
-const ALIGN: usize = 4096;
 /// Requests queued for the thread (each up to 255 KiB): enough to ride out a slow write,
 /// small enough to bound memory.
 const QUEUE: usize = 16;
@@ -75,22 +65,10 @@ impl DiskWriter {
     /// Starts writing to the (new, empty) file at `path` from offset 0; `direct` asks for
     /// `O_DIRECT`. `slot` bounds how many writer threads exist at once.
     pub fn start(path: &Path, direct: bool, slot: OwnedSemaphorePermit) -> io::Result<DiskWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        let direct_file = if direct {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
-                .open(path)
-                .ok()
-        } else {
-            None
-        };
+        let file = DirectFile::create(path, direct)?;
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (done_tx, done) = oneshot::channel();
-        let mut state = WriterState::new(file, direct_file);
+        let mut state = WriterState::new(file);
         std::thread::Builder::new()
             .name("upload-writer".into())
             .spawn(move || state.run(rx, done_tx))?;
@@ -150,49 +128,16 @@ impl DiskWriter {
     }
 }
 
-/// A buffer whose usable part starts at an `ALIGN`-aligned address.
-struct AlignedBlock {
-    storage: Vec<u8>,
-    start: usize,
-}
-
-impl AlignedBlock {
-    fn new() -> Self {
-        let storage = vec![0u8; BLOCK + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
-        AlignedBlock { storage, start }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.storage[self.start..self.start + BLOCK]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + BLOCK]
-    }
-}
-
 struct WriterState {
-    file: File,
-    direct: Option<File>,
-    block: AlignedBlock,
-    /// File offset of the block's first byte (a multiple of `BLOCK`).
-    block_offset: u64,
-    filled: usize,
-    total: u64,
+    file: DirectFile,
     own: Sha256State,
     combined: Vec<(String, Sha256State)>,
 }
 
 impl WriterState {
-    fn new(file: File, direct: Option<File>) -> Self {
+    fn new(file: DirectFile) -> Self {
         WriterState {
             file,
-            direct,
-            block: AlignedBlock::new(),
-            block_offset: 0,
-            filled: 0,
-            total: 0,
             own: Sha256State::new(),
             combined: Vec::new(),
         }
@@ -227,61 +172,19 @@ impl WriterState {
                 .chain(self.combined.iter_mut().map(|(_, state)| state))
                 .collect();
             update_all(&mut states, chunk);
-            self.total += chunk.len() as u64;
-            let mut rest: &[u8] = chunk;
-            while !rest.is_empty() {
-                let take = (BLOCK - self.filled).min(rest.len());
-                self.block.bytes_mut()[self.filled..self.filled + take]
-                    .copy_from_slice(&rest[..take]);
-                self.filled += take;
-                rest = &rest[take..];
-                if self.filled == BLOCK {
-                    self.write_block(BLOCK)?;
-                    self.block_offset += BLOCK as u64;
-                    self.filled = 0;
-                }
-            }
+            self.file.append(chunk)?;
         }
         Ok(())
     }
 
-    /// Writes the first `len` bytes of the block at its offset: directly when possible
-    /// (`len` rounded up to the alignment), else through the page cache.
-    fn write_block(&mut self, len: usize) -> io::Result<()> {
-        if let Some(direct) = &self.direct {
-            let padded = len.div_ceil(ALIGN) * ALIGN;
-            if padded > len {
-                self.block.bytes_mut()[len..padded].fill(0);
-            }
-            match direct.write_all_at(&self.block.bytes()[..padded], self.block_offset) {
-                Ok(()) => return Ok(()),
-                // The filesystem takes O_DIRECT opens but not these writes: use the cache.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                Err(e) => return Err(e),
-            }
-        }
-        self.file
-            .write_all_at(&self.block.bytes()[..len], self.block_offset)
-    }
-
-    /// Writes the partial block and cuts the file to its real length.
-    fn write_tail(&mut self) -> io::Result<()> {
-        if self.filled > 0 {
-            self.write_block(self.filled)?;
-        }
-        self.file.set_len(self.total)
-    }
-
     fn sync(&mut self) -> io::Result<()> {
-        // The partial block stays in memory: it is written again, whole, once it fills.
-        self.write_tail()?;
         self.file.sync_data()
     }
 
     fn finish(&mut self) -> io::Result<Written> {
-        self.write_tail()?;
+        self.file.write_tail()?;
         Ok(Written {
-            len: self.total,
+            len: self.file.len(),
             own: std::mem::take(&mut self.own),
             combined: std::mem::take(&mut self.combined),
         })
@@ -293,6 +196,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::direct_file::{ALIGN, BLOCK};
 
     fn data(n: usize) -> Vec<u8> {
         (0..n as u32)
