@@ -57,15 +57,21 @@ rm -rf "$work/tree"
 cat "$work/root.squashfs" >/dev/null # warm the page cache
 
 openssl_times=() dd_times=() copy_times=() move_times=()
+# Each timed command starts on a quiet disk: `sync` first, so that the writeback of the last
+# one's deletions does not land in the next one's time.
 for round in 1 2 3; do
+    sync
     openssl_times+=("$(seconds openssl dgst -sha256 "$work/root.squashfs")")
+    sync
     dd_times+=("$(seconds dd if="$work/root.squashfs" of="$work/dd.copy" bs=1M conv=fsync status=none)")
     rm -f "$work/dd.copy"
     rm -rf "$work/data"
+    sync
     copy_times+=("$(seconds "$bin" --data-dir "$work/data" import "$work/lxd.tar.xz" "$work/root.squashfs")")
     rm -rf "$work/data"
     ln -f "$work/lxd.tar.xz" "$work/m.tar.xz"
     ln -f "$work/root.squashfs" "$work/r.squashfs"
+    sync
     move_times+=("$(seconds "$bin" --data-dir "$work/data" import --move "$work/m.tar.xz" "$work/r.squashfs")")
     echo "round $round: openssl ${openssl_times[-1]} s, dd ${dd_times[-1]} s, import ${copy_times[-1]} s, import --move ${move_times[-1]} s" >&2
 done
