@@ -150,12 +150,13 @@ impl io::Write for DirectFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
 
-    fn data(n: usize) -> Vec<u8> {
+    /// `n` bytes that repeat no short pattern.
+    pub(crate) fn data(n: usize) -> Vec<u8> {
         (0..n as u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
             .collect()

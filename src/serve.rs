@@ -30,6 +30,7 @@ async fn serve(
     catalog: Arc<Catalog>,
     read_config: ReadConfig,
 ) -> anyhow::Result<()> {
+    // The configuration as read, before bound ports replace port 0: what a reload compares with.
     let baseline = config.clone();
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));

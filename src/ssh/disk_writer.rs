@@ -196,13 +196,8 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::direct_file::tests::data;
     use crate::direct_file::{ALIGN, BLOCK};
-
-    fn data(n: usize) -> Vec<u8> {
-        (0..n as u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-            .collect()
-    }
 
     fn slot() -> OwnedSemaphorePermit {
         std::sync::Arc::new(tokio::sync::Semaphore::new(1))
