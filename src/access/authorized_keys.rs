@@ -533,6 +533,19 @@ impl AuthorizedKeysFile {
         self.current()
     }
 
+    /// An unreadable file keeps the keys read before (none, if it was never read).
+    fn keep_previous(
+        &self,
+        loaded: &Option<(FileStamp, Arc<AuthorizedKeys>)>,
+        e: &std::io::Error,
+    ) -> Arc<AuthorizedKeys> {
+        tracing::warn!(path = %self.path.display(), error = %e, "cannot read authorized_keys; keeping the keys read before");
+        loaded
+            .as_ref()
+            .map(|(_, keys)| keys.clone())
+            .unwrap_or_default()
+    }
+
     /// The keys as the file says now. An unreadable file keeps the last good copy (and says
     /// so in the log); a missing file means nobody may log in.
     pub fn current(&self) -> Arc<AuthorizedKeys> {
@@ -542,13 +555,7 @@ impl AuthorizedKeysFile {
         };
         let stamp = match FileStamp::of(&self.path) {
             Ok(stamp) => stamp,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot read authorized_keys; keeping the keys read before");
-                return loaded
-                    .as_ref()
-                    .map(|(_, keys)| keys.clone())
-                    .unwrap_or_default();
-            }
+            Err(e) => return self.keep_previous(&loaded, &e),
         };
         if let Some((seen, keys)) = loaded.as_ref()
             && *seen == stamp
@@ -582,13 +589,7 @@ impl AuthorizedKeysFile {
                         );
                         keys
                     }
-                    Err(e) => {
-                        tracing::warn!(path = %self.path.display(), error = %e, "cannot read authorized_keys; keeping the keys read before");
-                        return loaded
-                            .as_ref()
-                            .map(|(_, keys)| keys.clone())
-                            .unwrap_or_default();
-                    }
+                    Err(e) => return self.keep_previous(&loaded, &e),
                 }
             }
         };
