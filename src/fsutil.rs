@@ -40,6 +40,19 @@ pub fn printable_name(name: &str) -> String {
     }
 }
 
+/// `text` cut to `max_bytes` (at a character boundary) with `…` when longer: a field of a
+/// log line that a client chose (a path, a user agent, a login) stays bounded.
+pub fn clip(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// `text` on one line: control characters (from a corrupt header, a file name) become spaces,
 /// runs of blanks one space, so a message can never forge or split log and error lines.
 pub fn one_line(text: &str) -> String {

@@ -31,23 +31,9 @@ fn publish(
             alias,
             "--remote",
             "lxc",
-            "-F",
-            "/dev/null",
-            "-i",
         ])
-        .arg(&key.private)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        // The options the tests' own ssh and scp use: this key only, no host key prompts.
+        .args(Client::new(server.ssh(), key).options())
         .env("LXD_DIR", daemon.root.join("lxd"))
         .env("LXD_CONF", daemon.conf())
         .env("HOME", daemon.root.join("home"))

@@ -789,18 +789,7 @@ async fn offering_one_key_and_signing_with_another_makes_you_the_signer() {
     use std::sync::Arc;
 
     use russh::client::{self, AuthResult};
-    use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate, load_secret_key};
-
-    struct AcceptHost;
-    impl client::Handler for AcceptHost {
-        type Error = russh::Error;
-        async fn check_server_key(
-            &mut self,
-            _key: &PublicKeyOrCertificate,
-        ) -> Result<bool, Self::Error> {
-            Ok(true)
-        }
-    }
+    use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
 
     /// Offers a key and then declines to sign with it. russh only asks for a signature
     /// after the server answered the unsigned offer with PK_OK ("this key would do").
@@ -833,7 +822,7 @@ async fn offering_one_key_and_signing_with_another_makes_you_the_signer() {
     let server = Server::start(&t, &[]);
 
     let config = Arc::new(client::Config::default());
-    let mut session = client::connect(config, server.ssh(), AcceptHost)
+    let mut session = client::connect(config, server.ssh(), support::raw_ssh::AcceptAnyHost)
         .await
         .expect("connect");
     let admin_key = load_secret_key(&admin.private, None).unwrap();

@@ -36,14 +36,7 @@ pub struct AccessRecord {
 const MAX_FIELD: usize = 512;
 
 fn clip(text: &str) -> String {
-    if text.len() <= MAX_FIELD {
-        return text.to_string();
-    }
-    let mut end = MAX_FIELD;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::fsutil::clip(text, MAX_FIELD)
 }
 
 impl AccessRecord {

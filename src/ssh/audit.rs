@@ -90,16 +90,9 @@ impl Audit {
     }
 }
 
-/// `text`, cut to [`MAX_FIELD`] bytes (at a character boundary) with `…` when longer.
+/// `text`, cut to [`MAX_FIELD`] bytes with `…` when longer.
 pub fn clip(text: &str) -> String {
-    if text.len() <= MAX_FIELD {
-        return text.to_string();
-    }
-    let mut end = MAX_FIELD;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::fsutil::clip(text, MAX_FIELD)
 }
 
 #[cfg(test)]
