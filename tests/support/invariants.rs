@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use super::contract::{PublishedImage, assert_contract};
+use super::contract::{Moment, PublishedImage, assert_contract_at};
 
 /// Runs the binary on the data directory `data`.
 pub fn run(data: &Path, args: &[&str]) -> Output {
@@ -79,17 +79,19 @@ pub fn assert_no_temp_in_www(www: &Path, context: &str) {
 }
 
 /// The tree in `data` right after a writer died, before anyone recovered it: what an HTTP
-/// server shows at that moment. Both JSON files are whole and meet the contract, every file
-/// they name is there with its size and hashes, and no temp file shows.
+/// server shows at that moment. Both JSON files are whole and meet the contract (the index
+/// may not yet list a product that was arriving: [`Moment::Interrupted`]), every file they
+/// name is there with its size and hashes, and no temp file shows.
 pub fn assert_served_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
     let www = data.join("www");
     assert_no_temp_in_www(&www, context);
-    assert_contract(&www)
+    assert_contract_at(&www, Moment::Interrupted)
 }
 
 /// The tree in `data` once a writer has recovered it (any command opening the catalog does):
-/// [`assert_served_whole`], `verify` exits 0, the journal is finished and the record and the
-/// stream name the same images. Returns the published images.
+/// [`assert_served_whole`] with every publication finished ([`Moment::AtRest`]), `verify`
+/// exits 0, the journal is finished and the record and the stream name the same images.
+/// Returns the published images.
 pub fn assert_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
     let verify = run(data, &["verify"]);
     assert!(
@@ -102,7 +104,9 @@ pub fn assert_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
         !data.join("state/journal.json").exists(),
         "{context}: the journal was not finished"
     );
-    let images = assert_served_whole(data, context);
+    let www = data.join("www");
+    assert_no_temp_in_www(&www, context);
+    let images = assert_contract_at(&www, Moment::AtRest);
     let in_stream: BTreeSet<String> = images.iter().map(|i| i.fingerprint.clone()).collect();
     assert_eq!(
         in_stream,
