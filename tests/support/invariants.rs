@@ -83,9 +83,14 @@ pub fn assert_no_temp_in_www(www: &Path, context: &str) {
 /// may not yet list a product that was arriving: [`Moment::Interrupted`]), every file they
 /// name is there with its size and hashes, and no temp file shows.
 pub fn assert_served_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
+    assert_www(data, context, Moment::Interrupted)
+}
+
+/// No temp file under `data/www` and the contract holds there at `moment`.
+fn assert_www(data: &Path, context: &str, moment: Moment) -> Vec<PublishedImage> {
     let www = data.join("www");
     assert_no_temp_in_www(&www, context);
-    assert_contract_at(&www, Moment::Interrupted)
+    assert_contract_at(&www, moment)
 }
 
 /// The tree in `data` once a writer has recovered it (any command opening the catalog does):
@@ -104,9 +109,7 @@ pub fn assert_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
         !data.join("state/journal.json").exists(),
         "{context}: the journal was not finished"
     );
-    let www = data.join("www");
-    assert_no_temp_in_www(&www, context);
-    let images = assert_contract_at(&www, Moment::AtRest);
+    let images = assert_www(data, context, Moment::AtRest);
     let in_stream: BTreeSet<String> = images.iter().map(|i| i.fingerprint.clone()).collect();
     assert_eq!(
         in_stream,
