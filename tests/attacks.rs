@@ -3,7 +3,7 @@
 //! tests/ssh.rs; here are the requests they never send (driven by russh's client), the
 //! authorized_keys corpus, and the HTTP attacks. Every server listens on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,11 +13,11 @@ use russh::ChannelMsg;
 use russh_sftp::client::error::Error as SftpClientError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use serde_json::Value;
-use support::net::USER;
-use support::raw_ssh::{self, step};
-use support::server::Server;
-use support::ssh::{Key, area, audit_events, names_in, refusal, write_authorized_keys};
-use support::{TestDir, wait_until};
+use crate::support::net::USER;
+use crate::support::raw_ssh::{self, step};
+use crate::support::server::Server;
+use crate::support::ssh::{Key, area, audit_events, names_in, refusal, write_authorized_keys};
+use crate::support::{TestDir, wait_until};
 
 // ---------------------------------------------------------------------------------------
 // SSH

@@ -1,12 +1,12 @@
 //! The catalog through the local CLI: import, list, info, alias, remove, prune, verify and
 //! rebuild; every published tree is checked against the client contract.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
-use support::contract::{PublishedImage, assert_contract};
-use support::{Meta, TestDir};
+use crate::support::contract::{PublishedImage, assert_contract};
+use crate::support::{Meta, TestDir};
 
 const PRODUCT: &str = "testos:1:amd64:default";
 const SERIAL: &str = "20251127_1200";

@@ -2,13 +2,13 @@
 //! list, inspect and export every image (fingerprints checked) when a plain static HTTPS
 //! server (openssl s_server) serves `data/www`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
-use support::clients::{Client, Family, StaticHttps, self_signed_cert};
-use support::contract::assert_contract;
-use support::{Meta, TestDir};
+use crate::support::clients::{Client, Family, StaticHttps, self_signed_cert};
+use crate::support::contract::assert_contract;
+use crate::support::{Meta, TestDir};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")

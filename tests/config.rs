@@ -2,9 +2,9 @@
 //! then flags; `config` shows each value's origin; anything unknown or ill-typed is refused
 //! with one line that names it.
 
-mod support;
+use crate::support;
 
-use support::TestDir;
+use crate::support::TestDir;
 
 fn config_output(t: &TestDir, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = t.command(&[&["config"], args].concat());

@@ -1,12 +1,12 @@
 //! deploy/ and the scripts: the systemd unit passes `systemd-analyze verify`, the container
 //! builder's dry run prints the full plan, and every shell script is shellcheck-clean.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::TestDir;
+use crate::support::TestDir;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

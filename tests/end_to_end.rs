@@ -2,12 +2,12 @@
 //! imported with `ssh host import`, then listed, inspected and exported by the real LXD 5.0.2
 //! and Incus 6.0.4 clients from the same server's HTTPS side.
 
-mod support;
+use crate::support;
 
-use support::clients::{Client as ImageClient, Family};
-use support::server::Server;
-use support::ssh::{Client, Key, write_authorized_keys};
-use support::{Meta, TestDir};
+use crate::support::clients::{Client as ImageClient, Family};
+use crate::support::server::Server;
+use crate::support::ssh::{Client, Key, write_authorized_keys};
+use crate::support::{Meta, TestDir};
 
 #[test]
 fn scp_then_ssh_import_then_lxc_and_incus_see_the_images() {

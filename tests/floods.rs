@@ -6,9 +6,9 @@
 //! server must tell them apart, as it would on a real network, so that its per-address caps
 //! and throttling stop the attacker and never the user.
 //!
-//! Each test prints one line with its figures (`cargo test --test floods -- --nocapture`).
+//! Each test prints one line with its figures (`cargo test --test main floods:: -- --nocapture`).
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
-use support::net::{ATTACKER, Memory, connect_from, memory, raise_fd_limit};
-use support::server::Server;
-use support::ssh::{Client, Key, audit_events, write_authorized_keys, write_config};
-use support::{Meta, TestDir, wait_until};
+use crate::support::net::{ATTACKER, Memory, connect_from, memory, raise_fd_limit};
+use crate::support::server::Server;
+use crate::support::ssh::{Client, Key, audit_events, write_authorized_keys, write_config};
+use crate::support::{Meta, TestDir, wait_until};
 use tokio_util::sync::CancellationToken;
 
 /// How long each step of the legitimate user may take while a flood runs.
@@ -30,6 +30,8 @@ const MEMORY_BOUND_KIB: u64 = 256 << 10;
 
 /// A server with one legitimate publisher, and that publisher's image ready to upload.
 struct Target {
+    /// Floods are timed: one at a time, never beside a torture run or the LXD daemon.
+    _exclusive: std::sync::MutexGuard<'static, ()>,
     t: TestDir,
     server: Server,
     user: Client,
@@ -40,6 +42,7 @@ struct Target {
 
 impl Target {
     fn start(name: &str, config: &str) -> Target {
+        let exclusive = support::exclusive();
         raise_fd_limit(8192);
         let t = TestDir::new();
         let key = Key::new(&t, "legit");
@@ -55,6 +58,7 @@ impl Target {
         let user = Client::new(server.ssh(), &key);
         let https = support::http::Client::new(server.https(), &t.data().join("tls/server.crt"));
         Target {
+            _exclusive: exclusive,
             t,
             server,
             user,

@@ -2,7 +2,7 @@
 //! info, alias list, export with a fingerprint check) and headless Chromium driven through
 //! chromedriver (the catalog page renders every image with no console errors).
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::http::local_http;
-use support::server::Server;
-use support::{Meta, TestDir, require_tool, wait_until};
+use crate::support::http::local_http;
+use crate::support::server::Server;
+use crate::support::{Meta, TestDir, require_tool, wait_until};
 
 fn import(t: &TestDir, files: &[&Path]) -> String {
     let mut args = vec!["import"];

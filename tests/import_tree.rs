@@ -1,12 +1,12 @@
 //! `import-tree`: migrating from an old layout (lxd-image-server, simplestream-maintainer) and
 //! from any simplestreams tree on disk, keeping serials and aliases, refusing wrong hashes.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
-use support::contract::assert_contract;
-use support::{Meta, TestDir};
+use crate::support::contract::assert_contract;
+use crate::support::{Meta, TestDir};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")

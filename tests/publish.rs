@@ -3,15 +3,15 @@
 //! ssh import), removed from the daemon, then launched back from the server over HTTPS (the
 //! daemon downloads it, trying plain HTTP first) and answers `lxc exec`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::TestDir;
-use support::lxd_daemon::{LxdDaemon, busybox_image};
-use support::server::Server;
-use support::ssh::{Client, Key, write_authorized_keys};
+use crate::support::TestDir;
+use crate::support::lxd_daemon::{LxdDaemon, busybox_image};
+use crate::support::server::Server;
+use crate::support::ssh::{Client, Key, write_authorized_keys};
 
 /// `simplestream-server publish` as a publisher runs it, against this daemon's image store.
 fn publish(

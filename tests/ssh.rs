@@ -2,7 +2,7 @@
 //! and, for the offer/sign bypass, by russh's client: uploads, imports, every role boundary,
 //! every refusal, the jail, quotas and limits.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,12 +11,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::server::Server;
-use support::ssh::{
+use crate::support::server::Server;
+use crate::support::ssh::{
     Client, Key, area, audit_events, names_in, random_file, refusal, refusal_reason, run,
     write_authorized_keys, write_config,
 };
-use support::{Meta, TestDir, wait_until};
+use crate::support::{Meta, TestDir, wait_until};
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

@@ -4,7 +4,7 @@
 //! agree (`verify` exits 0), and every change that reported success before the kill stands.
 //! The seed is printed; `TORTURE_SEED=<n>` replays a run, `TORTURE_KILLS=<n>` sets its length.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -13,9 +13,9 @@ use std::process::Stdio;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use support::server::Server;
-use support::ssh::{Client, Key, write_authorized_keys};
-use support::{Meta, TestDir, invariants};
+use crate::support::server::Server;
+use crate::support::ssh::{Client, Key, write_authorized_keys};
+use crate::support::{Meta, TestDir, invariants};
 
 /// A small xorshift generator: reproducible from its seed, no dependency.
 struct Rng(u64);
@@ -157,6 +157,7 @@ fn assert_whole(
 
 #[test]
 fn the_cli_killed_at_random_moments_never_breaks_the_tree() {
+    let _exclusive = support::exclusive();
     let t = TestDir::new();
     let mut rng = Rng::from_env();
     let pool = candidates(&t, 8);
@@ -738,6 +739,7 @@ fn check_after_restart(t: &TestDir, shared: &mut Shared, context: &str) {
 
 #[test]
 fn the_server_killed_at_random_moments_never_breaks_the_tree() {
+    let _exclusive = support::exclusive();
     let t = TestDir::new();
     let mut rng = Rng::from_env();
     let alice = Key::new(&t, "alice");

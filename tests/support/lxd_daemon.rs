@@ -5,11 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use super::require_tool;
+use std::sync::MutexGuard;
+
+use super::{exclusive, require_tool};
 
 pub struct LxdDaemon {
     pub root: PathBuf,
     child: Child,
+    /// One daemon at a time, and never beside a torture run or a flood; released after `drop`.
+    _exclusive: MutexGuard<'static, ()>,
 }
 
 impl LxdDaemon {
@@ -20,6 +24,7 @@ impl LxdDaemon {
             rustix::process::geteuid().is_root(),
             "the LXD daemon tests run as root (CI does)"
         );
+        let exclusive = exclusive();
         for dir in ["lxd", "conf", "home"] {
             std::fs::create_dir_all(root.join(dir)).expect("daemon dirs");
         }
@@ -38,6 +43,7 @@ impl LxdDaemon {
         let daemon = LxdDaemon {
             root: root.to_path_buf(),
             child,
+            _exclusive: exclusive,
         };
         let ready = Command::new(&lxd)
             .args(["waitready", "--timeout", "60"])

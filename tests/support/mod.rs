@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests: a private data directory per test, real image
 //! fixtures built with the real tools (tar + xz, mksquashfs, qemu-img), and the binary.
-//! Each test file includes this with `mod support;` and uses what it needs.
+//! tests/main.rs declares it once; each area module uses what it needs from `crate::support`.
 #![allow(dead_code)]
 
 pub mod clients;
@@ -37,6 +37,17 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
         }
     }
     panic!("`{tool}` is not installed; run `apt-get install {package}` (.ci/run does)");
+}
+
+/// Held by tests that must not overlap one another now that every area runs in one process
+/// (as separate binaries, cargo ran them one after another): the LXD daemon, the CPU-bound
+/// torture runs and the timed floods. A test that panics while holding it does not block the
+/// rest.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    EXCLUSIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls `check` until it returns Some or `timeout` passes. Never a blind sleep.
