@@ -3,8 +3,6 @@
 //! tests/ssh.rs; here are the requests they never send (driven by russh's client), the
 //! authorized_keys corpus, and the HTTP attacks. Every server listens on 127.0.0.1.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -13,6 +11,8 @@ use russh::ChannelMsg;
 use russh_sftp::client::error::Error as SftpClientError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use serde_json::Value;
+
+use crate::support;
 use crate::support::net::USER;
 use crate::support::raw_ssh::{self, step};
 use crate::support::server::Server;

@@ -1,10 +1,9 @@
 //! The catalog through the local CLI: import, list, info, alias, remove, prune, verify and
 //! rebuild; every published tree is checked against the client contract.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support;
 use crate::support::contract::{PublishedImage, assert_contract};
 use crate::support::{Meta, TestDir};
 

@@ -2,10 +2,9 @@
 //! list, inspect and export every image (fingerprints checked) when a plain static HTTPS
 //! server (openssl s_server) serves `data/www`.
 
-use crate::support;
-
 use std::path::Path;
 
+use crate::support;
 use crate::support::clients::{Client, Family, StaticHttps, self_signed_cert};
 use crate::support::contract::assert_contract;
 use crate::support::{Meta, TestDir};

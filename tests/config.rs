@@ -3,7 +3,6 @@
 //! with one line that names it.
 
 use crate::support;
-
 use crate::support::TestDir;
 
 fn config_output(t: &TestDir, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

@@ -2,10 +2,9 @@
 //! the one line a user sees, exit status 1, nothing published (the whole www/ tree compared
 //! byte for byte) and nothing moved (every source file still there, unchanged).
 
-use crate::support;
-
 use std::path::PathBuf;
 
+use crate::support;
 use crate::support::{Meta, TestDir};
 
 const GOOD_CREATED: i64 = 1_764_244_800;

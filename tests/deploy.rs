@@ -1,11 +1,10 @@
 //! deploy/ and the scripts: the systemd unit passes `systemd-analyze verify`, the container
 //! builder's dry run prints the full plan, and every shell script is shellcheck-clean.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support;
 use crate::support::TestDir;
 
 fn repo() -> PathBuf {

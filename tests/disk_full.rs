@@ -6,16 +6,17 @@
 //! leave nothing behind, keep serving the previous tree over HTTPS, and the same process
 //! works again once space returns.
 
-use crate::support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support;
 use crate::support::contract::assert_contract;
 use crate::support::server::Server;
-use crate::support::ssh::{Client, Key, area, names_in, random_file, write_authorized_keys, write_config};
+use crate::support::ssh::{
+    Client, Key, area, names_in, random_file, write_authorized_keys, write_config,
+};
 use crate::support::{Meta, TestDir, Tmpfs, invariants, wait_until};
 
 #[test]

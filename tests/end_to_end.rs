@@ -3,7 +3,6 @@
 //! and Incus 6.0.4 clients from the same server's HTTPS side.
 
 use crate::support;
-
 use crate::support::clients::{Client as ImageClient, Family};
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, write_authorized_keys};

@@ -8,8 +8,6 @@
 //!
 //! Each test prints one line with its figures (`cargo test --test main floods:: -- --nocapture`).
 
-use crate::support;
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,11 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
 use crate::support::net::{ATTACKER, Memory, connect_from, memory, raise_fd_limit};
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, audit_events, write_authorized_keys, write_config};
 use crate::support::{Meta, TestDir, wait_until};
-use tokio_util::sync::CancellationToken;
 
 /// How long each step of the legitimate user may take while a flood runs.
 const USER_BOUND: Duration = Duration::from_secs(5);

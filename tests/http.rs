@@ -2,13 +2,13 @@
 //! plain-HTTP first try and for malformed requests, and curl. Every server listens on
 //! 127.0.0.1 with an ephemeral port.
 
-use crate::support;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
+
+use crate::support;
 use crate::support::http::{Client, curl, curl_ok, parse_response, plain};
 use crate::support::server::Server;
 use crate::support::{Meta, TestDir, wait_until};

@@ -2,14 +2,14 @@
 //! info, alias list, export with a fingerprint check) and headless Chromium driven through
 //! chromedriver (the catalog page renders every image with no console errors).
 
-use crate::support;
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use crate::support;
 use crate::support::http::local_http;
 use crate::support::server::Server;
 use crate::support::{Meta, TestDir, require_tool, wait_until};

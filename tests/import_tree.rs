@@ -1,10 +1,9 @@
 //! `import-tree`: migrating from an old layout (lxd-image-server, simplestream-maintainer) and
 //! from any simplestreams tree on disk, keeping serials and aliases, refusing wrong hashes.
 
-use crate::support;
-
 use std::path::Path;
 
+use crate::support;
 use crate::support::contract::assert_contract;
 use crate::support::{Meta, TestDir};
 

@@ -3,11 +3,10 @@
 //! ssh import), removed from the daemon, then launched back from the server over HTTPS (the
 //! daemon downloads it, trying plain HTTP first) and answers `lxc exec`.
 
-use crate::support;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::support;
 use crate::support::TestDir;
 use crate::support::lxd_daemon::{LxdDaemon, busybox_image};
 use crate::support::server::Server;

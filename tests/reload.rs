@@ -2,20 +2,20 @@
 //! certificate are read again, connections open across the reload keep working, keys that
 //! wait for a restart are named, and a configuration that does not load changes nothing.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support;
 use crate::support::net::USER;
 use crate::support::raw_ssh;
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, random_file, write_authorized_keys, write_config};
 use crate::support::{TestDir, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A self-signed certificate for 127.0.0.1 made by openssl, as an operator's CA would
 /// hand over: `<name>.crt` and `<name>.key`.

@@ -2,8 +2,6 @@
 //! and, for the offer/sign bypass, by russh's client: uploads, imports, every role boundary,
 //! every refusal, the jail, quotas and limits.
 
-use crate::support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -11,6 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::support;
 use crate::support::server::Server;
 use crate::support::ssh::{
     Client, Key, area, audit_events, names_in, random_file, refusal, refusal_reason, run,

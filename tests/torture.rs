@@ -4,8 +4,6 @@
 //! agree (`verify` exits 0), and every change that reported success before the kill stands.
 //! The seed is printed; `TORTURE_SEED=<n>` replays a run, `TORTURE_KILLS=<n>` sets its length.
 
-use crate::support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +11,7 @@ use std::process::Stdio;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::support;
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, write_authorized_keys};
 use crate::support::{Meta, TestDir, invariants};
