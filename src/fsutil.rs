@@ -81,6 +81,71 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
         .map_err(|e| with_path(e, "cannot sync directory", dir))
 }
 
+/// What identifies one version of a file: device, inode, size, mtime and ctime. A user can
+/// set a file's mtime and may get a freed inode back, but cannot set its ctime, so a file
+/// replaced or changed since has another identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of the open file.
+    pub fn of_file(file: &File) -> io::Result<FileIdentity> {
+        file.metadata().map(|meta| FileIdentity::of(&meta))
+    }
+
+    /// The identity of the regular file at `path` (not following a final symlink).
+    pub fn of_path(path: &Path) -> Option<FileIdentity> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        meta.is_file().then(|| FileIdentity::of(&meta))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Same inode on the same device (whatever happened to its content since).
+    pub fn same_inode(&self, other: &FileIdentity) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+}
+
+/// Hard-links the open `file` to `dest`: the file that was opened, whatever its path names
+/// now. `Ok(false)` when linking is impossible here (another filesystem, no links, no
+/// `/proc`, or the file was deleted): the caller copies from `file` instead.
+pub fn link_open_file(file: &File, dest: &Path) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    use rustix::fs::{AtFlags, CWD, linkat};
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(CWD, source.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(true),
+        Err(errno) => {
+            let e = io::Error::from(errno);
+            match e.raw_os_error() {
+                Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::ENOENT) => Ok(false),
+                _ => Err(with_path(e, "cannot link", dest)),
+            }
+        }
+    }
+}
+
 /// A fresh temp path in `tmp_dir`: `<prefix>-<pid>-<counter>`. The pid lets a later process
 /// tell a crashed writer's leftovers from a live one's.
 pub fn temp_path(tmp_dir: &Path, prefix: &str) -> PathBuf {

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -1253,4 +1254,182 @@ fn the_host_key_is_generated_once_and_kept() {
         .unwrap(),
         Some(fingerprint)
     );
+}
+
+/// Every file images.json names, fetched over HTTPS, hashes to the sha256 the index gives it,
+/// and each metadata item's combined hashes are those of the served metadata and root.
+fn assert_served_bytes_match_the_index(s: &Setup) {
+    use sha2::Digest;
+    let client = support::http::Client::new(s.server.https(), &s.t.data().join("tls/server.crt"));
+    let fetch = |path: &str| {
+        let response = client.get(&format!("/{path}"));
+        assert_eq!(response.status, 200, "GET /{path}");
+        response.body
+    };
+    let hex = |parts: &[&[u8]]| {
+        let mut hasher = sha2::Sha256::new();
+        for part in parts {
+            hasher.update(part);
+        }
+        hex::encode(hasher.finalize())
+    };
+    let images: Value = serde_json::from_slice(&fetch("streams/v1/images.json")).unwrap();
+    let mut checked = 0;
+    for product in images["products"].as_object().unwrap().values() {
+        for version in product["versions"].as_object().unwrap().values() {
+            let items = version["items"].as_object().unwrap();
+            let served: Vec<(&Value, Vec<u8>)> = items
+                .values()
+                .map(|item| (item, fetch(item["path"].as_str().unwrap())))
+                .collect();
+            for (item, bytes) in &served {
+                assert_eq!(item["sha256"].as_str().unwrap(), hex(&[bytes]), "{item}");
+                checked += 1;
+                let Some(item_fields) = item.as_object() else {
+                    continue;
+                };
+                for (field, combined) in item_fields {
+                    let Some(root_kind) = field
+                        .strip_prefix("combined_")
+                        .and_then(|f| f.strip_suffix("_sha256"))
+                    else {
+                        continue;
+                    };
+                    let root = served.iter().find(|(other, _)| other["ftype"] == root_kind);
+                    if let Some((_, root_bytes)) = root {
+                        assert_eq!(
+                            combined.as_str().unwrap(),
+                            hex(&[bytes, root_bytes]),
+                            "{field} of {item}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "nothing published: {images}");
+}
+
+/// Two squashfs roots of the same size, with the same mtime.
+fn twin_roots(t: &TestDir, first: &str, second: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (t.file(first), t.file(second));
+    support::squashfs(&a, first);
+    support::squashfs(&b, second);
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(len(&a), len(&b));
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for path in [&a, &b] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+    (a, b)
+}
+
+/// Issue 10 item 4 (b): upload A, rename its directory away, replace A by B of the same size
+/// and mtime (the freed inode comes back), rename the directory back and import: the index
+/// names B's hash, which is what HTTPS serves.
+#[test]
+fn a_root_replaced_while_its_directory_was_renamed_is_published_with_its_own_hash() {
+    let s = setup();
+    let metadata = s.t.file("meta.tar.xz");
+    support::metadata_tarball(&metadata, &Meta::default());
+    twin_roots(&s.t, "a.squashfs", "b.squashfs");
+    let upload = "mkdir d\nput -p meta.tar.xz d/meta.tar.xz\nput -p a.squashfs d/root.squashfs\n";
+    let output = s.publisher.sftp_batch(s.t.path(), upload);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let uploads = json(&s.publisher.ok("uploads --format json"));
+    let root = uploads
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "d/root.squashfs")
+        .unwrap();
+    assert_eq!(
+        root["sha256"],
+        support::sha256_of(&[&s.t.file("a.squashfs")]).as_str(),
+        "hashed on the way in"
+    );
+    let first_inode = std::fs::metadata(area(&s.t, "alice@laptop").join("d/root.squashfs"))
+        .unwrap()
+        .ino();
+    let output = s
+        .publisher
+        .sftp_batch(s.t.path(), "rename d e\nrm e/root.squashfs\n");
+    assert!(output.status.success(), "{}", stderr(&output));
+    // A journaling filesystem hands a freed inode out again once its deletion is committed.
+    assert!(
+        std::process::Command::new("sync")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = s.publisher.sftp_batch(
+        s.t.path(),
+        "put -p b.squashfs e/root.squashfs\nrename e d\n",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second_inode = std::fs::metadata(area(&s.t, "alice@laptop").join("d/root.squashfs"))
+        .unwrap()
+        .ino();
+    eprintln!("inode reused: {}", first_inode == second_inode);
+    s.publisher.ok("import d/meta.tar.xz d/root.squashfs");
+    assert_served_bytes_match_the_index(&s);
+    let fingerprint = support::sha256_of(&[&metadata, &s.t.file("b.squashfs")]);
+    let list = json(&s.reader.ok("list --format json"));
+    assert_eq!(list[0]["fingerprint"], fingerprint.as_str());
+}
+
+/// Issue 10 item 4 (a): a root of the same size renamed over the one being imported, again
+/// and again while the import runs: whichever file is published, the index gives its hash.
+#[test]
+fn a_root_renamed_over_during_an_import_is_published_with_its_own_hash() {
+    let s = setup();
+    let metadata = s.t.file("meta.tar.xz");
+    support::metadata_tarball(&metadata, &Meta::default());
+    twin_roots(&s.t, "a.squashfs", "b.squashfs");
+    let mut published = 0;
+    for round in 0..4 {
+        let (a, b) = twin_roots(
+            &s.t,
+            &format!("a{round}.squashfs"),
+            &format!("b{round}.squashfs"),
+        );
+        // Copies of A and B, taking the root's place one after another while the import runs.
+        let swap = s.t.file(&format!("swap{round}"));
+        std::fs::create_dir(&swap).unwrap();
+        let mut swaps = String::new();
+        for n in 0..60 {
+            let copy = swap.join(format!("{n:02}.squashfs"));
+            std::fs::copy(if n % 2 == 0 { &b } else { &a }, &copy).unwrap();
+            swaps.push_str(&format!(
+                "-rename swap{round}/{n:02}.squashfs root.squashfs\n"
+            ));
+        }
+        let output = s.publisher.scp(&["-r"], &[&swap, &metadata], "");
+        assert!(output.status.success(), "{}", stderr(&output));
+        let output = s.publisher.scp(&[], &[&a], "root.squashfs");
+        assert!(output.status.success(), "{}", stderr(&output));
+        let import = s.publisher.ssh_command(
+            &[],
+            Some(&format!(
+                "import meta.tar.xz root.squashfs --serial 20260101_00{round:02}"
+            )),
+        );
+        let import = std::thread::spawn(move || run(import, None));
+        s.publisher.sftp_batch(s.t.path(), &swaps);
+        // Published, or refused because the root was renamed away at the wrong moment.
+        if import.join().unwrap().status.success() {
+            published += 1;
+            assert_served_bytes_match_the_index(&s);
+        }
+        s.publisher.sftp_batch(
+            s.t.path(),
+            &format!("-rm swap{round}/*\n-rmdir swap{round}\n-rm *.squashfs\n-rm meta.tar.xz\n"),
+        );
+    }
+    assert!(published > 0, "no import went through");
 }

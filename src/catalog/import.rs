@@ -19,7 +19,7 @@ use super::hashing::{self, HashingReader, Progress, StreamDigest};
 use super::record::{Product, Provenance, Root, StoredFile, Version, VersionFiles};
 use super::{Catalog, CatalogError, Result, Transaction, alias, short};
 use crate::direct_file::DirectFile;
-use crate::fsutil;
+use crate::fsutil::{self, FileIdentity};
 use crate::image::{
     self, Compression, ImageError, ImageMetadata, ImageType, Layout, RootKind, sniff,
 };
@@ -33,9 +33,11 @@ pub enum Transfer {
 }
 
 /// Hashes already known for a file, taken while it was uploaded, so that importing it does
-/// not read it again.
-#[derive(Debug, Clone, Default)]
+/// not read it again. They hold only for the file whose identity they name: the import
+/// checks it against the file it opened.
+#[derive(Debug, Clone)]
 pub struct KnownDigest {
+    pub identity: FileIdentity,
     pub size: u64,
     pub sha256: String,
     /// (sha256 of a metadata tarball, sha256(that metadata ‖ this file)).
@@ -150,21 +152,71 @@ fn stage_new(tmp: &Path) -> Result<(StagedFile, File)> {
     Ok((StagedFile { path }, file))
 }
 
-/// Hard-links `source` into `tmp/`. `None` when linking is impossible (another filesystem,
-/// or a filesystem without links): the caller copies instead.
-fn stage_link(tmp: &Path, source: &Path) -> Result<Option<StagedFile>> {
+/// Hard-links the open `source` into `tmp/`: the file that was opened and read, not whatever
+/// its path names by now. `None` when linking is impossible (another filesystem, a
+/// filesystem without links): the caller copies from `source` instead.
+fn stage_link(tmp: &Path, source: &File) -> Result<Option<StagedFile>> {
     let path = fsutil::temp_path(tmp, "stage");
-    match fs::hard_link(source, &path) {
-        Ok(()) => Ok(Some(StagedFile { path })),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(18 /* EXDEV */ | 1 /* EPERM */ | 95 /* EOPNOTSUPP */)
-            ) =>
-        {
-            Ok(None)
+    Ok(fsutil::link_open_file(source, &path)?.then_some(StagedFile { path }))
+}
+
+/// A source file, opened once: everything the import reads, hashes or links comes from this
+/// open file, so renaming another file over its path meanwhile changes nothing.
+struct OpenedSource {
+    file: File,
+    path: PathBuf,
+    label: String,
+    identity: FileIdentity,
+    /// The upload-time digests, kept only when they name this very file.
+    known: Option<KnownDigest>,
+}
+
+impl OpenedSource {
+    fn open(path: PathBuf, label: String, known: Option<KnownDigest>) -> Result<OpenedSource> {
+        let file = File::open(&path).map_err(|e| fsutil::with_path(e, "cannot open", &path))?;
+        let identity =
+            FileIdentity::of_file(&file).map_err(|e| fsutil::with_path(e, "cannot stat", &path))?;
+        let known = known.filter(|known| known.identity == identity && known.size == identity.size());
+        Ok(OpenedSource {
+            file,
+            path,
+            label,
+            identity,
+            known,
+        })
+    }
+
+    /// After a move: deletes the source path if it still names the file that was imported.
+    fn remove_moved(&self) {
+        if !FileIdentity::of_path(&self.path).is_some_and(|now| now.same_inode(&self.identity)) {
+            tracing::info!(path = %self.path.display(), "imported, but the source path now names another file; left in place");
+            return;
         }
-        Err(e) => Err(fsutil::with_path(e, "cannot link", source).into()),
+        if let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "imported, but cannot remove the source");
+        }
+    }
+}
+
+/// An import's input once opened.
+enum Input {
+    File(OpenedSource),
+    Stream {
+        label: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+impl Input {
+    fn open(source: ImportSource) -> Result<Input> {
+        Ok(match source {
+            ImportSource::File { path, label, known } => {
+                Input::File(OpenedSource::open(path, label, known)?)
+            }
+            ImportSource::Stream { label, reader } => Input::Stream { label, reader },
+        })
     }
 }
 
@@ -253,36 +305,41 @@ impl Catalog {
         }
         let sources = std::mem::take(&mut request.sources);
         let labels: Vec<String> = sources.iter().map(|s| s.label().to_string()).collect();
-        let move_paths: Vec<PathBuf> = match request.transfer {
-            Transfer::Move => sources
-                .iter()
-                .filter_map(|s| match s {
-                    ImportSource::File { path, .. } => Some(path.clone()),
-                    ImportSource::Stream { .. } => None,
-                })
-                .collect(),
-            Transfer::Copy => Vec::new(),
+        let wrong_count = || {
+            CatalogError::Invalid(
+                "import takes a unified tarball, or a metadata tarball and its root".into(),
+            )
         };
+        if !(1..=2).contains(&sources.len()) {
+            return Err(wrong_count());
+        }
+        let mut inputs = sources
+            .into_iter()
+            .map(Input::open)
+            .collect::<Result<Vec<Input>>>()?
+            .into_iter();
         let now = super::unix_now();
-        let staged = match <[ImportSource; 2]>::try_from(sources) {
-            Ok([metadata, root]) => {
-                self.stage_split(metadata, root, request.transfer, now, progress)?
+        let mut moved = Vec::new();
+        let staged = match (inputs.next(), inputs.next()) {
+            (Some(Input::File(metadata)), Some(Input::File(root))) => {
+                let staged = self.stage_split(&metadata, &root, request.transfer, now, progress)?;
+                moved.extend([metadata, root]);
+                staged
             }
-            Err(sources) => match <[ImportSource; 1]>::try_from(sources) {
-                Ok([unified]) => self.stage_unified(unified, request.transfer, now, progress)?,
-                Err(_) => {
-                    return Err(CatalogError::Invalid(
-                        "import takes a unified tarball, or a metadata tarball and its root".into(),
-                    ));
-                }
-            },
+            (Some(_), Some(_)) => {
+                return Err(CatalogError::Invalid(
+                    "a split image is read from two files, not from standard input".into(),
+                ));
+            }
+            (Some(unified), None) => {
+                self.stage_unified(unified, request.transfer, now, progress, &mut moved)?
+            }
+            (None, _) => return Err(wrong_count()),
         };
         let outcome = self.publish_staged(staged, &request, labels)?;
-        for path in move_paths {
-            if let Err(e) = fs::remove_file(&path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %e, "imported, but cannot remove the source");
+        if request.transfer == Transfer::Move {
+            for source in &moved {
+                source.remove_moved();
             }
         }
         Ok(outcome)
@@ -290,37 +347,21 @@ impl Catalog {
 
     fn stage_split(
         &self,
-        metadata: ImportSource,
-        root: ImportSource,
+        metadata: &OpenedSource,
+        root: &OpenedSource,
         transfer: Transfer,
         now: i64,
         progress: &mut dyn Progress,
     ) -> Result<StagedImage> {
-        let (
-            ImportSource::File {
-                path: meta_path,
-                label: meta_label,
-                ..
-            },
-            ImportSource::File {
-                path: root_path,
-                label: root_label,
-                known: root_known,
-            },
-        ) = (metadata, root)
-        else {
-            return Err(CatalogError::Invalid(
-                "a split image is read from two files, not from standard input".into(),
-            ));
-        };
+        let meta_label = metadata.label.as_str();
+        let (root_path, root_label) = (&root.path, root.label.as_str());
 
         // The metadata tarball is small: read it whole, once, and hash it from memory.
-        let meta_bytes =
-            read_metadata_file(&meta_path, &meta_label, self.settings().max_metadata_bytes)?;
+        let meta_bytes = read_metadata_file(metadata, self.settings().max_metadata_bytes)?;
         let inspected = image::inspect_tarball(
             &meta_bytes,
             &meta_bytes[..],
-            &meta_label,
+            meta_label,
             self.settings().scan_limits,
             now,
         )
@@ -329,7 +370,7 @@ impl Catalog {
             Layout::MetadataOnly => {}
             Layout::UnifiedContainer | Layout::UnifiedVm => {
                 return Err(ImageError::new(
-                    &meta_label,
+                    meta_label,
                     "is a unified image (it holds its root filesystem); import it alone",
                 )
                 .into());
@@ -343,7 +384,7 @@ impl Catalog {
             combined: None,
         };
         let meta_staged = match transfer {
-            Transfer::Move => stage_link(&self.dirs.tmp(), &meta_path)?,
+            Transfer::Move => stage_link(&self.dirs.tmp(), &metadata.file)?,
             Transfer::Copy => None,
         };
         let meta_staged = match meta_staged {
@@ -351,34 +392,30 @@ impl Catalog {
             None => {
                 let (staged, mut file) = stage_new(&self.dirs.tmp())?;
                 file.write_all(&meta_bytes)
-                    .map_err(|e| copy_error(e, &meta_label))?;
+                    .map_err(|e| copy_error(e, meta_label))?;
                 staged
             }
         };
         sync_staged(&meta_staged)?;
 
         // The root: sniffed by its magic bytes, then hashed (and copied) in one read.
-        let mut root_file =
-            File::open(&root_path).map_err(|e| fsutil::with_path(e, "cannot open", &root_path))?;
-        let root_size = root_file
-            .metadata()
-            .map_err(|e| fsutil::with_path(e, "cannot stat", &root_path))?
-            .len();
+        let mut root_file = &root.file;
+        let root_size = root.identity.size();
         let mut head = Vec::with_capacity(sniff::SNIFF_LEN);
         (&mut root_file)
             .take(sniff::SNIFF_LEN as u64)
             .read_to_end(&mut head)
             .map_err(|e| fsutil::with_path(e, "cannot read", &root_path))?;
-        let kind = check_root(&head, root_size, &root_path, &root_label)?;
+        let kind = check_root(&head, root_size, root_path, root_label)?;
         root_file
             .rewind()
             .map_err(|e| fsutil::with_path(e, "cannot read", &root_path))?;
 
         let root_linked = match transfer {
-            Transfer::Move => stage_link(&self.dirs.tmp(), &root_path)?,
+            Transfer::Move => stage_link(&self.dirs.tmp(), &root.file)?,
             Transfer::Copy => None,
         };
-        let known_combined = root_known.as_ref().and_then(|known| {
+        let known_combined = root.known.as_ref().and_then(|known| {
             let combined = known
                 .combined
                 .iter()
@@ -453,12 +490,14 @@ impl Catalog {
         })
     }
 
+    /// `moved` receives the source file, for its removal after a move.
     fn stage_unified(
         &self,
-        source: ImportSource,
+        source: Input,
         transfer: Transfer,
         now: i64,
         progress: &mut dyn Progress,
+        moved: &mut Vec<OpenedSource>,
     ) -> Result<StagedImage> {
         // `prestaged`: the source already linked (move) or cloned (copy on a CoW filesystem)
         // into tmp/, so the pass below only reads.
@@ -468,25 +507,25 @@ impl Catalog {
             Option<u64>,
             Option<StagedFile>,
         ) = match source {
-            ImportSource::File { path, label, .. } => {
-                let file =
-                    File::open(&path).map_err(|e| fsutil::with_path(e, "cannot open", &path))?;
-                let size = file
-                    .metadata()
-                    .map_err(|e| fsutil::with_path(e, "cannot stat", &path))?
-                    .len();
+            Input::File(source) => {
                 let prestaged = match transfer {
-                    Transfer::Move => stage_link(&self.dirs.tmp(), &path)?,
+                    Transfer::Move => stage_link(&self.dirs.tmp(), &source.file)?,
                     Transfer::Copy => {
                         let (staged, copy) = stage_new(&self.dirs.tmp())?;
-                        let cloned =
-                            fsutil::try_reflink(&file, &copy).map_err(|e| copy_error(e, &label))?;
+                        let cloned = fsutil::try_reflink(&source.file, &copy)
+                            .map_err(|e| copy_error(e, &source.label))?;
                         cloned.then_some(staged)
                     }
                 };
+                let file = source
+                    .file
+                    .try_clone()
+                    .map_err(|e| fsutil::with_path(e, "cannot open", &source.path))?;
+                let (label, size) = (source.label.clone(), source.identity.size());
+                moved.push(source);
                 (label, Box::new(file), Some(size), prestaged)
             }
-            ImportSource::Stream { label, reader } => (label, reader, None, None),
+            Input::Stream { label, reader } => (label, reader, None, None),
         };
 
         let mut head = Vec::with_capacity(sniff::SNIFF_LEN);
@@ -797,15 +836,11 @@ fn unified_conflict(serial: &str, product_id: &str) -> CatalogError {
 
 /// Reads a split metadata tarball whole, refusing anything larger than a metadata tarball
 /// can sensibly be (usually the root passed first).
-fn read_metadata_file(path: &Path, label: &str, limit: u64) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| fsutil::with_path(e, "cannot open", path))?;
-    let size = file
-        .metadata()
-        .map_err(|e| fsutil::with_path(e, "cannot stat", path))?
-        .len();
+fn read_metadata_file(source: &OpenedSource, limit: u64) -> Result<Vec<u8>> {
+    let (file, path, label) = (&source.file, source.path.as_path(), source.label.as_str());
+    let size = source.identity.size();
     let mut head = Vec::new();
-    (&file)
-        .take(sniff::SNIFF_LEN as u64)
+    file.take(sniff::SNIFF_LEN as u64)
         .read_to_end(&mut head)
         .map_err(|e| fsutil::with_path(e, "cannot read", path))?;
     if let Some(kind @ (RootKind::Squashfs | RootKind::Qcow2)) = RootKind::detect(&head) {
@@ -832,8 +867,7 @@ fn read_metadata_file(path: &Path, label: &str, limit: u64) -> Result<Vec<u8>> {
         .into());
     }
     let mut bytes = head;
-    (&file)
-        .take(limit)
+    file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(|e| fsutil::with_path(e, "cannot read", path))?;
     Ok(bytes)

@@ -1,9 +1,11 @@
 //! Hashes taken while files were uploaded, so that `import` of a just-uploaded image reads
 //! nothing again (the catalog asks through [`DigestCache`]).
 //!
-//! An entry is keyed by the file's real path and remembers the file's size, mtime and inode
-//! at upload: any later change (another upload over it, an edit, a removal) makes the entry
-//! stale and the catalog falls back to reading the file.
+//! An entry is keyed by the file's real path and remembers the file's identity at upload
+//! (device, inode, size, mtime and ctime: [`FileIdentity`]): any later change (another upload
+//! over it, an edit, a removal, a freed inode reused with a forged mtime) makes the entry stale
+//! and the catalog falls back to reading the file. The catalog checks the identity again on
+//! the file it opened, so a file renamed over the path after the lookup is not taken for it.
 //!
 //! Small tarballs (metadata candidates) also leave their unfinished sha256 state here. When a
 //! root upload starts in the same area, it continues a clone of that state with its own bytes,
@@ -11,14 +13,14 @@
 //! again.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::sha256::Sha256State;
 
 use crate::catalog::import::{DigestCache, KnownDigest};
+use crate::fsutil::FileIdentity;
 
 /// How long a metadata tarball's hash state is offered to root uploads that follow it.
 const METADATA_SEED_LIFETIME: Duration = Duration::from_secs(3600);
@@ -28,27 +30,7 @@ const METADATA_SEEDS_PER_AREA: usize = 2;
 /// Entries kept before stale ones are swept.
 const SWEEP_ABOVE: usize = 256;
 
-/// What identifies one version of a file on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    size: u64,
-    mtime: Option<SystemTime>,
-    inode: u64,
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> Option<FileIdentity> {
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        meta.is_file().then(|| FileIdentity {
-            size: meta.len(),
-            mtime: meta.modified().ok(),
-            inode: meta.ino(),
-        })
-    }
-}
-
 struct RecordedFile {
-    identity: FileIdentity,
     digest: KnownDigest,
 }
 
@@ -85,23 +67,23 @@ impl UploadDigests {
         }
     }
 
-    /// Remembers the digests of the file now at `path` (just renamed into place).
+    /// Remembers the digests of the file now at `path` (just renamed into place), when
+    /// `digest.identity` is still what the path names.
     pub fn record(&self, path: &Path, digest: KnownDigest) {
-        let Some(identity) = FileIdentity::of(path) else {
-            return;
-        };
-        if identity.size != digest.size {
+        if FileIdentity::of_path(path) != Some(digest.identity)
+            || digest.identity.size() != digest.size
+        {
             return;
         }
         let mut inner = self.lock();
         if inner.files.len() >= SWEEP_ABOVE {
             inner
                 .files
-                .retain(|path, file| FileIdentity::of(path) == Some(file.identity));
+                .retain(|path, file| FileIdentity::of_path(path) == Some(file.digest.identity));
         }
         inner
             .files
-            .insert(path.to_path_buf(), RecordedFile { identity, digest });
+            .insert(path.to_path_buf(), RecordedFile { digest });
     }
 
     /// Offers the finished-but-unfinalised sha256 state of a small tarball at `path` (in the
@@ -113,7 +95,7 @@ impl UploadDigests {
         sha256: String,
         state: Sha256State,
     ) {
-        let Some(identity) = FileIdentity::of(path) else {
+        let Some(identity) = FileIdentity::of_path(path) else {
             return;
         };
         let mut inner = self.lock();
@@ -139,7 +121,7 @@ impl UploadDigests {
         };
         seeds.retain(|seed| {
             seed.recorded.elapsed() < METADATA_SEED_LIFETIME
-                && FileIdentity::of(&seed.path) == Some(seed.identity)
+                && FileIdentity::of_path(&seed.path) == Some(seed.identity)
         });
         seeds
             .iter()
@@ -148,19 +130,39 @@ impl UploadDigests {
             .collect()
     }
 
-    /// Carries what is known about `from` over to `to` after a rename (same inode, size and
-    /// mtime, so the digests still hold).
-    pub fn renamed(&self, from: &Path, to: &Path) {
+    /// Carries what is known about the file `from` over to `to` after a rename. `moved` is
+    /// the renamed file's identity (from its open descriptor) before and after: a rename
+    /// changes the ctime, and the digests follow only the very file they were taken of.
+    pub fn renamed_file(&self, from: &Path, to: &Path, moved: Option<(FileIdentity, FileIdentity)>) {
         let mut inner = self.lock();
         inner.files.remove(to);
-        if let Some(file) = inner.files.remove(from) {
+        let carried = inner.files.remove(from);
+        if let (Some(mut file), Some((before, after))) = (carried, moved)
+            && file.digest.identity == before
+        {
+            file.digest.identity = after;
             inner.files.insert(to.to_path_buf(), file);
         }
         for seeds in inner.seeds.values_mut() {
             seeds.retain(|seed| seed.path != to);
-            for seed in seeds.iter_mut().filter(|seed| seed.path == from) {
-                seed.path = to.to_path_buf();
-            }
+            seeds.retain_mut(|seed| match moved {
+                Some((before, after)) if seed.path == from && seed.identity == before => {
+                    seed.path = to.to_path_buf();
+                    seed.identity = after;
+                    true
+                }
+                _ => seed.path != from,
+            });
+        }
+    }
+
+    /// Drops everything known under the directory `dir` (renamed or removed): the files in it
+    /// may be replaced while it is elsewhere.
+    pub fn forget_under(&self, dir: &Path) {
+        let mut inner = self.lock();
+        inner.files.retain(|path, _| !path.starts_with(dir));
+        for seeds in inner.seeds.values_mut() {
+            seeds.retain(|seed| !seed.path.starts_with(dir));
         }
     }
 
@@ -176,10 +178,10 @@ impl UploadDigests {
 
 impl DigestCache for UploadDigests {
     fn lookup(&self, path: &Path) -> Option<KnownDigest> {
-        let identity = FileIdentity::of(path)?;
+        let identity = FileIdentity::of_path(path)?;
         let inner = self.lock();
         let file = inner.files.get(path)?;
-        (file.identity == identity).then(|| file.digest.clone())
+        (file.digest.identity == identity).then(|| file.digest.clone())
     }
 }
 
@@ -196,6 +198,7 @@ mod tests {
         std::fs::write(&path, b"hsqs-data").unwrap();
         let digests = UploadDigests::new();
         let known = KnownDigest {
+            identity: FileIdentity::of_path(&path).unwrap(),
             size: 9,
             sha256: "abc".into(),
             combined: vec![("meta".into(), "both".into())],

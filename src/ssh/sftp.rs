@@ -40,6 +40,7 @@ use super::Gateway;
 use super::upload::{Upload, UploadError};
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{Caller, JailError, JailedPath, UploadArea};
+use crate::fsutil::FileIdentity;
 
 /// Largest request accepted: the 255 KiB writes `limits@openssh.com` invites, plus headers.
 const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -310,7 +311,20 @@ impl SftpSession {
                 "the upload area itself cannot be renamed",
             ));
         }
-        fs::symlink_metadata(from.full()).map_err(|e| io_error("rename", &from, &e))?;
+        let from_meta =
+            fs::symlink_metadata(from.full()).map_err(|e| io_error("rename", &from, &e))?;
+        // A file is held open across the rename, so that its digests follow that very file.
+        let held = from_meta
+            .is_file()
+            .then(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(from.full())
+                    .ok()
+            })
+            .flatten()
+            .and_then(|file| Some((FileIdentity::of_file(&file).ok()?, file)));
         match fs::symlink_metadata(to.full()) {
             Ok(_) if !overwrite => {
                 return Err(SftpError::new(
@@ -326,7 +340,17 @@ impl SftpSession {
             Err(_) => {}
         }
         fs::rename(from.full(), to.full()).map_err(|e| io_error("rename", &from, &e))?;
-        self.gateway.digests.renamed(from.full(), to.full());
+        let digests = &self.gateway.digests;
+        if from_meta.is_dir() {
+            digests.forget_under(from.full());
+            digests.forget_under(to.full());
+        } else {
+            let moved = held.and_then(|(before, file)| {
+                let after = FileIdentity::of_file(&file).ok()?;
+                Some((before, after))
+            });
+            digests.renamed_file(from.full(), to.full(), moved);
+        }
         Ok(())
     }
 }

@@ -613,8 +613,10 @@ impl Upload {
 
         let digests = &self.gateway.digests;
         let mut combined_with = Vec::new();
-        let sha256 = match written {
-            Some(written) if written.len == self.len => {
+        // The identity of the file this upload wrote, as it is now in place.
+        let identity = crate::fsutil::FileIdentity::of_file(&self.file).ok();
+        let sha256 = match (written, identity) {
+            (Some(written), Some(identity)) if written.len == self.len => {
                 let sha256 = written.own.clone().finalize_hex();
                 let combined: Vec<(String, String)> = written
                     .combined
@@ -625,6 +627,7 @@ impl Upload {
                 digests.record(
                     self.target.full(),
                     KnownDigest {
+                        identity,
                         size: self.len,
                         sha256: sha256.clone(),
                         combined,
