@@ -131,8 +131,8 @@ impl FileIdentity {
 /// now. `Ok(false)` when linking is impossible here (another filesystem, no links, no
 /// `/proc`, or the file was deleted): the caller copies from `file` instead.
 pub fn link_open_file(file: &File, dest: &Path) -> io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
     use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::unix::io::AsRawFd;
     let source = format!("/proc/self/fd/{}", file.as_raw_fd());
     match linkat(CWD, source.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
         Ok(()) => Ok(true),

@@ -176,7 +176,8 @@ impl OpenedSource {
         let file = File::open(&path).map_err(|e| fsutil::with_path(e, "cannot open", &path))?;
         let identity =
             FileIdentity::of_file(&file).map_err(|e| fsutil::with_path(e, "cannot stat", &path))?;
-        let known = known.filter(|known| known.identity == identity && known.size == identity.size());
+        let known =
+            known.filter(|known| known.identity == identity && known.size == identity.size());
         Ok(OpenedSource {
             file,
             path,
@@ -202,7 +203,7 @@ impl OpenedSource {
 
 /// An import's input once opened.
 enum Input {
-    File(OpenedSource),
+    File(Box<OpenedSource>),
     Stream {
         label: String,
         reader: Box<dyn Read + Send>,
@@ -213,7 +214,7 @@ impl Input {
     fn open(source: ImportSource) -> Result<Input> {
         Ok(match source {
             ImportSource::File { path, label, known } => {
-                Input::File(OpenedSource::open(path, label, known)?)
+                Input::File(Box::new(OpenedSource::open(path, label, known)?))
             }
             ImportSource::Stream { label, reader } => Input::Stream { label, reader },
         })
@@ -323,7 +324,7 @@ impl Catalog {
         let staged = match (inputs.next(), inputs.next()) {
             (Some(Input::File(metadata)), Some(Input::File(root))) => {
                 let staged = self.stage_split(&metadata, &root, request.transfer, now, progress)?;
-                moved.extend([metadata, root]);
+                moved.extend([*metadata, *root]);
                 staged
             }
             (Some(_), Some(_)) => {
@@ -405,11 +406,11 @@ impl Catalog {
         (&mut root_file)
             .take(sniff::SNIFF_LEN as u64)
             .read_to_end(&mut head)
-            .map_err(|e| fsutil::with_path(e, "cannot read", &root_path))?;
+            .map_err(|e| fsutil::with_path(e, "cannot read", root_path))?;
         let kind = check_root(&head, root_size, root_path, root_label)?;
         root_file
             .rewind()
-            .map_err(|e| fsutil::with_path(e, "cannot read", &root_path))?;
+            .map_err(|e| fsutil::with_path(e, "cannot read", root_path))?;
 
         let root_linked = match transfer {
             Transfer::Move => stage_link(&self.dirs.tmp(), &root.file)?,
@@ -436,18 +437,18 @@ impl Catalog {
                 )
             }
             (Some(staged), None) => {
-                progress.start(&root_label, Some(root_size));
+                progress.start(root_label, Some(root_size));
                 let digest =
                     hashing::digest_stream(&mut root_file, Some(meta_hasher), None, progress)
-                        .map_err(|e| fsutil::with_path(e, "cannot read", &root_path))?;
+                        .map_err(|e| fsutil::with_path(e, "cannot read", root_path))?;
                 progress.finish();
                 let combined = digest.combined.clone().unwrap_or_default();
                 (staged, digest, combined)
             }
             (None, _) => {
                 let (staged, copy) = stage_new(&self.dirs.tmp())?;
-                let cloned = fsutil::try_reflink(&root_file, &copy)
-                    .map_err(|e| copy_error(e, &root_label))?;
+                let cloned =
+                    fsutil::try_reflink(root_file, &copy).map_err(|e| copy_error(e, root_label))?;
                 let mut sink = if cloned {
                     None
                 } else {
@@ -456,14 +457,14 @@ impl Catalog {
                             .map_err(|e| fsutil::with_path(e, "cannot open", &staged.path))?,
                     )
                 };
-                progress.start(&root_label, Some(root_size));
+                progress.start(root_label, Some(root_size));
                 let digest = hashing::digest_stream(
                     &mut root_file,
                     Some(meta_hasher),
                     sink.as_mut().map(|s| s as &mut (dyn Write + Send)),
                     progress,
                 )
-                .map_err(|e| copy_error(e, &root_label))?;
+                .map_err(|e| copy_error(e, root_label))?;
                 progress.finish();
                 let combined = digest.combined.clone().unwrap_or_default();
                 (staged, digest, combined)
@@ -522,7 +523,7 @@ impl Catalog {
                     .try_clone()
                     .map_err(|e| fsutil::with_path(e, "cannot open", &source.path))?;
                 let (label, size) = (source.label.clone(), source.identity.size());
-                moved.push(source);
+                moved.push(*source);
                 (label, Box::new(file), Some(size), prestaged)
             }
             Input::Stream { label, reader } => (label, reader, None, None),

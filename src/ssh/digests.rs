@@ -133,7 +133,12 @@ impl UploadDigests {
     /// Carries what is known about the file `from` over to `to` after a rename. `moved` is
     /// the renamed file's identity (from its open descriptor) before and after: a rename
     /// changes the ctime, and the digests follow only the very file they were taken of.
-    pub fn renamed_file(&self, from: &Path, to: &Path, moved: Option<(FileIdentity, FileIdentity)>) {
+    pub fn renamed_file(
+        &self,
+        from: &Path,
+        to: &Path,
+        moved: Option<(FileIdentity, FileIdentity)>,
+    ) {
         let mut inner = self.lock();
         inner.files.remove(to);
         let carried = inner.files.remove(from);
