@@ -5,6 +5,9 @@
 //! - [`catalog`]: the image store: import, remove, aliases, retention, verify; publishes the
 //!   stream atomically under a cross-process lock.
 //! - [`streams`]: the simplestreams JSON model, tied field by field to the client contract.
+//! - [`storage`]: the published tree and the catalog record behind one interface, which the
+//!   catalog writes through and `verify` and the HTTP side read through; [`storage::local`]
+//!   is `www/` on the local filesystem.
 //! - [`access`]: roles and the upload-area jail, the one rule layer every front door calls.
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table.
 //! - [`publish`]: export from a local LXD/Incus store, upload and import, in one command.
@@ -35,4 +38,5 @@ pub mod reload;
 pub mod serve;
 pub mod sha256;
 pub mod ssh;
+pub mod storage;
 pub mod streams;

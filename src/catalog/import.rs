@@ -817,7 +817,7 @@ fn place(txn: &mut Transaction<'_>, dir: &str, part: StagedPart) -> Result<Store
             }
             continue;
         }
-        if txn.catalog().dirs().www().join(&path).exists() {
+        if txn.catalog().tree().stat(&path)?.is_some() {
             continue;
         }
         txn.place(&part.staged, &path)?;

@@ -33,23 +33,24 @@ pub mod hashing;
 pub mod import;
 pub mod record;
 pub mod remove;
-pub mod store;
 pub mod tree;
 pub mod verify;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::DataDir;
 use crate::fsutil;
 use crate::image::{ImageError, ScanLimits};
+use crate::storage::PublishedTree;
+use crate::storage::local::LocalTree;
 use crate::streams;
 use record::{CatalogState, LocatedImage, STATE_FORMAT};
-use store::{LocalStore, Store};
 
 pub use import::{ImportOutcome, ImportRequest, ImportSource, KnownDigest, Transfer};
 
@@ -98,7 +99,7 @@ impl Default for CatalogSettings {
 
 pub struct Catalog {
     dirs: DataDir,
-    store: Box<dyn Store>,
+    tree: Arc<dyn PublishedTree>,
     /// Replaced by a reload (SIGHUP); each operation reads the value in force.
     settings: std::sync::RwLock<CatalogSettings>,
 }
@@ -107,26 +108,29 @@ impl Catalog {
     /// Opens the catalog in `dirs`, creating its folders, and publishes an empty stream when
     /// there is none yet (so a new server answers clients at once).
     pub fn open(dirs: DataDir, settings: CatalogSettings) -> Result<Catalog> {
-        let store = Box::new(LocalStore::new(dirs.www()));
-        Self::open_with_store(dirs, settings, store)
+        dirs.create_layout()?;
+        let tree = Arc::new(LocalTree::new(
+            &dirs.www(),
+            dirs.state().join("catalog.json"),
+        )?);
+        Self::open_with_tree(dirs, settings, tree)
     }
 
-    /// [`Catalog::open`] publishing through `store`.
-    fn open_with_store(
+    /// [`Catalog::open`] publishing through `tree`; the layout exists.
+    fn open_with_tree(
         dirs: DataDir,
         settings: CatalogSettings,
-        store: Box<dyn Store>,
+        tree: Arc<dyn PublishedTree>,
     ) -> Result<Catalog> {
-        dirs.create_layout()?;
         let catalog = Catalog {
             dirs,
-            store,
+            tree,
             settings: std::sync::RwLock::new(settings),
         };
         // A journal left by a crashed writer is finished now, so that even read-only commands
         // (verify, list) see a consistent tree.
-        if !catalog.state_path().exists()
-            || !catalog.dirs.www().join(streams::INDEX_PATH).exists()
+        if catalog.tree.read_record()?.is_none()
+            || catalog.tree.stat(streams::INDEX_PATH)?.is_none()
             || catalog.journal_path().exists()
         {
             let mut txn = catalog.begin()?;
@@ -153,12 +157,9 @@ impl Catalog {
         *current = settings;
     }
 
-    pub(crate) fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.dirs.state().join("catalog.json")
+    /// The published tree and the record, which readers (the HTTP side) share.
+    pub fn tree(&self) -> &Arc<dyn PublishedTree> {
+        &self.tree
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -167,12 +168,10 @@ impl Catalog {
 
     /// The committed record. Never locks: the file is only ever replaced whole.
     pub fn load(&self) -> Result<CatalogState> {
-        let path = self.state_path();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(CatalogState::default()),
-            Err(e) => return Err(fsutil::with_path(e, "cannot read", &path).into()),
+        let Some(bytes) = self.tree.read_record()? else {
+            return Ok(CatalogState::default());
         };
+        let path = self.dirs.state().join("catalog.json");
         let state: CatalogState =
             serde_json::from_slice(&bytes).map_err(|e| CatalogError::CorruptState {
                 path: path.display().to_string(),
@@ -292,12 +291,12 @@ impl Transaction<'_> {
         for path in &journal.placed {
             if !self.state.path_in_use(path) {
                 tracing::warn!(path, "removing a file placed by an interrupted change");
-                self.catalog.store().delete(path)?;
+                self.catalog.tree.delete(path)?;
             }
         }
         for path in &journal.deleting {
             if !self.state.path_in_use(path) {
-                self.catalog.store().delete(path)?;
+                self.catalog.tree.delete(path)?;
             }
         }
         self.publish_stream()?;
@@ -309,7 +308,7 @@ impl Transaction<'_> {
     pub fn place(&mut self, staged: &import::StagedFile, path: &str) -> Result<()> {
         self.placed.push(path.to_string());
         self.write_journal()?;
-        self.catalog.store().publish_file(staged.path(), path)?;
+        self.catalog.tree.place(staged.path(), path)?;
         Ok(())
     }
 
@@ -355,10 +354,10 @@ impl Transaction<'_> {
                 fsutil::TempFile::write(&self.catalog.dirs.tmp(), "the catalog record", &record)?;
             let stream = self.prepare_stream()?;
             self.past_commit_point = true;
-            fsutil::rename_durably(record.path(), &self.catalog.state_path())?;
+            self.catalog.tree.commit_record(record.path())?;
             self.publish_prepared(stream)?;
             for path in &self.deleting {
-                self.catalog.store().delete(path)?;
+                self.catalog.tree.delete(path)?;
             }
         }
         remove_if_exists(&self.catalog.journal_path())?;
@@ -388,7 +387,7 @@ impl Transaction<'_> {
     /// products are added, images.json goes first; when some leave, index.json does. A
     /// change never does both: every transaction starts from a published stream.
     fn publish_prepared(&self, stream: PreparedStream) -> Result<()> {
-        let store = self.catalog.store();
+        let tree = &self.catalog.tree;
         let images = (stream.images.path(), streams::IMAGES_PATH);
         let index = (stream.index.path(), streams::INDEX_PATH);
         let order = if self.published_products().is_subset(&stream.products) {
@@ -397,20 +396,19 @@ impl Transaction<'_> {
             [index, images]
         };
         for (staged, path) in order {
-            store.publish_file(staged, path)?;
+            tree.replace(staged, path)?;
         }
         Ok(())
     }
 
     /// The products the published index.json lists (none when there is none to read).
     fn published_products(&self) -> BTreeSet<String> {
-        let mut bytes = Vec::new();
         self.catalog
-            .store()
-            .open(streams::INDEX_PATH)
-            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .tree
+            .read_to_vec(streams::INDEX_PATH, u64::MAX)
             .ok()
-            .and_then(|_| streams::index_products(&bytes))
+            .flatten()
+            .and_then(|bytes| streams::index_products(&bytes))
             .unwrap_or_default()
     }
 
@@ -459,7 +457,7 @@ impl Drop for Transaction<'_> {
         }
         let mut undone = true;
         for path in self.placed.drain(..) {
-            if let Err(e) = self.catalog.store().delete(&path) {
+            if let Err(e) = self.catalog.tree.delete(&path) {
                 tracing::warn!(path, error = %e, "cannot undo a placed file");
                 undone = false;
             }
@@ -534,40 +532,51 @@ pub fn short(fingerprint: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
     use crate::catalog::hashing::Silent;
+    use crate::storage::{ObjectMeta, Opened};
 
     /// Publishes to the local tree, but refuses the second stream file of a publication once
     /// armed: what is on disk then is what a crash between the two renames leaves.
     struct CrashBetweenStreamFiles {
-        inner: LocalStore,
+        inner: LocalTree,
         /// Armed: stream files published since.
         armed: Arc<Mutex<Option<usize>>>,
     }
 
-    impl Store for CrashBetweenStreamFiles {
-        fn publish_file(&self, staged: &Path, path: &str) -> io::Result<()> {
+    impl PublishedTree for CrashBetweenStreamFiles {
+        fn place(&self, staged: &Path, key: &str) -> io::Result<()> {
+            self.inner.place(staged, key)
+        }
+        fn replace(&self, staged: &Path, key: &str) -> io::Result<()> {
             let mut armed = self.armed.lock().unwrap();
-            if let Some(published) = armed.as_mut()
-                && (path == streams::INDEX_PATH || path == streams::IMAGES_PATH)
-            {
+            if let Some(published) = armed.as_mut() {
                 *published += 1;
                 if *published == 2 {
                     return Err(io::Error::other("simulated crash"));
                 }
             }
-            self.inner.publish_file(staged, path)
+            self.inner.replace(staged, key)
         }
-        fn delete(&self, path: &str) -> io::Result<()> {
-            self.inner.delete(path)
+        fn delete(&self, key: &str) -> io::Result<()> {
+            self.inner.delete(key)
         }
-        fn open(&self, path: &str) -> io::Result<File> {
-            self.inner.open(path)
+        fn open(&self, key: &str) -> io::Result<Option<Opened>> {
+            self.inner.open(key)
+        }
+        fn stat(&self, key: &str) -> io::Result<Option<ObjectMeta>> {
+            self.inner.stat(key)
         }
         fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
             self.inner.list(prefix)
+        }
+        fn read_record(&self) -> io::Result<Option<Vec<u8>>> {
+            self.inner.read_record()
+        }
+        fn commit_record(&self, staged: &Path) -> io::Result<()> {
+            self.inner.commit_record(staged)
         }
     }
 
@@ -635,15 +644,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dirs = DataDir::new(dir.path().join("data"));
         let armed = Arc::new(Mutex::new(None));
-        let store = Box::new(CrashBetweenStreamFiles {
-            inner: LocalStore::new(dirs.www()),
+        dirs.create_layout().unwrap();
+        let tree = Arc::new(CrashBetweenStreamFiles {
+            inner: LocalTree::new(&dirs.www(), dirs.state().join("catalog.json")).unwrap(),
             armed: armed.clone(),
         });
         let settings = CatalogSettings {
             grace_period_secs: 0,
             ..CatalogSettings::default()
         };
-        let catalog = Catalog::open_with_store(dirs.clone(), settings.clone(), store).unwrap();
+        let catalog = Catalog::open_with_tree(dirs.clone(), settings.clone(), tree).unwrap();
         let one = import(&catalog, unified(dir.path(), "one")).unwrap();
         import(&catalog, unified(dir.path(), "two")).unwrap();
 

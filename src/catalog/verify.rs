@@ -3,12 +3,13 @@
 //! record. Every problem is reported; none stops the check.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io;
 
 use super::hashing::{self, Progress};
 use super::record::{StoredFile, VersionFiles};
 use super::{Catalog, Result};
 use crate::sha256::Sha256State;
+use crate::storage::ObjectRead;
 use crate::streams;
 
 #[derive(Debug, Default)]
@@ -71,15 +72,17 @@ impl Catalog {
         place: &str,
         report: &mut VerifyReport,
     ) -> Option<Vec<u8>> {
-        let mut bytes = Vec::new();
-        let read = self
-            .store()
-            .open(&file.path)
-            .and_then(|f| f.take(file.size.saturating_add(1)).read_to_end(&mut bytes));
-        if let Err(e) = read {
-            report.problems.push(format!("{place}: {e}"));
-            return None;
-        }
+        let bytes = match self
+            .tree()
+            .read_to_vec(&file.path, file.size.saturating_add(1))
+            .and_then(|read| read.ok_or_else(|| missing(&file.path)))
+        {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                report.problems.push(format!("{place}: {e}"));
+                return None;
+            }
+        };
         report.files += 1;
         report.bytes += bytes.len() as u64;
         self.compare(
@@ -101,9 +104,14 @@ impl Catalog {
         report: &mut VerifyReport,
         progress: &mut dyn Progress,
     ) -> Option<String> {
-        let digest = self.store().open(&file.path).and_then(|mut f| {
+        let opened = self
+            .tree()
+            .open(&file.path)
+            .and_then(|opened| opened.ok_or_else(|| missing(&file.path)));
+        let digest = opened.and_then(|opened| {
             progress.start(&file.path, Some(file.size));
-            let digest = hashing::digest_stream(&mut f, seed, None, progress);
+            let mut read = ObjectRead::new(opened.reader);
+            let digest = hashing::digest_stream(&mut read, seed, None, progress);
             progress.finish();
             digest
         });
@@ -153,7 +161,7 @@ impl Catalog {
                 known.extend(version.stored_files().into_iter().map(|f| f.path.as_str()));
             }
         }
-        for path in self.store().list("images")? {
+        for path in self.tree().list("images")? {
             if !known.contains(path.as_str()) {
                 report.problems.push(format!(
                     "{path} belongs to no image (an orphan); delete it or import it"
@@ -169,16 +177,20 @@ impl Catalog {
             (streams::IMAGES_PATH, &expected.images_json),
             (streams::INDEX_PATH, &expected.index_json),
         ] {
-            let mut published = Vec::new();
-            let read = self
-                .store()
-                .open(path)
-                .and_then(|mut f| f.read_to_end(&mut published));
-            if read.is_err() || &published != bytes {
+            let published = self.tree().read_to_vec(path, u64::MAX);
+            if !matches!(published, Ok(Some(published)) if &published == bytes) {
                 report.problems.push(format!(
                     "{path} does not match the catalog record; run `rebuild`"
                 ));
             }
         }
     }
+}
+
+/// A published file the record names but the tree lacks.
+fn missing(path: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{path} is missing from the published tree"),
+    )
 }

@@ -3,52 +3,29 @@
 //!
 //! Every client asks for `index.json` and `images.json` before anything else, and a 1,000
 //! product `images.json` is megabytes: reading it (and gzipping it) for every request would
-//! cost more than sending it. A version is identified by device, inode, size and mtime; the
-//! catalog publishes by rename, so a new version is a new inode and one `stat` per request
-//! tells whether the copy is current: the next request after an import sees the new file.
+//! cost more than sending it. A version is identified by its [`ObjectVersion`] (device, inode,
+//! size and mtime for a local file); the catalog publishes by rename, so a new version is a
+//! new inode and one `stat` per request tells whether the copy is current: the next request after an import sees the new file.
 //!
 //! Only JSON under `streams/` up to [`MAX_CACHED_BYTES`] is held, in at most
 //! [`MAX_ENTRIES`] entries; anything else is streamed from disk like an image file.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::files::mid_line_vec;
 use super::preconditions::Validators;
+use crate::storage::{ObjectVersion, PublishedTree, mid_line_vec};
 
 pub const MAX_CACHED_BYTES: u64 = 32 << 20;
 const MAX_ENTRIES: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileIdentity {
-    fn of(meta: &std::fs::Metadata) -> FileIdentity {
-        FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
-
 /// One version of a JSON file.
 #[derive(Debug)]
 pub struct CachedJson {
-    identity: FileIdentity,
+    version: ObjectVersion,
     pub validators: Validators,
     pub bytes: Bytes,
     gzip: tokio::sync::OnceCell<Bytes>,
@@ -88,51 +65,46 @@ pub struct JsonCache {
 }
 
 impl JsonCache {
-    /// The held copy of `relative` (a clean path; `full` is it joined to www/) when the file
-    /// at `full` is still the very one it was read from. One `stat` of a file served moments
-    /// ago, whose inode is in memory: cheap enough for the async threads.
-    pub fn lookup(&self, relative: &str, full: &Path) -> Option<Arc<CachedJson>> {
-        let identity = FileIdentity::of(&std::fs::metadata(full).ok()?);
-        let entry = self.lock().get(relative).cloned()?;
-        (entry.identity == identity).then_some(entry)
+    /// The held copy of `key` when the object there is still the very version it was read
+    /// from. One `stat` of a file served moments ago, whose inode is in memory: cheap enough
+    /// for the async threads.
+    pub fn lookup(&self, tree: &dyn PublishedTree, key: &str) -> Option<Arc<CachedJson>> {
+        let version = tree.stat(key).ok()??.version;
+        let entry = self.lock().get(key).cloned()?;
+        (entry.version == version).then_some(entry)
     }
 
-    /// The current version of `relative`, from memory or read again; None when it does not
-    /// exist or is too large to hold. Blocking: stats and reads.
+    /// The current version of `key`, from memory or read again; None when it does not exist
+    /// or is too large to hold. Blocking: stats and reads.
     ///
-    /// On a miss `open` opens the file with the containment checks (a symlink swapped in
-    /// changes the identity, so it always comes through here) and the bytes are read from
-    /// that handle, so the bytes and the identity always agree.
-    pub fn get(
-        &self,
-        relative: &str,
-        full: &Path,
-        open: impl FnOnce() -> io::Result<Option<std::fs::File>>,
-    ) -> io::Result<Option<Arc<CachedJson>>> {
-        if let Some(entry) = self.lookup(relative, full) {
+    /// On a miss the bytes are read from the object as opened, with its metadata from that
+    /// same opening, so the bytes and the version always agree.
+    pub fn get(&self, tree: &dyn PublishedTree, key: &str) -> io::Result<Option<Arc<CachedJson>>> {
+        if let Some(entry) = self.lookup(tree, key) {
             return Ok(Some(entry));
         }
-        let Some(mut file) = open()? else {
-            self.lock().remove(relative);
+        let Some(opened) = tree.open(key)? else {
+            self.lock().remove(key);
             return Ok(None);
         };
-        let meta = file.metadata()?;
-        if meta.size() > MAX_CACHED_BYTES {
+        let size = opened.meta.size;
+        if size > MAX_CACHED_BYTES {
             return Ok(None);
         }
-        let (mut content, pad) = mid_line_vec(meta.size() as usize);
-        (&mut file).take(meta.size()).read_to_end(&mut content)?;
+        let (mut content, pad) = mid_line_vec(size as usize);
+        content.resize(pad + size as usize, 0);
+        opened.reader.read_exact_at(&mut content[pad..], 0)?;
         let entry = Arc::new(CachedJson {
-            identity: FileIdentity::of(&meta),
-            validators: Validators::of(&meta),
+            version: opened.meta.version,
+            validators: Validators::of(&opened.meta),
             bytes: Bytes::from(content).slice(pad..),
             gzip: tokio::sync::OnceCell::new(),
         });
         let mut entries = self.lock();
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(relative) {
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
             entries.clear();
         }
-        entries.insert(relative.to_string(), entry.clone());
+        entries.insert(key.to_string(), entry.clone());
         Ok(Some(entry))
     }
 
@@ -144,38 +116,27 @@ impl JsonCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn open(path: &Path) -> impl FnOnce() -> io::Result<Option<std::fs::File>> + '_ {
-        move || match std::fs::File::open(path) {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
+    use crate::storage::local::LocalTree;
 
     #[tokio::test]
     async fn a_renamed_file_is_a_new_version_and_gzip_round_trips() {
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.json");
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(www.join("streams/v1")).unwrap();
+        let path = www.join("streams/v1/index.json");
         std::fs::write(&path, b"{\"a\":1}").unwrap();
+        let tree = LocalTree::new(&www, dir.path().join("record")).unwrap();
+        let key = "streams/v1/index.json";
         let cache = JsonCache::default();
-        let first = cache
-            .get("streams/v1/index.json", &path, open(&path))
-            .unwrap()
-            .unwrap();
-        let again = cache
-            .get("streams/v1/index.json", &path, open(&path))
-            .unwrap()
-            .unwrap();
+        let first = cache.get(&tree, key).unwrap().unwrap();
+        let again = cache.get(&tree, key).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &again));
 
         let tmp = dir.path().join("tmp.json");
         std::fs::write(&tmp, b"{\"a\":2}").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let second = cache
-            .get("streams/v1/index.json", &path, open(&path))
-            .unwrap()
-            .unwrap();
+        let second = cache.get(&tree, key).unwrap().unwrap();
         assert_eq!(&second.bytes[..], b"{\"a\":2}");
         assert_ne!(first.validators.etag, second.validators.etag);
 
@@ -187,12 +148,7 @@ mod tests {
         assert_eq!(plain, b"{\"a\":2}");
 
         std::fs::remove_file(&path).unwrap();
-        assert!(
-            cache
-                .get("streams/v1/index.json", &path, open(&path))
-                .unwrap()
-                .is_none()
-        );
+        assert!(cache.get(&tree, key).unwrap().is_none());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`plain`]: LXD's plain-HTTP first try on the TLS port: image files, else a redirect.
 //! - [`app`]: the request pipeline for HTTPS, read top to bottom: access log, the pages
 //!   (`/`, `/server.crt`, `/healthz`, `/metrics`), then static files.
-//! - [`files`]: static files: path cleaning, symlink containment, ETag, ranges, streaming.
+//! - [`files`]: static files: path cleaning, resolving through the published tree, ETag,
+//!   ranges, the answer; [`body`] streams an object's bytes as the HTTPS body.
 //! - [`preconditions`]: `If-*` and `Range` evaluation (pure functions).
 //! - [`json_cache`]: the stream's JSON held in memory per file version, with its gzip form.
 //! - [`cache_policy`]: `Cache-Control` by path, and the content types.
@@ -18,6 +19,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod body;
 pub mod cache_policy;
 pub mod catalog_page;
 pub mod files;
@@ -30,7 +32,6 @@ pub mod server;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, HttpConfig};
+use crate::storage::PublishedTree;
 use tls::{CertPaths, CertStore};
 
 /// The HTTP settings, checked and in the units the code uses.
@@ -155,8 +157,8 @@ pub fn machine_hostname() -> Option<String> {
 /// Everything a request handler needs, shared by all connections.
 pub struct HttpState {
     pub catalog: Arc<Catalog>,
-    /// `data/www`, canonical: a resolved file must lie below it.
-    pub www: PathBuf,
+    /// What is served: the catalog's published tree.
+    pub tree: Arc<dyn PublishedTree>,
     /// Replaced by a reload; read with [`HttpState::settings`].
     settings: std::sync::RwLock<Arc<HttpSettings>>,
     pub certs: Arc<CertStore>,
@@ -208,14 +210,11 @@ impl Https {
         tls::ensure_certificate(&paths, &names)?;
         let certs = Arc::new(CertStore::open(paths)?);
         let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone())?);
-        let www = catalog.dirs().www();
-        let www = std::fs::canonicalize(&www)
-            .with_context(|| format!("cannot open {}", www.display()))?;
         Ok(Https {
             listener,
             state: Arc::new(HttpState {
+                tree: catalog.tree().clone(),
                 catalog,
-                www,
                 settings: std::sync::RwLock::new(Arc::new(settings)),
                 certs,
                 tls,

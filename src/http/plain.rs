@@ -7,8 +7,8 @@
 //! request is redirected to the same URL over https.
 //!
 //! One request per connection (`Connection: close`, which is what the clients send), read
-//! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. File bodies go out with
-//! `sendfile(2)`: page cache to socket, no copy through this process.
+//! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. Bodies from a
+//! local file go out with `sendfile(2)`: page cache to socket, no copy through this process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use super::HttpState;
 use super::access_log::AccessRecord;
+use super::body::ObjectStream;
 use super::files::{self, Reply, ReplyBody};
 use crate::metrics::Scheme;
 
@@ -235,9 +236,12 @@ async fn send(
             write_all(stream, &head, limit).await?;
             Ok(bytes.len() as u64)
         }
-        ReplyBody::File { file, start, len } => {
+        ReplyBody::Object { reader, start, len } => {
             write_all(stream, &head, limit).await?;
-            send_file(stream, &file, start, len, limit).await
+            match reader.local_file() {
+                Some(file) => send_file(stream, file, start, len, limit).await,
+                None => send_stream(stream, ObjectStream::new(reader, start, len), limit).await,
+            }
         }
     }
 }
@@ -300,6 +304,23 @@ async fn send_file(
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+/// Writes a body that is not a local file (an object store's bytes) frame by frame.
+async fn send_stream(
+    stream: &mut TcpStream,
+    mut body: ObjectStream,
+    limit: Duration,
+) -> std::io::Result<u64> {
+    use http_body_util::BodyExt;
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            write_all(stream, &data, limit).await?;
+            sent += data.len() as u64;
         }
     }
     Ok(sent)

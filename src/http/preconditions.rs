@@ -6,13 +6,14 @@
 //! One range gives 206; several are answered with the whole file (allowed, and no client of
 //! ours asks for them); a syntactically invalid Range header is ignored, as the RFC says.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{
     IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
 use http::{HeaderMap, HeaderValue, Method};
+
+use crate::storage::ObjectMeta;
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +26,17 @@ pub struct Validators {
 }
 
 impl Validators {
-    /// Inode, nanosecond mtime and size: a catalog publish renames a new file into place (new
-    /// inode), so two versions never share a tag even when written within one second.
-    pub fn of(meta: &std::fs::Metadata) -> Validators {
-        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    /// The tag names the object's version (a new version always has another, even when
+    /// written within one second); the date is whole seconds.
+    pub fn of(meta: &ObjectMeta) -> Validators {
+        let seconds = meta
+            .modified
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
         Validators {
-            etag: format!("\"{:x}-{:x}-{:x}\"", meta.ino(), mtime_ns, meta.size()),
-            last_modified: UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64),
-            size: meta.size(),
+            etag: meta.version.etag(),
+            last_modified: UNIX_EPOCH + Duration::from_secs(seconds),
+            size: meta.size,
         }
     }
 
