@@ -55,7 +55,7 @@ async fn serve(
         .context("cannot read the SSH listener's address")?;
 
     let host_key = gateway.host_key_fingerprint();
-    let ssh_access = crate::commands::remote_info::SshAccess {
+    let ssh_access = crate::remote::SshAccess {
         port: ssh_address.port(),
         host_key: &host_key,
     };

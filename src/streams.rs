@@ -1,184 +1,212 @@
-//! The simplestreams JSON that LXD and Incus read, generated from the catalog record.
-//! `../shared/docs/simplestreams-contract.md` is the reference; the notes below tie each choice
+//! The simplestreams model: `streams/v1/index.json` and the products files it names, as typed
+//! values that serialise to exactly what LXD and Incus read and deserialise what upstream
+//! servers publish. It knows nothing of the catalog: `catalog::stream_files` maps the record
+//! onto it, and a mirror reads an upstream tree with it.
+//!
+//! `../shared/docs/simplestreams-contract.md` is the reference; the notes below tie each field
 //! to it. Go decodes these files strictly: one field of the wrong JSON type anywhere makes the
 //! client list nothing, so every field here has exactly the type the clients declare.
+//!
+//! Reading is tolerant as the clients are: unknown fields are ignored, and fields upstream
+//! servers leave out (`variant` on Ubuntu's products, `updated` on an index entry) read as
+//! empty. Field order is the order written, and the bytes we publish must not change between
+//! releases (`verify` compares them), so new optional fields are skipped when empty.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::record::{CatalogState, Product, Version, VersionFiles};
-use crate::image::{ImageType, RootKind};
-
 pub const INDEX_PATH: &str = "streams/v1/index.json";
 pub const IMAGES_PATH: &str = "streams/v1/images.json";
 
-#[derive(Serialize)]
-struct Index<'a> {
-    format: &'static str,
-    updated: &'a str,
-    index: BTreeMap<&'static str, IndexEntry<'a>>,
+pub const INDEX_FORMAT: &str = "index:1.0";
+pub const PRODUCTS_FORMAT: &str = "products:1.0";
+/// Clients use an index entry only when its datatype is exactly this.
+pub const IMAGE_DOWNLOADS: &str = "image-downloads";
+
+/// `streams/v1/index.json`: which products files exist and what each lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(default)]
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    /// Keyed by content id (ours: `images`; Ubuntu's: `com.ubuntu.cloud:released:download`).
+    pub index: BTreeMap<String, IndexEntry>,
 }
 
-#[derive(Serialize)]
-struct IndexEntry<'a> {
-    /// Clients use an entry only when this is exactly `image-downloads`.
-    datatype: &'static str,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Clients use an entry only when this is exactly [`IMAGE_DOWNLOADS`].
+    #[serde(default)]
+    pub datatype: String,
     /// Relative to the remote URL, so a URL path prefix works.
-    path: &'static str,
-    format: &'static str,
-    updated: &'a str,
-    products: Vec<&'a str>,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    #[serde(default)]
+    pub products: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Products<'a> {
-    content_id: &'static str,
-    datatype: &'static str,
-    format: &'static str,
-    updated: &'a str,
-    products: BTreeMap<&'a str, ProductJson<'a>>,
+/// A products file (ours: `streams/v1/images.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Products {
+    #[serde(default)]
+    pub content_id: String,
+    #[serde(default)]
+    pub datatype: String,
+    #[serde(default)]
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    #[serde(default)]
+    pub products: BTreeMap<String, Product>,
 }
 
-#[derive(Serialize)]
-struct ProductJson<'a> {
-    arch: &'a str,
-    os: &'a str,
-    release: &'a str,
-    release_title: &'a str,
-    variant: &'a str,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// Debian names (amd64, arm64, …): clients silently drop a product with an unknown one.
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub release: String,
+    #[serde(default)]
+    pub release_title: String,
+    #[serde(default)]
+    pub variant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// ONE comma-separated string: an array breaks the clients' decoding.
-    aliases: String,
-    supported: bool,
-    /// Incus reads `requirements`, LXD 5.0.2 only `lxd_requirements`: both or neither.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    requirements: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    lxd_requirements: &'a BTreeMap<String, String>,
-    versions: BTreeMap<&'a str, VersionJson<'a>>,
+    #[serde(default)]
+    pub aliases: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported: Option<bool>,
+    /// `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support_eol: Option<String>,
+    /// Incus reads `requirements`, LXD 5.0.2 only `lxd_requirements`: write both or neither.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requirements: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lxd_requirements: BTreeMap<String, String>,
+    /// Keyed by serial; the first 8 characters must read as `YYYYMMDD` or clients skip it.
+    #[serde(default)]
+    pub versions: BTreeMap<String, Version>,
 }
 
-#[derive(Serialize)]
-struct VersionJson<'a> {
-    items: BTreeMap<&'static str, Item<'a>>,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Item keys mean nothing to clients; they read each item's `ftype`.
+    #[serde(default)]
+    pub items: BTreeMap<String, Item>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubname: Option<String>,
 }
 
-#[derive(Serialize, Clone, Copy)]
-struct Item<'a> {
-    ftype: &'static str,
-    path: &'a str,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// What the file is to a client: `lxd.tar.xz`, `incus.tar.xz`, `squashfs`,
+    /// `disk-kvm.img`, `root.tar.xz`, `lxd_combined.tar.gz`, … (others are not images).
+    #[serde(default)]
+    pub ftype: String,
+    /// Relative to the remote URL.
+    pub path: String,
     /// An exact JSON integer.
-    size: u64,
+    #[serde(default)]
+    pub size: u64,
     /// Lowercase hex; clients check it on every download.
-    sha256: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    combined_squashfs_sha256: Option<&'a str>,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// On a metadata item: the fingerprint of it with the version's squashfs root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_squashfs_sha256: Option<String>,
+    /// On a metadata item: the fingerprint of it with the version's qcow2 disk (a VM).
     #[serde(
+        default,
         rename = "combined_disk-kvm-img_sha256",
         skip_serializing_if = "Option::is_none"
     )]
-    combined_disk_kvm_img_sha256: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    combined_rootxz_sha256: Option<&'a str>,
+    pub combined_disk_kvm_img_sha256: Option<String>,
+    /// On a metadata item: the fingerprint of it with the version's root.tar.xz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_rootxz_sha256: Option<String>,
     /// The legacy name of `combined_rootxz_sha256`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    combined_sha256: Option<&'a str>,
-    /// Read by Incus ≥ 7.1 on unified tarballs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    combined_type: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_sha256: Option<String>,
+    /// `container` or `virtual-machine`; read by Incus ≥ 7.1 on unified tarballs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_type: Option<String>,
+    /// On a delta (`squashfs.vcdiff`): the serial of the version it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_base: Option<String>,
 }
 
-impl<'a> Item<'a> {
-    fn plain(ftype: &'static str, path: &'a str, size: u64, sha256: &'a str) -> Self {
+impl Item {
+    /// An item with no combined hashes.
+    pub fn plain(ftype: &str, path: &str, size: u64, sha256: &str) -> Item {
         Item {
-            ftype,
-            path,
+            ftype: ftype.to_string(),
+            path: path.to_string(),
             size,
-            sha256,
-            combined_squashfs_sha256: None,
-            combined_disk_kvm_img_sha256: None,
-            combined_rootxz_sha256: None,
-            combined_sha256: None,
-            combined_type: None,
+            sha256: sha256.to_string(),
+            ..Item::default()
         }
     }
+}
 
-    fn with_ftype(&self, ftype: &'static str) -> Self {
-        Item { ftype, ..*self }
+impl Index {
+    /// Reads an index.json.
+    pub fn from_json(bytes: &[u8]) -> Result<Index, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The entries clients use: datatype `image-downloads`, by content id.
+    pub fn image_downloads(&self) -> impl Iterator<Item = (&str, &IndexEntry)> {
+        self.index
+            .iter()
+            .filter(|(_, entry)| entry.datatype == IMAGE_DOWNLOADS)
+            .map(|(id, entry)| (id.as_str(), entry))
+    }
+
+    /// Every product id the index lists, across its entries.
+    pub fn product_ids(&self) -> BTreeSet<String> {
+        self.index
+            .values()
+            .flat_map(|entry| entry.products.iter().cloned())
+            .collect()
+    }
+
+    /// The bytes to publish: compact JSON and a final newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
     }
 }
 
-/// The two stream files, ready to publish (images.json first, then index.json).
-pub struct Stream {
-    pub images_json: Vec<u8>,
-    pub index_json: Vec<u8>,
-}
-
-/// Generates both files. Deterministic: the same state gives the same bytes.
-pub fn generate(state: &CatalogState) -> Stream {
-    let updated = rfc2822(state.updated);
-    let products: BTreeMap<&str, ProductJson<'_>> = state
-        .products
-        .iter()
-        .filter(|(_, product)| !product.versions.is_empty())
-        .map(|(id, product)| (id.as_str(), product_json(product)))
-        .collect();
-    let product_ids: Vec<&str> = products.keys().copied().collect();
-    let images = Products {
-        content_id: "images",
-        datatype: "image-downloads",
-        format: "products:1.0",
-        updated: &updated,
-        products,
-    };
-    let index = Index {
-        format: "index:1.0",
-        updated: &updated,
-        index: BTreeMap::from([(
-            "images",
-            IndexEntry {
-                datatype: "image-downloads",
-                path: IMAGES_PATH,
-                format: "products:1.0",
-                updated: &updated,
-                products: product_ids,
-            },
-        )]),
-    };
-    Stream {
-        images_json: to_json(&images),
-        index_json: to_json(&index),
+impl Products {
+    /// Reads a products file.
+    pub fn from_json(bytes: &[u8]) -> Result<Products, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
-}
 
-/// The product ids a stream generated from `state` lists: those with a version.
-pub fn product_ids(state: &CatalogState) -> BTreeSet<String> {
-    state
-        .products
-        .iter()
-        .filter(|(_, product)| !product.versions.is_empty())
-        .map(|(id, _)| id.clone())
-        .collect()
+    /// The bytes to publish: compact JSON and a final newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
 }
 
 /// The product ids a published index.json lists; `None` when the bytes are not one.
 pub fn index_products(index_json: &[u8]) -> Option<BTreeSet<String>> {
-    #[derive(Deserialize)]
-    struct Index {
-        index: BTreeMap<String, Entry>,
-    }
-    #[derive(Deserialize)]
-    struct Entry {
-        products: Vec<String>,
-    }
-    let index: Index = serde_json::from_slice(index_json).ok()?;
-    Some(
-        index
-            .index
-            .into_values()
-            .flat_map(|entry| entry.products)
-            .collect(),
-    )
+    Index::from_json(index_json)
+        .ok()
+        .map(|index| index.product_ids())
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -186,93 +214,6 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(value).unwrap_or_default();
     bytes.push(b'\n');
     bytes
-}
-
-fn product_json(product: &Product) -> ProductJson<'_> {
-    ProductJson {
-        arch: &product.arch,
-        os: &product.os,
-        release: &product.release,
-        release_title: &product.release,
-        variant: &product.variant,
-        aliases: product
-            .aliases
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        supported: true,
-        requirements: &product.requirements,
-        lxd_requirements: &product.requirements,
-        versions: product
-            .versions
-            .iter()
-            .map(|(serial, version)| (serial.as_str(), version_json(version)))
-            .collect(),
-    }
-}
-
-/// Every version publishes twin metadata items, `lxd.*` for LXD and `incus.*` for Incus, on the
-/// same file with the same hashes: each client family reads only its own ftype.
-fn version_json(version: &Version) -> VersionJson<'_> {
-    let mut items = BTreeMap::new();
-    match &version.files {
-        VersionFiles::Split { metadata, roots } => {
-            let mut meta = Item::plain(
-                "lxd.tar.xz",
-                &metadata.path,
-                metadata.size,
-                &metadata.sha256,
-            );
-            for root in roots.values() {
-                let combined = Some(root.combined_sha256.as_str());
-                let (item_key, ftype) = match root.kind {
-                    RootKind::Squashfs => {
-                        meta.combined_squashfs_sha256 = combined;
-                        ("root.squashfs", "squashfs")
-                    }
-                    RootKind::Qcow2 => {
-                        meta.combined_disk_kvm_img_sha256 = combined;
-                        ("disk.qcow2", "disk-kvm.img")
-                    }
-                    RootKind::TarXz => {
-                        meta.combined_rootxz_sha256 = combined;
-                        meta.combined_sha256 = combined;
-                        ("root.tar.xz", "root.tar.xz")
-                    }
-                };
-                debug_assert_eq!(ftype, root.kind.ftype());
-                items.insert(
-                    item_key,
-                    Item::plain(ftype, &root.file.path, root.file.size, &root.file.sha256),
-                );
-            }
-            items.insert("incus.tar.xz", meta.with_ftype("incus.tar.xz"));
-            items.insert("lxd.tar.xz", meta);
-        }
-        VersionFiles::Unified {
-            tarball,
-            image_type,
-            ..
-        } => {
-            let mut unified = Item::plain(
-                "lxd_combined.tar.gz",
-                &tarball.path,
-                tarball.size,
-                &tarball.sha256,
-            );
-            unified.combined_type = Some(match image_type {
-                ImageType::Container => "container",
-                ImageType::VirtualMachine => "virtual-machine",
-            });
-            items.insert(
-                "incus_combined.tar.gz",
-                unified.with_ftype("incus_combined.tar.gz"),
-            );
-            items.insert("lxd_combined.tar.gz", unified);
-        }
-    }
-    VersionJson { items }
 }
 
 /// RFC 2822 date in UTC, the format of the stream's `updated` fields.
@@ -293,19 +234,130 @@ mod tests {
     }
 
     #[test]
-    fn index_products_reads_what_generate_writes() {
-        let stream = generate(&CatalogState::default());
-        assert_eq!(index_products(&stream.index_json), Some(BTreeSet::new()));
+    fn index_products_reads_every_entry() {
+        let index = br#"{"format":"index:1.0","index":{
+            "a":{"datatype":"image-downloads","path":"streams/v1/a.json","products":["p1","p2"]},
+            "b":{"datatype":"image-ids","path":"streams/v1/b.json","products":["p3"]}}}"#;
+        let ids: Vec<String> = index_products(index).unwrap().into_iter().collect();
+        assert_eq!(ids, ["p1", "p2", "p3"]);
         assert_eq!(index_products(b"{\"index\": 1}"), None);
         assert_eq!(index_products(b"not json"), None);
     }
 
     #[test]
-    fn empty_catalog_still_gives_valid_files() {
-        let stream = generate(&CatalogState::default());
-        let index: serde_json::Value = serde_json::from_slice(&stream.index_json).unwrap();
-        assert_eq!(index["index"]["images"]["products"], serde_json::json!([]));
-        let images: serde_json::Value = serde_json::from_slice(&stream.images_json).unwrap();
-        assert_eq!(images["products"], serde_json::json!({}));
+    fn what_is_written_reads_back_the_same() {
+        let mut item = Item::plain("lxd.tar.xz", "images/a/lxd.tar.xz", 12, "ab");
+        item.combined_squashfs_sha256 = Some("cd".into());
+        let products = Products {
+            content_id: "images".into(),
+            datatype: IMAGE_DOWNLOADS.into(),
+            format: PRODUCTS_FORMAT.into(),
+            updated: Some(rfc2822(0)),
+            products: BTreeMap::from([(
+                "debian:12:amd64:default".into(),
+                Product {
+                    arch: "amd64".into(),
+                    aliases: "debian/12,debian/bookworm".into(),
+                    supported: Some(true),
+                    versions: BTreeMap::from([(
+                        "20261127_0000".into(),
+                        Version {
+                            items: BTreeMap::from([("lxd.tar.xz".into(), item)]),
+                            ..Version::default()
+                        },
+                    )]),
+                    ..Product::default()
+                },
+            )]),
+        };
+        let bytes = products.to_json();
+        assert!(bytes.ends_with(b"}\n"));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""aliases":"debian/12,debian/bookworm""#),
+            "{text}"
+        );
+        assert!(!text.contains("md5") && !text.contains("label"), "{text}");
+        assert_eq!(Products::from_json(&bytes).unwrap(), products);
+    }
+
+    /// An index as Ubuntu's cloud-images publishes it: another content id and path, another
+    /// datatype beside it, fields we do not model.
+    #[test]
+    fn an_upstream_index_reads() {
+        let index = br#"{"index": {
+            "com.ubuntu.cloud:released:download": {"datatype": "image-downloads",
+                "path": "streams/v1/com.ubuntu.cloud:released:download.json",
+                "updated": "Thu, 26 Nov 2026 08:00:00 +0000", "format": "products:1.0",
+                "products": ["com.ubuntu.cloud:server:24.04:amd64"],
+                "clouds": [{"region": "x"}], "content_id": "com.ubuntu.cloud:released:download"},
+            "com.ubuntu.cloud:released:aws": {"datatype": "image-ids", "path": "streams/v1/aws.json",
+                "products": ["com.ubuntu.cloud:server:24.04:amd64"]}},
+            "updated": "Thu, 26 Nov 2026 08:00:00 +0000", "format": "index:1.0"}"#;
+        let index = Index::from_json(index).unwrap();
+        let downloads: Vec<(&str, &str)> = index
+            .image_downloads()
+            .map(|(id, entry)| (id, entry.path.as_str()))
+            .collect();
+        assert_eq!(
+            downloads,
+            [(
+                "com.ubuntu.cloud:released:download",
+                "streams/v1/com.ubuntu.cloud:released:download.json"
+            )]
+        );
+    }
+
+    /// Products as images.linuxcontainers.org (incus.tar.xz metadata, a delta, colons in
+    /// serials) and Ubuntu (lxd.tar.xz, md5, items that are not images, no variant) write them.
+    #[test]
+    fn upstream_products_read() {
+        let lxc_ci = br#"{"content_id": "images", "datatype": "image-downloads",
+            "format": "products:1.0", "updated": "x",
+            "products": {"debian:bookworm:amd64:default": {"aliases": "debian/bookworm/default,debian/12",
+                "arch": "amd64", "os": "Debian", "release": "bookworm", "release_title": "bookworm",
+                "variant": "default", "requirements": {"secureboot": "false"},
+                "versions": {"20261127_05:24": {"items": {
+                    "incus.tar.xz": {"ftype": "incus.tar.xz", "path": "images/debian/bookworm/amd64/default/20261127_05:24/incus.tar.xz",
+                        "size": 880, "sha256": "aa", "combined_squashfs_sha256": "bb",
+                        "combined_disk-kvm-img_sha256": "cc"},
+                    "root.squashfs": {"ftype": "squashfs", "path": "p/rootfs.squashfs", "size": 9, "sha256": "dd"},
+                    "delta-20261126_05:24": {"ftype": "squashfs.vcdiff", "path": "p/delta-20261126_05:24.vcdiff",
+                        "size": 3, "sha256": "ee", "delta_base": "20261126_05:24"}}}}}}}"#;
+        let products = Products::from_json(lxc_ci).unwrap();
+        let product = &products.products["debian:bookworm:amd64:default"];
+        assert_eq!(product.requirements["secureboot"], "false");
+        let items = &product.versions["20261127_05:24"].items;
+        assert_eq!(
+            items["incus.tar.xz"]
+                .combined_disk_kvm_img_sha256
+                .as_deref(),
+            Some("cc")
+        );
+        assert_eq!(
+            items["delta-20261126_05:24"].delta_base.as_deref(),
+            Some("20261126_05:24")
+        );
+
+        let ubuntu = br#"{"content_id": "com.ubuntu.cloud:released:download",
+            "datatype": "image-downloads", "format": "products:1.0", "license": "x",
+            "products": {"com.ubuntu.cloud:server:24.04:amd64": {"aliases": "24.04,noble,lts",
+                "arch": "amd64", "os": "ubuntu", "release": "noble", "release_codename": "Noble Numbat",
+                "release_title": "24.04 LTS", "support_eol": "2029-05-31", "supported": true,
+                "version": "24.04", "versions": {"20261127": {"label": "release",
+                    "pubname": "ubuntu-noble-24.04-amd64-server-20261127", "items": {
+                    "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "server/releases/noble/release-20261127/ubuntu-24.04-server-cloudimg-amd64-lxd.tar.xz",
+                        "size": 432, "sha256": "ff", "md5": "00", "combined_rootxz_sha256": "11",
+                        "combined_sha256": "11", "combined_squashfs_sha256": "22"},
+                    "manifest": {"ftype": "manifest", "path": "m.manifest", "size": 1, "sha256": "33", "md5": "44"}}}}}}}"#;
+        let products = Products::from_json(ubuntu).unwrap();
+        let product = &products.products["com.ubuntu.cloud:server:24.04:amd64"];
+        assert_eq!(product.variant, "");
+        assert_eq!(product.supported, Some(true));
+        assert_eq!(product.version.as_deref(), Some("24.04"));
+        let version = &product.versions["20261127"];
+        assert_eq!(version.label.as_deref(), Some("release"));
+        assert_eq!(version.items["lxd.tar.xz"].md5.as_deref(), Some("00"));
+        assert_eq!(version.items["manifest"].ftype, "manifest");
     }
 }

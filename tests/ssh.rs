@@ -1248,7 +1248,7 @@ fn the_host_key_is_generated_once_and_kept() {
         .unwrap();
     assert!(stdout(&shown).contains(&fingerprint), "{}", stdout(&shown));
     assert_eq!(
-        simplestream_server::ssh::host_key_fingerprint(
+        simplestream_server::host_keys::host_key_fingerprint(
             &simplestream_server::data_dir::DataDir::new(t.data())
         )
         .unwrap(),

@@ -19,6 +19,7 @@ use super::hashing::{self, HashingReader, Progress, StreamDigest};
 use super::record::{Product, Provenance, Root, StoredFile, Version, VersionFiles};
 use super::{Catalog, CatalogError, Result, Transaction, alias, short};
 use crate::direct_file::DirectFile;
+use crate::format::human_size;
 use crate::fsutil::{self, FileIdentity};
 use crate::image::{
     self, Compression, ImageError, ImageMetadata, ImageType, Layout, RootKind, sniff,
@@ -993,24 +994,6 @@ fn validate_requirement_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// `1.2 GiB`, `340 MiB`, `12 KiB`, `17 B`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else if value < 10.0 {
-        format!("{value:.1} {}", UNITS[unit])
-    } else {
-        format!("{value:.0} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,12 +1016,5 @@ mod tests {
         ] {
             assert!(validate_serial(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(17), "17 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(300 << 20), "300 MiB");
     }
 }

@@ -33,6 +33,8 @@ pub mod hashing;
 pub mod import;
 pub mod record;
 pub mod remove;
+pub mod stream_files;
+pub mod summary;
 pub mod tree;
 pub mod verify;
 
@@ -373,12 +375,12 @@ impl Transaction<'_> {
 
     /// Writes both stream files to temp files, ready to be renamed into place.
     fn prepare_stream(&self) -> Result<PreparedStream> {
-        let stream = streams::generate(&self.state);
+        let stream = stream_files::generate(&self.state);
         let tmp = self.catalog.dirs.tmp();
         Ok(PreparedStream {
             images: fsutil::TempFile::write(&tmp, "images.json", &stream.images_json)?,
             index: fsutil::TempFile::write(&tmp, "index.json", &stream.index_json)?,
-            products: streams::product_ids(&self.state),
+            products: stream_files::product_ids(&self.state),
         })
     }
 

@@ -172,7 +172,7 @@ impl Catalog {
     }
 
     fn check_stream(&self, state: &super::record::CatalogState, report: &mut VerifyReport) {
-        let expected = streams::generate(state);
+        let expected = super::stream_files::generate(state);
         for (path, bytes) in [
             (streams::IMAGES_PATH, &expected.images_json),
             (streams::INDEX_PATH, &expected.index_json),

@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::output::{ProgressReporter, TextFormat, write_json};
 use super::{CommandError, Context, parse_key_value};
 use crate::access::Caller;
-use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer, human_size};
+use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer};
+use crate::format::human_size;
 
 /// Import an image: a unified tarball, or a metadata tarball and its root
 #[derive(Debug, clap::Args)]

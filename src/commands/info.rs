@@ -4,12 +4,13 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::list::ImageSummary;
-use super::output::{TextFormat, rfc3339, write_json};
+use super::output::{TextFormat, write_json};
 use super::{CommandError, Context};
-use crate::catalog::import::human_size;
 use crate::catalog::record::{CatalogState, LocatedImage};
+use crate::catalog::summary::ImageSummary;
 use crate::catalog::{CatalogError, find_by_fingerprint};
+use crate::format::human_size;
+use crate::format::rfc3339;
 
 /// Show an image's details, by fingerprint prefix or alias
 #[derive(Debug, clap::Args)]

@@ -267,3 +267,31 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         _ => Err(format!("{text:?} is not KEY=VALUE (e.g. secureboot=false)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// A command missing from [`ROLES`] would silently need admin (`role_for`'s default), so
+    /// every command SSH exec parses must be listed, and every listed name must be a command.
+    #[test]
+    fn every_command_has_a_role_and_every_role_a_command() {
+        let cli = help::RemoteCommandLine::command();
+        let commands: Vec<&str> = cli.get_subcommands().map(|sub| sub.get_name()).collect();
+        for name in &commands {
+            assert!(
+                ROLES.iter().any(|(listed, _)| listed == name),
+                "command `{name}` is not in ROLES; add it with the least role that may run it"
+            );
+        }
+        for (listed, _) in ROLES {
+            assert!(
+                commands.contains(listed),
+                "ROLES lists `{listed}`, which is no command"
+            );
+        }
+        assert_eq!(commands.len(), ROLES.len(), "ROLES lists a command twice");
+    }
+}

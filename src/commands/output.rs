@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::ProgressStyle;
 use crate::catalog::hashing::Progress;
-use crate::catalog::import::human_size;
+use crate::format::human_size;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -78,11 +78,6 @@ pub fn write_csv(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> 
 pub fn write_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
     writeln!(out)
-}
-
-/// Unix seconds as RFC 3339 UTC (`2026-11-27T05:24:00Z`).
-pub fn rfc3339(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
 }
 
 /// The import progress on stderr: a line rewritten in place on a terminal, a line per 10%

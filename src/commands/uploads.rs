@@ -6,11 +6,12 @@ use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
-use super::output::{Format, rfc3339, write_csv, write_json, write_table};
+use super::output::{Format, write_csv, write_json, write_table};
 use super::{CommandError, Context};
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{Caller, UploadArea};
-use crate::catalog::import::human_size;
+use crate::format::human_size;
+use crate::format::rfc3339;
 
 /// List the files in your upload area, or remove some of them
 #[derive(Debug, clap::Args)]

@@ -2,7 +2,7 @@
 
 use super::output::ProgressReporter;
 use super::{CommandError, Context};
-use crate::catalog::import::human_size;
+use crate::format::human_size;
 
 /// Re-hash every published file and report any drift from the record
 #[derive(Debug, clap::Args)]

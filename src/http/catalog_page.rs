@@ -11,8 +11,8 @@ use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTE
 use http::{HeaderValue, StatusCode};
 
 use super::{HttpState, cache_policy};
-use crate::catalog::import::human_size;
-use crate::commands::list::{ImageSummary, summaries};
+use crate::catalog::summary::{ImageSummary, summaries};
+use crate::format::human_size;
 
 /// Inline styles only; the data: icon stops browsers asking for /favicon.ico.
 const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

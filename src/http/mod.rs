@@ -40,7 +40,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::{Config, HttpConfig};
+use crate::config::Config;
+use crate::remote::{
+    self, RemoteInfoText, SshAccess, check_remote_name, machine_hostname, normalize_base_path,
+    public_url, url_host,
+};
 use crate::storage::PublishedTree;
 use tls::{CertPaths, CertStore};
 
@@ -66,8 +70,7 @@ impl HttpSettings {
     pub fn from_config(config: &Config, listen: SocketAddr) -> anyhow::Result<HttpSettings> {
         let http = &config.http;
         let base_path = normalize_base_path(&http.base_path).map_err(anyhow::Error::msg)?;
-        crate::commands::remote_info::check_remote_name(&http.remote_name)
-            .map_err(anyhow::Error::msg)?;
+        check_remote_name(&http.remote_name).map_err(anyhow::Error::msg)?;
         if let Some(url) = &http.public_url
             && (!url.starts_with("https://") || url_host(url).is_none())
         {
@@ -94,64 +97,6 @@ impl HttpSettings {
             remote_name: http.remote_name.clone(),
         })
     }
-}
-
-/// `lxd`, `/lxd/` and `/lxd` all mean `/lxd`; `/` and `` mean no prefix.
-pub fn normalize_base_path(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim_matches('/');
-    if trimmed.is_empty() {
-        return Ok(String::new());
-    }
-    let valid = trimmed.split('/').all(|part| {
-        !part.is_empty()
-            && part != "."
-            && part != ".."
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
-    });
-    if !valid {
-        return Err(format!(
-            "base path {raw:?} is not a plain URL path; use letters, digits, '-', '_', '.' and '/' (e.g. /lxd)"
-        ));
-    }
-    Ok(format!("/{trimmed}"))
-}
-
-/// The remote URL: `http.public_url` as given, else `https://<host>:<port><base path>` where
-/// host is the machine's hostname when listening on every address, else the listen address.
-pub fn public_url(http: &HttpConfig, base_path: &str, listen: SocketAddr) -> String {
-    if let Some(url) = &http.public_url {
-        return url.trim_end_matches('/').to_string();
-    }
-    let host = if listen.ip().is_unspecified() {
-        machine_hostname().unwrap_or_else(|| "localhost".into())
-    } else if listen.is_ipv6() {
-        format!("[{}]", listen.ip())
-    } else {
-        listen.ip().to_string()
-    };
-    format!("https://{host}:{}{base_path}", listen.port())
-}
-
-/// The host part of a URL (`https://h:1/x` → `h`, `https://[::1]:1` → `::1`).
-pub fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split_once(']')?.0
-    } else {
-        authority.split(':').next()?
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// The machine's hostname, as `hostname` prints it.
-pub fn machine_hostname() -> Option<String> {
-    let uname = rustix::system::uname();
-    let name = uname.nodename().to_str().ok()?.trim().to_string();
-    (!name.is_empty()).then_some(name)
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -235,10 +180,10 @@ impl Https {
     }
 
     /// How to add this server as a remote and trust its certificate (`remote-info`'s text).
-    pub fn remote_info(&self, ssh: Option<crate::commands::remote_info::SshAccess<'_>>) -> String {
+    pub fn remote_info(&self, ssh: Option<SshAccess<'_>>) -> String {
         let cert = self.state.certs.current();
         let settings = self.state.settings();
-        crate::commands::remote_info::render(&crate::commands::remote_info::RemoteInfoText {
+        remote::render(&RemoteInfoText {
             remote: &settings.remote_name,
             url: &settings.public_url,
             certificate_pem: &cert.pem,
@@ -264,34 +209,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_paths_are_normalized() {
-        assert_eq!(normalize_base_path("").unwrap(), "");
-        assert_eq!(normalize_base_path("/").unwrap(), "");
-        assert_eq!(normalize_base_path("lxd").unwrap(), "/lxd");
-        assert_eq!(
-            normalize_base_path("/lxd/images-v2/").unwrap(),
-            "/lxd/images-v2"
-        );
-        for bad in ["/a b", "/../x", "/a//b", "/x?y", "/%2e"] {
-            assert!(normalize_base_path(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn urls_come_from_the_listen_address_or_the_configured_url() {
-        let mut http = HttpConfig::default();
-        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-        assert_eq!(
-            public_url(&http, "/lxd", listen),
-            "https://127.0.0.1:8443/lxd"
-        );
-        let v6: SocketAddr = "[::1]:9".parse().unwrap();
-        assert_eq!(public_url(&http, "", v6), "https://[::1]:9");
-        http.public_url = Some("https://images.example.com/".into());
-        assert_eq!(public_url(&http, "", listen), "https://images.example.com");
-    }
-
-    #[test]
     fn settings_refuse_what_clients_cannot_use() {
         let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         let mut config = Config::default();
@@ -306,13 +223,5 @@ mod tests {
         let settings = HttpSettings::from_config(&config, listen).unwrap();
         assert_eq!(settings.base_path, "/lxd");
         assert_eq!(settings.public_url, "https://127.0.0.1:8443/lxd");
-    }
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(url_host("https://h.example:8443/x"), Some("h.example"));
-        assert_eq!(url_host("https://[::1]:8443"), Some("::1"));
-        assert_eq!(url_host("https://user@h/x"), Some("h"));
-        assert_eq!(url_host("https://"), None);
     }
 }

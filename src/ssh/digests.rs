@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::sha256::Sha256State;
+use crate::sha256::Sha256State;
 
 use crate::catalog::import::{DigestCache, KnownDigest};
 use crate::fsutil::FileIdentity;

@@ -15,8 +15,8 @@ use std::path::Path;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::sha256::{Sha256State, update_all};
 use crate::direct_file::DirectFile;
+use crate::sha256::{Sha256State, update_all};
 
 /// Requests queued for the thread (each up to 255 KiB): enough to ride out a slow write,
 /// small enough to bound memory.

@@ -9,16 +9,17 @@
 //!   refusals (password, pty, shell, forwarding, …). Each accepted request is handed to a
 //!   task of its own, off the connection task.
 //! - [`exec`]: `ssh host <command>`: split like a shell (never run one), parsed by the same
-//!   clap table as the local CLI and run by [`commands::execute`](crate::commands::execute).
+//!   clap table as the local CLI and run by `commands::execute`.
 //! - [`sftp`] and [`scp`]: the two upload doors. Both turn client paths into real ones
 //!   through [`access::jail`](crate::access::jail) and write through [`upload`].
 //! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit;
 //!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
 //! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
-//! - [`sha256`]: SHA-256 with an owned state, two streams for the price of one.
-//! - [`audit`], [`host_keys`], [`command_line`]: the audit log, the host keys and the exec
-//!   line splitter. The connection gate is [`crate::limits`], shared with HTTPS.
+//! - [`audit`], [`command_line`]: the audit log and the exec line splitter.
 //!
+//! Below it and shared: the connection gate [`crate::limits`] (HTTPS asks it too), the host
+//! keys [`crate::host_keys`] (`remote-info` shows their fingerprint) and the paired SHA-256
+//! [`crate::sha256`] (the catalog hashes with it too).
 //!
 //! # Threads
 //! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
@@ -34,13 +35,10 @@ pub mod command_line;
 pub mod digests;
 pub mod disk_writer;
 pub mod exec;
-pub mod host_keys;
 pub mod scp;
 pub mod server;
 pub mod session;
 pub mod sftp;
-/// The paired SHA-256 lives at the crate root: the catalog uses it too.
-pub use crate::sha256;
 pub mod upload;
 
 use std::sync::Arc;
@@ -52,8 +50,7 @@ use crate::access::authorized_keys::AuthorizedKeysFile;
 use crate::catalog::Catalog;
 use crate::config::{Config, LiveConfig};
 use crate::data_dir::DataDir;
-
-pub use host_keys::host_key_fingerprint;
+use crate::host_keys;
 
 /// Everything the gateway's connections share.
 pub struct Gateway {

@@ -33,7 +33,8 @@ use super::Gateway;
 use super::disk_writer::DiskWriter;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{JailError, JailedPath, UploadArea};
-use crate::catalog::import::{KnownDigest, human_size};
+use crate::catalog::import::KnownDigest;
+use crate::format::human_size;
 use crate::image::{Compression, RootKind};
 
 /// Bytes kept from the start of an upload to tell a root from a metadata tarball.
