@@ -89,8 +89,13 @@ pub struct SshConfig {
     pub max_connections_per_address: usize,
     /// Seconds without traffic after which a connection is closed.
     pub idle_timeout_secs: u64,
-    /// Failed logins from one address within `failed_auth_window_secs` after which that
-    /// address is refused until the window has passed. 0 disables throttling.
+    /// Seconds a command's output (or an scp reply) may wait for a client that takes none
+    /// before the command's channel is closed, so that a client that never reads cannot hold
+    /// the server's threads.
+    pub send_timeout_secs: u64,
+    /// Connections from one address that ended without logging in (a refused key, a key
+    /// exchange alone, a timeout) within `failed_auth_window_secs`, after which that address
+    /// is refused until the window has passed. 0 disables throttling.
     pub failed_auth_limit: u32,
     pub failed_auth_window_secs: u64,
     /// Bytes one user's upload area may hold (finished and in-progress uploads). 0: no limit.
@@ -169,6 +174,7 @@ impl Default for SshConfig {
             max_connections: 256,
             max_connections_per_address: 16,
             idle_timeout_secs: 600,
+            send_timeout_secs: 60,
             failed_auth_limit: 10,
             failed_auth_window_secs: 300,
             quota_bytes: 64 << 30,
@@ -457,6 +463,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "ssh.direct_io",
     "ssh.max_file_bytes",
     "ssh.quota_bytes",
+    "ssh.send_timeout_secs",
 ];
 
 /// The configuration a running server uses; a reload replaces it whole, and readers take

@@ -1,14 +1,16 @@
 //! Who may open a connection at all, decided before the handshake: a cap on connections in
 //! all and per address, and throttling of addresses that keep failing to log in. One function
 //! ([`ConnectionGate::admit`]) that each accept loop (SSH, HTTPS) calls; a permit that gives
-//! the slot back when the connection ends.
+//! the slot back when the connection ends. The caps themselves are [`Slots`], which the SSH
+//! gateway also uses for commands running at once, in all and per user.
 //!
 //! The cap per address is what keeps one client (a flood, a stuck script) from taking every
 //! slot of the cap in all: set it well below the latter.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Failure records kept before expired ones are swept.
@@ -39,46 +41,115 @@ pub enum GateRefusal {
     },
 }
 
-#[derive(Default)]
-struct GateState {
+/// Slots in all and per key, taken and given back by permits: connections per address,
+/// commands per user. A permit gives its slot back when dropped.
+pub struct Slots<K: Hash + Eq + Clone> {
+    total: usize,
+    per_key: usize,
+    state: Mutex<SlotCounts<K>>,
+}
+
+struct SlotCounts<K> {
     open: usize,
-    per_address: HashMap<IpAddr, usize>,
-    failures: HashMap<IpAddr, VecDeque<Instant>>,
+    per_key: HashMap<K, usize>,
+}
+
+/// Why [`Slots::take`] gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotsFull {
+    /// Every slot is taken; how many that is.
+    Total(usize),
+    /// The key holds its share; how many that is.
+    Key(usize),
+}
+
+/// One slot of a [`Slots`]; dropping it gives the slot back.
+pub struct SlotPermit<K: Hash + Eq + Clone> {
+    slots: Arc<Slots<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Slots<K> {
+    pub fn new(total: usize, per_key: usize) -> Arc<Slots<K>> {
+        Arc::new(Slots {
+            total,
+            per_key,
+            state: Mutex::new(SlotCounts {
+                open: 0,
+                per_key: HashMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotCounts<K>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for `key`, or says which cap is reached.
+    pub fn take(self: &Arc<Self>, key: K) -> Result<SlotPermit<K>, SlotsFull> {
+        let mut state = self.lock();
+        if state.open >= self.total {
+            return Err(SlotsFull::Total(state.open));
+        }
+        let held = state.per_key.get(&key).copied().unwrap_or(0);
+        if held >= self.per_key {
+            return Err(SlotsFull::Key(held));
+        }
+        state.open += 1;
+        *state.per_key.entry(key.clone()).or_insert(0) += 1;
+        Ok(SlotPermit {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for SlotPermit<K> {
+    fn drop(&mut self) {
+        let mut state = self.slots.lock();
+        state.open = state.open.saturating_sub(1);
+        if let Some(held) = state.per_key.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                state.per_key.remove(&self.key);
+            }
+        }
+    }
 }
 
 pub struct ConnectionGate {
     limits: GateLimits,
-    state: Mutex<GateState>,
+    slots: Arc<Slots<IpAddr>>,
+    /// When each address failed to log in, newest last.
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
 }
 
 /// A connection slot; dropping it frees the slot.
-pub struct ConnectionPermit {
-    gate: Arc<ConnectionGate>,
-    address: IpAddr,
-}
+pub type ConnectionPermit = SlotPermit<IpAddr>;
 
 impl ConnectionGate {
     pub fn new(limits: GateLimits) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             limits,
-            state: Mutex::new(GateState::default()),
+            slots: Slots::new(limits.max_connections, limits.max_per_address),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn failures(&self) -> MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes a slot for a new connection from `address`, or says why not.
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<ConnectionPermit, GateRefusal> {
         let address = address.to_canonical();
         let now = Instant::now();
-        let mut state = self.lock();
         if self.limits.failure_limit > 0
-            && let Some(failures) = state.failures.get_mut(&address)
+            && let Some(failures) = self.failures().get_mut(&address)
         {
             while failures
                 .front()
@@ -94,22 +165,14 @@ impl ConnectionGate {
                 });
             }
         }
-        if state.open >= self.limits.max_connections {
-            return Err(GateRefusal::Full(state.open));
-        }
-        let open = state.per_address.get(&address).copied().unwrap_or(0);
-        if open >= self.limits.max_per_address {
-            return Err(GateRefusal::AddressFull { address, open });
-        }
-        state.open += 1;
-        *state.per_address.entry(address).or_insert(0) += 1;
-        Ok(ConnectionPermit {
-            gate: self.clone(),
-            address,
+        self.slots.take(address).map_err(|full| match full {
+            SlotsFull::Total(open) => GateRefusal::Full(open),
+            SlotsFull::Key(open) => GateRefusal::AddressFull { address, open },
         })
     }
 
-    /// Counts a failed login (a connection that tried and never authenticated).
+    /// Counts a failed login: a connection that ended or timed out without authenticating,
+    /// whether it tried a key, a password, or only a key exchange.
     pub fn record_failure(&self, address: IpAddr) {
         if self.limits.failure_limit == 0 {
             return;
@@ -117,32 +180,19 @@ impl ConnectionGate {
         let address = address.to_canonical();
         let now = Instant::now();
         let window = self.limits.failure_window;
-        let mut state = self.lock();
-        if state.failures.len() >= SWEEP_ABOVE {
-            state.failures.retain(|_, failures| {
+        let mut all = self.failures();
+        if all.len() >= SWEEP_ABOVE {
+            all.retain(|_, failures| {
                 failures
                     .back()
                     .is_some_and(|at| now.duration_since(*at) < window)
             });
         }
-        let failures = state.failures.entry(address).or_default();
+        let failures = all.entry(address).or_default();
         failures.push_back(now);
         let keep = self.limits.failure_limit as usize;
         while failures.len() > keep {
             failures.pop_front();
-        }
-    }
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut state = self.gate.lock();
-        state.open = state.open.saturating_sub(1);
-        if let Some(open) = state.per_address.get_mut(&self.address) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                state.per_address.remove(&self.address);
-            }
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::support;
 use crate::support::net::USER;
 use crate::support::raw_ssh::{self, step};
 use crate::support::server::Server;
-use crate::support::ssh::{Key, area, audit_events, names_in, refusal, write_authorized_keys};
+use crate::support::ssh::{
+    Client, Key, area, audit_events, names_in, refusal, run, write_authorized_keys,
+};
 use crate::support::{TestDir, wait_until};
 
 // ---------------------------------------------------------------------------------------
@@ -590,6 +592,241 @@ fn a_reader_opening_sftp_directly_is_refused_and_audited() {
             .contains("has the reader role")
     );
     assert!(!area(&g.t, "carol").exists());
+}
+
+/// `scp -t` fed numbers no scp sends: times past the year 9999 or past 2^64, microseconds
+/// past a second, sizes past 2^63 or 2^64, modes of 20 digits, negative sizes. Each ends the
+/// run with one `\x02` line saying what is wrong, exit status 1 and an audit line (the first
+/// one used to panic the task: no exit status, no audit line); a good file still lands after.
+#[test]
+fn scp_sink_numbers_out_of_range_are_refused_and_audited() {
+    let g = gateway();
+    let dir = area(&g.t, "alice");
+    // (command, control line, what the reason says)
+    let cases = [
+        (
+            "scp -t .",
+            "T18446744073709551615 0 0 0",
+            "past the year 9999",
+        ),
+        ("scp -t .", "T18446744073709551616 0 0 0", "out of range"),
+        ("scp -t .", "T253402300800 0 0 0", "past the year 9999"),
+        (
+            "scp -t .",
+            "T1700000000 0 18446744073709551615 0",
+            "past the year 9999",
+        ),
+        (
+            "scp -t .",
+            "T1700000000 1000000 1700000000 0",
+            "more than a second",
+        ),
+        ("scp -t .", "T-1 0 0 0", "a time line is"),
+        ("scp -t .", "C0644 18446744073709551615 big", "out of range"),
+        ("scp -t .", "C0644 18446744073709551616 big", "out of range"),
+        ("scp -t .", "C0644 9223372036854775808 big", "out of range"),
+        ("scp -t .", "C0644 -5 negative", "not a number"),
+        ("scp -t .", "C07777777777777777777 1 mode", "4 octal digits"),
+        (
+            "scp -r -t .",
+            "D0755 18446744073709551616 dir",
+            "out of range",
+        ),
+    ];
+    runtime().block_on(async {
+        let session = raw_ssh::login(g.server.ssh(), USER, &g.alice).await;
+        for (command, line, reason) in cases {
+            let input = format!("{line}\nC0644 3 after\nabc\0");
+            let sink = raw_ssh::exec(&session, command.as_bytes(), Some(input.as_bytes())).await;
+            assert_eq!(sink.status, Some(1), "{line}: {}", sink.stderr());
+            let replies = String::from_utf8_lossy(&sink.stdout).into_owned();
+            assert!(
+                replies.starts_with("\0\x02simplestream-server: bad ") && replies.contains(reason),
+                "{line}: {replies:?}"
+            );
+            assert_eq!(replies.lines().count(), 1, "{line}: {replies:?}");
+            let refused = refusal(&g.t, "alice", &format!("scp {line:?}"));
+            assert!(
+                refused["reason"].as_str().unwrap().contains(reason),
+                "{line}: {refused}"
+            );
+        }
+        let good = raw_ssh::exec(
+            &session,
+            b"scp -t .",
+            Some(b"T1700000000 0 1700000000 0\nC0644 3 fine.bin\nabc\0"),
+        )
+        .await;
+        assert_eq!(good.status, Some(0), "{}", good.stderr());
+    });
+    assert_eq!(names_in(&dir), ["fine.bin"]);
+    let commands = audit_events(&g.t, "command");
+    assert_eq!(commands.len(), cases.len() + 1, "{commands:?}");
+    assert!(
+        commands[..cases.len()].iter().all(|e| e["exit"] == 1),
+        "{commands:?}"
+    );
+}
+
+/// A command line of 200 KB (a reader's `info <argument>`) gives an audit line of bounded
+/// length: the `command` field is clipped as refusals are.
+#[test]
+fn a_long_command_line_gives_a_bounded_audit_line() {
+    let g = gateway();
+    let argument = "a".repeat(200_000);
+    runtime().block_on(async {
+        let session = raw_ssh::login(g.server.ssh(), USER, &g.carol).await;
+        let info = raw_ssh::exec(&session, format!("info {argument}").as_bytes(), None).await;
+        assert_eq!(info.status, Some(1), "{}", info.stderr());
+    });
+    let line = wait_until(Duration::from_secs(10), "the command's audit line", || {
+        audit_events(&g.t, "command")
+            .into_iter()
+            .find(|e| e["name"] == "info")
+    });
+    let command = line["command"].as_str().unwrap();
+    assert!(command.starts_with("info aaaa"), "{command}");
+    assert!(command.len() < 600, "{} bytes", command.len());
+    let longest = std::fs::read_to_string(g.t.data().join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(str::len)
+        .max()
+        .unwrap();
+    assert!(longest < 2048, "an audit line of {longest} bytes");
+}
+
+/// Key exchanges other than mlkem768x25519-sha256 and curve25519-sha256 are not offered: the
+/// Diffie-Hellman groups cost the server up to a second of CPU each. OpenSSH says which ones
+/// the server takes; the audit log says who tried.
+#[test]
+fn classic_diffie_hellman_key_exchanges_are_refused_with_a_clear_message() {
+    let g = gateway();
+    // What a user sees: OpenSSH's own log level.
+    let client = Client {
+        log_level: "INFO",
+        ..Client::new(g.server.ssh(), &g.alice)
+    };
+    for kex in [
+        "diffie-hellman-group18-sha512",
+        "diffie-hellman-group14-sha256",
+        "diffie-hellman-group-exchange-sha256",
+        "ecdh-sha2-nistp256",
+    ] {
+        let option = format!("KexAlgorithms={kex}");
+        let output = run(client.ssh_command(&["-o", &option], Some("whoami")), None);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(255), "{kex}: {stderr}");
+        assert!(
+            stderr.contains("no matching key exchange method found")
+                && stderr.contains("Their offer: mlkem768x25519-sha256,curve25519-sha256"),
+            "{kex}: {stderr}"
+        );
+        let line = wait_until(Duration::from_secs(10), "the refusal's audit line", || {
+            audit_events(&g.t, "refused").into_iter().find(|e| {
+                e["request"]
+                    == format!("key exchange: {kex},ext-info-c,kex-strict-c-v00@openssh.com")
+            })
+        });
+        assert_eq!(line["user"], "-");
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .contains("takes mlkem768x25519-sha256,curve25519-sha256"),
+            "{line}"
+        );
+    }
+    let curve25519 = run(
+        client.ssh_command(&["-o", "KexAlgorithms=curve25519-sha256"], Some("whoami")),
+        None,
+    );
+    assert!(curve25519.status.success(), "{curve25519:?}");
+    // OpenSSH 9.2 does not know ML-KEM yet; russh's client does.
+    runtime().block_on(async {
+        let config = russh::client::Config {
+            preferred: russh::Preferred {
+                kex: std::borrow::Cow::Borrowed(&[russh::kex::MLKEM768X25519_SHA256]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let session = raw_ssh::login_with(g.server.ssh(), USER, &g.alice, config).await;
+        let whoami = raw_ssh::exec(&session, b"whoami", None).await;
+        assert_eq!(whoami.status, Some(0), "{}", whoami.stderr());
+    });
+}
+
+/// RSA keys sign with rsa-sha2-512 or rsa-sha2-256; SHA-1 `ssh-rsa` signatures are neither
+/// advertised (server-sig-algs, host key algorithms) nor accepted, from OpenSSH or from a
+/// client that sends one anyway.
+#[test]
+fn sha1_rsa_signatures_are_refused_and_rsa_sha2_is_accepted() {
+    let t = TestDir::new();
+    let dave = Key::of_type(&t, "dave", "rsa");
+    write_authorized_keys(&t, &[dave.line("")]);
+    write_config(&t, "[ssh]\nrsa_host_key = true\n");
+    let server = Server::start(&t, &[]);
+    let client = Client {
+        log_level: "INFO",
+        ..Client::new(server.ssh(), &dave)
+    };
+    for algorithm in ["rsa-sha2-512", "rsa-sha2-256"] {
+        let option = format!("PubkeyAcceptedAlgorithms={algorithm}");
+        let output = run(client.ssh_command(&["-o", &option], Some("whoami")), None);
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("dave"),
+            "{algorithm}: {output:?}"
+        );
+    }
+    let sha1 = run(
+        client.ssh_command(&["-o", "PubkeyAcceptedAlgorithms=ssh-rsa"], Some("whoami")),
+        None,
+    );
+    assert_eq!(sha1.status.code(), Some(255), "{sha1:?}");
+    assert!(
+        String::from_utf8_lossy(&sha1.stderr).contains("Permission denied (publickey)"),
+        "{sha1:?}"
+    );
+    let host_key = run(
+        client.ssh_command(&["-o", "HostKeyAlgorithms=ssh-rsa"], Some("whoami")),
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&host_key.stderr).contains("no matching host key type found"),
+        "{host_key:?}"
+    );
+    // A client that signs with SHA-1 whatever the server advertises.
+    runtime().block_on(async {
+        let mut session = step("connect", raw_ssh::connect(server.ssh(), USER))
+            .await
+            .unwrap();
+        let key = russh::keys::load_secret_key(&dave.private, None).unwrap();
+        let signed = step(
+            "an ssh-rsa signature",
+            session.authenticate_publickey(
+                "dave",
+                russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(signed, russh::client::AuthResult::Failure { .. }),
+            "{signed:?}"
+        );
+        let _ = session
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    });
+    let failure = wait_until(Duration::from_secs(10), "the failure line", || {
+        audit_events(&t, "auth").into_iter().find(|e| {
+            e["result"] == "failure"
+                && e.to_string()
+                    .contains("ssh-rsa (SHA-1) signatures are refused")
+        })
+    });
+    assert_eq!(failure["attempts"][0]["user"], "dave", "{failure}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 use crate::support::net::{ATTACKER, Memory, connect_from, memory, raise_fd_limit};
+use crate::support::raw_ssh::step;
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, audit_events, write_authorized_keys, write_config};
 use crate::support::{Meta, TestDir, wait_until};
@@ -28,13 +29,15 @@ const USER_BOUND: Duration = Duration::from_secs(5);
 /// Peak resident memory (VmHWM) the server may reach, flood and user together.
 const MEMORY_BOUND_KIB: u64 = 256 << 10;
 
-/// A server with one legitimate publisher, and that publisher's image ready to upload.
+/// A server with one legitimate publisher, an attacker's key (a reader: any key will do),
+/// and the publisher's image ready to upload.
 struct Target {
     /// Floods are timed: one at a time, never beside a torture run or the LXD daemon.
     _exclusive: std::sync::MutexGuard<'static, ()>,
     t: TestDir,
     server: Server,
     user: Client,
+    attacker: Key,
     https: support::http::Client,
     metadata: PathBuf,
     root: PathBuf,
@@ -46,7 +49,8 @@ impl Target {
         raise_fd_limit(8192);
         let t = TestDir::new();
         let key = Key::new(&t, "legit");
-        write_authorized_keys(&t, &[key.line("")]);
+        let attacker = Key::new(&t, "mallory");
+        write_authorized_keys(&t, &[key.line(""), attacker.line(r#"role="reader""#)]);
         if !config.is_empty() {
             write_config(&t, config);
         }
@@ -62,6 +66,7 @@ impl Target {
             t,
             server,
             user,
+            attacker,
             https,
             metadata,
             root,
@@ -387,6 +392,183 @@ async fn fail_to_log_in(
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
     true
+}
+
+/// (d) Commands whose output nobody takes: 16 connections (the per-address cap) each try 40
+/// channels with a window of 0 and run `help` on every one, so that no output can ever leave;
+/// half the connections then go away, the rest stay and read nothing. One connection holds
+/// at most 8 channels, one user runs at most 8 commands, every write gives up after the send
+/// timeout or when its connection ends: the user's upload, import and download, and their
+/// `whoami`, stay quick, and SIGTERM still stops the server.
+#[test]
+fn commands_whose_output_nobody_takes() {
+    const CONNECTIONS: usize = 16;
+    const CHANNELS: usize = 40;
+    let target = Target::start("stalled", "[ssh]\nsend_timeout_secs = 5\n");
+    let before = target.memory();
+    let address = target.server.ssh();
+    let attacker = target.attacker.clone();
+    let ready = Arc::new(AtomicUsize::new(0));
+    let attack = Attack::launch({
+        let ready = ready.clone();
+        move |stop| async move {
+            let mut sessions = Vec::new();
+            let (mut opened, mut refused) = (0, 0);
+            let mut channels = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let config = russh::client::Config {
+                    window_size: 0,
+                    ..Default::default()
+                };
+                let session =
+                    support::raw_ssh::login_with(address, ATTACKER, &attacker, config).await;
+                for _ in 0..CHANNELS {
+                    match step("a session channel", session.channel_open_session()).await {
+                        Ok(channel) => {
+                            step("exec", channel.exec(false, "help"))
+                                .await
+                                .expect("exec");
+                            channels.push(channel);
+                            opened += 1;
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                sessions.push(session);
+            }
+            // Half leave at once; the others stay, reading nothing.
+            for session in sessions.drain(..CONNECTIONS / 2) {
+                let _ = session
+                    .disconnect(russh::Disconnect::ByApplication, "", "en")
+                    .await;
+            }
+            ready.store(1, Ordering::Release);
+            stop.cancelled().await;
+            drop(channels);
+            (opened, refused, sessions.len())
+        }
+    });
+    wait_until(Duration::from_secs(120), "the channels to be open", || {
+        (ready.load(Ordering::Acquire) == 1 || !attack.is_running()).then_some(())
+    });
+    assert!(attack.is_running(), "the attack ended early");
+    let mut whoami = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = target.user.ok("whoami");
+        whoami.push(started.elapsed());
+        assert!(out.contains("legit"), "{out}");
+    }
+    let times = legitimate_user(&target);
+    report(
+        "stalled channels",
+        before,
+        &target,
+        &times,
+        &format!("whoami {whoami:?}"),
+    );
+    for took in &whoami {
+        assert!(*took < USER_BOUND, "whoami took {took:?}");
+    }
+    // SIGTERM while the attacker still holds its connections and their stalled commands.
+    let Target { t, server, .. } = target;
+    let (status, stopped_in) = server.terminate_within(Duration::from_secs(15));
+    let (opened, refused, stayed) = attack.stop();
+    println!(
+        "stalled channels: {opened} opened, {refused} refused, {stayed} connections stayed open; serve stopped {stopped_in:?} after SIGTERM"
+    );
+    assert!(status.success(), "serve exited with {status}");
+    assert_eq!(opened, CONNECTIONS * 8, "8 channels a connection");
+    assert_eq!(refused, CONNECTIONS * (CHANNELS - 8));
+    let refusals = audit_events(&t, "refused");
+    let count = |what: &str| {
+        refusals
+            .iter()
+            .filter(|e| e["user"] == "mallory" && e.to_string().contains(what))
+            .count()
+    };
+    assert_eq!(count("session channels"), CONNECTIONS * (CHANNELS - 8));
+    assert!(count("commands running") > 0, "{refusals:?}");
+}
+
+/// (e) Key exchanges that never go on to a login, one connection after another from one
+/// address: each costs the server a key exchange, so each counts as a failed login, and after
+/// ten (`failed_auth_limit`) the address is refused before the handshake. A session the user
+/// opened before keeps answering throughout.
+#[test]
+fn key_exchanges_without_a_login_from_one_address() {
+    const ATTEMPTS: usize = 100;
+    const LIMIT: usize = 10;
+    let target = Target::start("kex", "");
+    let before = target.memory();
+    let address = target.server.ssh();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = runtime.block_on(support::raw_ssh::login(
+        address,
+        support::net::USER,
+        &target.user.key,
+    ));
+    let attack = Attack::launch(move |stop| async move {
+        let (mut exchanged, mut refused) = (0, 0);
+        for _ in 0..ATTEMPTS {
+            if stop.is_cancelled() {
+                break;
+            }
+            match step(
+                "a key exchange",
+                support::raw_ssh::connect(address, ATTACKER),
+            )
+            .await
+            {
+                Ok(session) => {
+                    exchanged += 1;
+                    let _ = session
+                        .disconnect(russh::Disconnect::ByApplication, "", "en")
+                        .await;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        (exchanged, refused)
+    });
+    let mut answers = Vec::new();
+    while attack.is_running() || answers.is_empty() {
+        let started = Instant::now();
+        let whoami = runtime.block_on(support::raw_ssh::exec(&session, b"whoami", None));
+        answers.push(started.elapsed());
+        assert_eq!(whoami.status, Some(0), "{}", whoami.stderr());
+        assert!(answers.len() < 10_000, "the attack does not end");
+    }
+    let (exchanged, refused) = attack.stop();
+    let slowest = answers.iter().max().copied().unwrap_or_default();
+    let times = legitimate_user(&target);
+    report(
+        "100 key exchanges without a login",
+        before,
+        &target,
+        &times,
+        &format!(
+            "{exchanged} key exchanges, {refused} refused; {} whoami on an open session, slowest {slowest:?}",
+            answers.len()
+        ),
+    );
+    assert!(slowest < USER_BOUND, "whoami took {slowest:?}");
+    // A connection is counted when the server sees it end, which may be just after the
+    // client's next connection was let in.
+    assert!(
+        (LIMIT..=LIMIT + 2).contains(&exchanged),
+        "{exchanged} key exchanges before the address was refused"
+    );
+    assert_eq!(exchanged + refused, ATTEMPTS);
+    let refusals = audit_events(&target.t, "connection_refused");
+    assert!(
+        refusals.iter().any(|e| e["address"] == "127.0.0.2"
+            && e["reason"].as_str().unwrap().contains("failed to log in")),
+        "{refusals:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -90,6 +90,54 @@ impl Audit {
     }
 }
 
+/// Refusals of one connection or one run, audited one by one up to a budget; past it they
+/// are counted and written as one line at the end ([`RefusalBudget::close`]), so that a client
+/// looping on refused requests cannot flood the log.
+pub struct RefusalBudget {
+    /// What the refusals are of, for the summary line: "sftp", "scp", "ssh".
+    door: &'static str,
+    audited: usize,
+    counted: usize,
+}
+
+/// Refusals audited one by one in one [`RefusalBudget`].
+pub const MAX_REFUSALS_AUDITED: usize = 32;
+
+impl RefusalBudget {
+    pub fn new(door: &'static str) -> Self {
+        RefusalBudget {
+            door,
+            audited: 0,
+            counted: 0,
+        }
+    }
+
+    /// [`Audit::refused`] while the budget lasts; counted after that.
+    pub fn refused(&mut self, audit: &Audit, user: &str, address: IpAddr, what: &str, why: &str) {
+        if self.audited < MAX_REFUSALS_AUDITED {
+            self.audited += 1;
+            audit.refused(user, address, what, why);
+        } else {
+            self.counted += 1;
+        }
+    }
+
+    /// One line for the refusals that were only counted, if any.
+    pub fn close(&mut self, audit: &Audit, user: &str, address: IpAddr) {
+        let count = std::mem::take(&mut self.counted);
+        if count > 0 {
+            audit.refused(
+                user,
+                address,
+                &format!("{}: {count} more requests", self.door),
+                &format!(
+                    "refused like the {MAX_REFUSALS_AUDITED} before them (not audited one by one)"
+                ),
+            );
+        }
+    }
+}
+
 /// `text`, cut to [`MAX_FIELD`] bytes with `…` when longer.
 pub fn clip(text: &str) -> String {
     crate::fsutil::clip(text, MAX_FIELD)

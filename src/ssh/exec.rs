@@ -5,6 +5,10 @@
 //! client ended it with EOF. Then: exit status (0, 1, or 2 for usage), EOF, close. A command
 //! the caller's role or upload area does not allow is also audited as refused.
 //!
+//! Every write waits a bounded time ([`ChannelWriter`]), and a command takes one of the
+//! gateway's command slots ([`Gateway::commands`]: so many in all, fewer per user) for as long
+//! as its thread runs: a client that never reads its output cannot fill the blocking pool.
+//!
 //! `scp -t …` (what `scp -O` runs) is handed to [`super::scp`].
 
 use std::io::{self, Read, Write};
@@ -15,30 +19,45 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::Parser;
 use russh::server::Msg;
-use russh::{Channel, ChannelMsg, ChannelWriteHalf};
+use russh::{Channel, ChannelMsg};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::audit::clip;
+use super::channel_writer::ChannelWriter;
 use super::{Gateway, command_line};
 use crate::access::Caller;
 use crate::commands::help::RemoteCommandLine;
 use crate::commands::{self, Command, Context, ProgressStyle};
+use crate::limits::SlotsFull;
 
 /// Standard-input chunks queued for a command before the channel stops being read.
 const STDIN_QUEUE: usize = 64;
 
-/// Runs one exec request to its end.
+/// Runs one exec request to its end; `connection_ended` is cancelled when its connection
+/// ends.
 pub async fn run(
     gateway: Arc<Gateway>,
     caller: Caller,
     channel: Channel<Msg>,
     command: Vec<u8>,
     peer: SocketAddr,
+    connection_ended: CancellationToken,
 ) {
-    let (mut reader, writer) = channel.split();
-    let writer = Arc::new(writer);
+    let (mut reader, half) = channel.split();
+    let writer = ChannelWriter::new(half, connection_ended.clone(), gateway.send_timeout());
     let started = Instant::now();
-    let (name, code) = dispatch(&gateway, &caller, peer, &command, &mut reader, &writer).await;
+    let (name, code) = dispatch(
+        &gateway,
+        &caller,
+        peer,
+        &command,
+        &mut reader,
+        &writer,
+        &connection_ended,
+    )
+    .await;
     gateway.audit.record(
         "command",
         json!({
@@ -46,12 +65,12 @@ pub async fn run(
             "address": peer.ip().to_string(),
             // The command's name when it parsed (import, remove, scp, …), for filtering.
             "name": name,
-            "command": String::from_utf8_lossy(&command),
+            "command": clip(&String::from_utf8_lossy(&command)),
             "exit": code,
             "ms": started.elapsed().as_millis() as u64,
         }),
     );
-    finish(&writer, code).await;
+    writer.finish(code).await;
 }
 
 /// Splits, parses and runs the command line; returns the command's name (when it parsed)
@@ -62,7 +81,8 @@ async fn dispatch(
     peer: SocketAddr,
     command: &[u8],
     reader: &mut russh::ChannelReadHalf,
-    writer: &Arc<ChannelWriteHalf<Msg>>,
+    writer: &ChannelWriter,
+    connection_ended: &CancellationToken,
 ) -> (Option<&'static str>, u32) {
     let words = match std::str::from_utf8(command)
         .map_err(|_| "the command line is not UTF-8 text".to_string())
@@ -92,7 +112,7 @@ async fn dispatch(
         Err(e) => {
             let (to_stdout, text, code) = commands::clap_outcome(&e);
             if to_stdout {
-                let _ = writer.data_bytes(text.into_bytes()).await;
+                let _ = writer.data(text.into_bytes()).await;
             } else {
                 send_error_line(writer, &text).await;
             }
@@ -100,7 +120,15 @@ async fn dispatch(
         }
         Ok(cli) => {
             let name = cli.command.name();
-            let outcome = run_command(gateway, caller.clone(), cli.command, reader, writer).await;
+            let outcome = run_command(
+                gateway,
+                caller.clone(),
+                cli.command,
+                reader,
+                writer,
+                connection_ended,
+            )
+            .await;
             if let Some(reason) = &outcome.refused {
                 gateway.audit.refused(
                     &caller.name(),
@@ -120,16 +148,37 @@ async fn run_command(
     caller: Caller,
     command: Command,
     reader: &mut russh::ChannelReadHalf,
-    writer: &Arc<ChannelWriteHalf<Msg>>,
+    writer: &ChannelWriter,
+    connection_ended: &CancellationToken,
 ) -> commands::Outcome {
+    // Held by the thread, not by this task: it stays taken until the command has returned.
+    let slot = match gateway.commands.take(caller.name()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let reason = match full {
+                SlotsFull::Key(running) => format!(
+                    "you have {running} commands running, the most one user may; wait for one to finish"
+                ),
+                SlotsFull::Total(running) => format!(
+                    "the server is running {running} commands, its limit; try again shortly"
+                ),
+            };
+            send_error_line(writer, &reason).await;
+            return commands::Outcome {
+                code: 1,
+                refused: Some(reason),
+            };
+        }
+    };
     let wants_stdin = matches!(&command, Command::Import(import) if import.metadata == "-");
     let (stdin_tx, stdin_rx) = mpsc::channel::<StdinChunk>(STDIN_QUEUE);
     let runtime = tokio::runtime::Handle::current();
     let job = {
         let gateway = gateway.clone();
-        let out = ChannelOutput::new(runtime.clone(), writer.clone(), None);
-        let err = ChannelOutput::new(runtime, writer.clone(), Some(1));
+        let out = writer.blocking(runtime.clone(), None);
+        let err = writer.blocking(runtime, Some(1));
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut out = io::BufWriter::with_capacity(16 << 10, out);
             let mut err = err;
             let stdin: Option<Box<dyn Read + Send>> = if wants_stdin {
@@ -187,6 +236,10 @@ async fn run_command(
                     reading = false;
                     stdin_tx = None;
                 }
+            },
+            () = connection_ended.cancelled(), if reading => {
+                reading = false;
+                stdin_tx = None;
             }
         }
     }
@@ -239,58 +292,9 @@ impl Read for ChannelInput {
     }
 }
 
-/// A command's stdout or stderr: blocking writes that wait for the channel's window.
-struct ChannelOutput {
-    runtime: tokio::runtime::Handle,
-    writer: Arc<ChannelWriteHalf<Msg>>,
-    ext: Option<u32>,
-}
-
-impl ChannelOutput {
-    fn new(
-        runtime: tokio::runtime::Handle,
-        writer: Arc<ChannelWriteHalf<Msg>>,
-        ext: Option<u32>,
-    ) -> Self {
-        ChannelOutput {
-            runtime,
-            writer,
-            ext,
-        }
-    }
-}
-
-impl Write for ChannelOutput {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let data = Bytes::copy_from_slice(buf);
-        let sent = match self.ext {
-            None => self.runtime.block_on(self.writer.data_bytes(data)),
-            Some(ext) => self
-                .runtime
-                .block_on(self.writer.extended_data_bytes(ext, data)),
-        };
-        sent.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Sends `simplestream-server: <message>` as one stderr line.
-pub async fn send_error_line(writer: &ChannelWriteHalf<Msg>, message: &str) {
+pub async fn send_error_line(writer: &ChannelWriter, message: &str) {
     let mut line = Vec::new();
     commands::report_error(&mut line, message);
-    let _ = writer.extended_data_bytes(1, line).await;
-}
-
-/// Exit status, EOF, close: how a command ends for the client.
-pub async fn finish(writer: &ChannelWriteHalf<Msg>, code: u32) {
-    let _ = writer.exit_status(code).await;
-    let _ = writer.eof().await;
-    let _ = writer.close().await;
+    let _ = writer.send(Some(1), line).await;
 }

@@ -15,6 +15,7 @@
 //! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit;
 //!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
 //! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
+//! - [`channel_writer`]: writes to a channel that end, whatever the client does.
 //! - [`audit`], [`command_line`]: the audit log and the exec line splitter.
 //!
 //! Below it and shared: the connection gate [`crate::limits`] (HTTPS asks it too), the host
@@ -25,12 +26,14 @@
 //! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
 //! russh sessions, SFTP and scp tasks): a session and its SFTP task trade each packet
 //! without crossing threads. Hashing and disk writes of an upload run on its writer thread
-//! ([`disk_writer`], at most 32 at once), commands on the runtime's blocking pool. So the
-//! SSH thread decrypts, frames and queues, and little else.
+//! ([`disk_writer`], at most 32 at once), commands on the runtime's blocking pool (at most
+//! [`MAX_COMMANDS`] at once, [`MAX_COMMANDS_PER_USER`] per user, so that the pool never
+//! fills). So the SSH thread decrypts, frames and queues, and little else.
 //!
 //! [`DigestCache`]: crate::catalog::import::DigestCache
 
 pub mod audit;
+pub mod channel_writer;
 pub mod command_line;
 pub mod digests;
 pub mod disk_writer;
@@ -51,6 +54,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, LiveConfig};
 use crate::data_dir::DataDir;
 use crate::host_keys;
+use crate::limits::Slots;
 
 /// Everything the gateway's connections share.
 pub struct Gateway {
@@ -64,11 +68,18 @@ pub struct Gateway {
     /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
     /// written without a thread and not hashed on the way in.
     pub writer_slots: Arc<tokio::sync::Semaphore>,
+    /// Commands running at once (each on a blocking thread), in all and per user.
+    pub commands: Arc<Slots<String>>,
     host_keys: Vec<PrivateKey>,
 }
 
 /// Writer threads at once, across all connections.
 const WRITER_THREADS: usize = 32;
+/// Commands running at once, in all: well under the 512 threads of the blocking pool, which
+/// uploads use too.
+pub const MAX_COMMANDS: usize = 64;
+/// Commands one user may run at once, over all their connections.
+pub const MAX_COMMANDS_PER_USER: usize = 8;
 
 impl Gateway {
     /// Loads (or generates) the host keys, opens the audit log and removes temp files of
@@ -96,6 +107,7 @@ impl Gateway {
             digests: digests::UploadDigests::new(),
             audit,
             writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
+            commands: Slots::new(MAX_COMMANDS, MAX_COMMANDS_PER_USER),
             host_keys,
         })
     }
@@ -103,6 +115,11 @@ impl Gateway {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.live.current()
+    }
+
+    /// How long a write to a channel may wait for a client that takes nothing.
+    pub fn send_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config().ssh.send_timeout_secs.max(1))
     }
 
     pub fn dirs(&self) -> &DataDir {

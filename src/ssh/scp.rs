@@ -6,8 +6,10 @@
 //! `C` line come `<size>` bytes and a `\0`; the sink answers once the file is stored.
 //!
 //! Every name goes through the same jail as SFTP ([`JailedPath::child`]), every file through
-//! the same [`Upload`] (temp file, quota, size limit, hashing, rename). Refusals (the role, a
-//! name out of the jail, the quota) are audited, at most [`MAX_REFUSALS_AUDITED`] a run.
+//! the same [`Upload`] (temp file, quota, size limit, hashing, rename). Control lines are
+//! parsed with every number checked (no overflow, no time past the year 9999); a bad line
+//! ends the run with a `\x02` line. Refusals (the role, a name out of the jail, the quota, a
+//! bad line) are audited, one by one up to a budget ([`RefusalBudget`]) and then counted.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -15,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use russh::server::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::{ChannelMsg, ChannelReadHalf};
 
 use super::Gateway;
+use super::audit::RefusalBudget;
+use super::channel_writer::ChannelWriter;
 use super::upload::{Upload, UploadError};
 use crate::access::{Caller, JailedPath, Role};
 
@@ -28,8 +31,9 @@ const MAX_LINE: usize = 4096;
 const MAX_DEPTH: usize = 32;
 /// Most bytes handed to the upload at once.
 const BATCH: u64 = 256 << 10;
-/// Refusals audited in one run (`scp -r` of a tree of bad names stops being news).
-const MAX_REFUSALS_AUDITED: usize = 32;
+/// The latest time a `T` line may give, 9999-12-31T23:59:59Z: what a file time can hold
+/// everywhere, and far past any real upload.
+const MAX_TIME: u64 = 253_402_300_799;
 
 /// How the remote scp was started.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -177,21 +181,40 @@ pub async fn run(
     caller: &Caller,
     address: IpAddr,
     reader: &mut ChannelReadHalf,
-    writer: &Arc<ChannelWriteHalf<Msg>>,
+    writer: &ChannelWriter,
     words: &[String],
 ) -> u32 {
-    let reply = |bytes: Vec<u8>| {
-        let writer = writer.clone();
-        async move { writer.data_bytes(bytes).await.is_ok() }
-    };
-    let fatal = |message: String| {
-        let writer = writer.clone();
-        async move {
-            let _ = writer
-                .data_bytes(format!("\x02simplestream-server: {message}\n").into_bytes())
-                .await;
-            1
-        }
+    // `scp -r` of a tree of bad names stops being news after a while.
+    let mut refusals = RefusalBudget::new("scp");
+    let code = sink(
+        gateway,
+        caller,
+        address,
+        reader,
+        writer,
+        words,
+        &mut refusals,
+    )
+    .await;
+    refusals.close(&gateway.audit, &caller.name(), address);
+    code
+}
+
+async fn sink(
+    gateway: &Arc<Gateway>,
+    caller: &Caller,
+    address: IpAddr,
+    reader: &mut ChannelReadHalf,
+    writer: &ChannelWriter,
+    words: &[String],
+    refusals: &mut RefusalBudget,
+) -> u32 {
+    let reply = |bytes: Vec<u8>| async move { writer.data(bytes).await.is_ok() };
+    let fatal = |message: String| async move {
+        let _ = writer
+            .data(format!("\x02simplestream-server: {message}\n").into_bytes())
+            .await;
+        1
     };
     let Caller::Remote {
         identity,
@@ -201,12 +224,8 @@ pub async fn run(
         return fatal("scp needs an SSH user".into()).await;
     };
     let command_line = words.join(" ");
-    let mut audited = 0;
     let mut audit_refusal = |what: &str, reason: &str| {
-        if audited < MAX_REFUSALS_AUDITED {
-            audited += 1;
-            gateway.audit.refused(&identity.name, address, what, reason);
-        }
+        refusals.refused(&gateway.audit, &identity.name, address, what, reason);
     };
     if let Err(denied) = caller.check("upload", Role::Publisher) {
         audit_refusal(&command_line, &denied);
@@ -256,17 +275,26 @@ pub async fn run(
         let text = String::from_utf8_lossy(&line).into_owned();
         match line.first().copied() {
             Some(b'T') => match parse_times(&text[1..]) {
-                Some(time) => {
+                Ok(time) => {
                     mtime = Some(time);
                     if !reply(vec![0]).await {
                         return 1;
                     }
                 }
-                None => return fatal(format!("bad time line {text:?}")).await,
+                Err(why) => {
+                    let message = format!("bad time line {text:?}: {why}");
+                    audit_refusal(&format!("scp {text:?}"), &message);
+                    return fatal(message).await;
+                }
             },
             Some(b'C') => {
-                let Some((size, name)) = parse_entry(&text[1..]) else {
-                    return fatal(format!("bad file line {text:?}")).await;
+                let (size, name) = match parse_entry(&text[1..]) {
+                    Ok(entry) => entry,
+                    Err(why) => {
+                        let message = format!("bad file line {text:?}: {why}");
+                        audit_refusal(&format!("scp {text:?}"), &message);
+                        return fatal(message).await;
+                    }
                 };
                 let destination = match dirs.last() {
                     Some(dir) => dir.child(&name).map_err(UploadError::from),
@@ -356,8 +384,13 @@ pub async fn run(
                 if !args.recursive {
                     return fatal("directories need scp -r".into()).await;
                 }
-                let Some((_, name)) = parse_entry(&text[1..]) else {
-                    return fatal(format!("bad directory line {text:?}")).await;
+                let name = match parse_entry(&text[1..]) {
+                    Ok((_, name)) => name,
+                    Err(why) => {
+                        let message = format!("bad directory line {text:?}: {why}");
+                        audit_refusal(&format!("scp {text:?}"), &message);
+                        return fatal(message).await;
+                    }
                 };
                 if dirs.len() > MAX_DEPTH {
                     return fatal(format!("directories nest deeper than {MAX_DEPTH} levels")).await;
@@ -414,7 +447,12 @@ pub async fn run(
                 tracing::info!(user = identity.name, message = %text[1..].trim(), "scp source gave up");
                 return 1;
             }
-            _ => return fatal(format!("unexpected control line {text:?}")).await,
+            _ => {
+                let message =
+                    format!("unexpected control line {text:?}; scp sends T, C, D and E lines");
+                audit_refusal(&format!("scp {text:?}"), &message);
+                return fatal(message).await;
+            }
         }
     }
     u32::from(failed)
@@ -432,26 +470,55 @@ fn error_line(e: &UploadError) -> Vec<u8> {
     format!("\x01simplestream-server: {e}\n").into_bytes()
 }
 
-/// `<mtime> 0 <atime> 0` → the modification time.
-fn parse_times(text: &str) -> Option<SystemTime> {
-    let mut parts = text.split(' ');
-    let mtime: u64 = parts.next()?.parse().ok()?;
-    let _: u64 = parts.next()?.parse().ok()?;
-    let _: u64 = parts.next()?.parse().ok()?;
-    let _: u64 = parts.next()?.parse().ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime))
+/// `<mtime> <usec> <atime> <usec>` → the modification time; each number checked.
+fn parse_times(text: &str) -> Result<SystemTime, String> {
+    const SHAPE: &str = "a time line is T<mtime> 0 <atime> 0, in seconds since 1970";
+    let fields: Vec<&str> = text.split(' ').collect();
+    let [mtime, mtime_usec, atime, atime_usec] = fields[..] else {
+        return Err(SHAPE.into());
+    };
+    let number = |field: &str| -> Result<u64, String> {
+        if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SHAPE.into());
+        }
+        field
+            .parse()
+            .map_err(|_| format!("{field} is out of range"))
+    };
+    for (field, what) in [(mtime, "modification"), (atime, "access")] {
+        if number(field)? > MAX_TIME {
+            return Err(format!("the {what} time {field} is past the year 9999"));
+        }
+    }
+    for usec in [mtime_usec, atime_usec] {
+        if number(usec)? > 999_999 {
+            return Err(format!("{usec} microseconds is more than a second"));
+        }
+    }
+    let seconds = number(mtime)?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-/// `<mode> <size> <name>` → (size, name). The mode is ignored: uploads are 0644.
-fn parse_entry(text: &str) -> Option<(u64, String)> {
+/// `<mode> <size> <name>` → (size, name). The mode is checked, then ignored: uploads are 0644.
+fn parse_entry(text: &str) -> Result<(u64, String), String> {
+    const SHAPE: &str = "a file line is C<4 octal digits> <size> <name>";
     let mut parts = text.splitn(3, ' ');
-    let mode = parts.next()?;
+    let (Some(mode), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(SHAPE.into());
+    };
     if mode.len() != 4 || !mode.chars().all(|c| c.is_digit(8)) {
-        return None;
+        return Err(format!("the mode {mode:?} is not 4 octal digits"));
     }
-    let size = parts.next()?.parse().ok()?;
-    let name = parts.next()?.to_string();
-    Some((size, name))
+    if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("the size {size:?} is not a number of bytes"));
+    }
+    // A file offset is signed 64-bit: no larger size can be written.
+    let size = size
+        .parse::<u64>()
+        .ok()
+        .filter(|size| i64::try_from(*size).is_ok())
+        .ok_or_else(|| format!("the size {size} is out of range"))?;
+    Ok((size, name.to_string()))
 }
 
 #[cfg(test)]
@@ -490,15 +557,51 @@ mod tests {
     fn parses_control_lines() {
         assert_eq!(
             parse_entry("0644 12 my file.tar.xz"),
-            Some((12, "my file.tar.xz".into()))
+            Ok((12, "my file.tar.xz".into()))
         );
-        assert_eq!(parse_entry("0644 x name"), None);
-        assert_eq!(parse_entry("644 1 name"), None);
-        assert_eq!(parse_entry("0644 1"), None);
+        assert!(parse_entry("0644 x name").unwrap_err().contains("number"));
+        assert!(parse_entry("0644 -1 name").unwrap_err().contains("number"));
+        assert!(parse_entry("644 1 name").unwrap_err().contains("mode"));
+        assert!(
+            parse_entry("07777777777 1 name")
+                .unwrap_err()
+                .contains("mode")
+        );
+        assert!(parse_entry("0644 1").is_err());
+        assert!(
+            parse_entry("0644 18446744073709551616 name")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_entry("0644 9223372036854775808 name")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert_eq!(
+            parse_entry("0644 9223372036854775807 n"),
+            Ok((i64::MAX as u64, "n".into()))
+        );
         assert_eq!(
             parse_times("1700000000 0 1700000001 0"),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         );
-        assert_eq!(parse_times("1 0 2"), None);
+        assert!(parse_times("1 0 2").is_err());
+        assert!(parse_times("1 0 2 0 ").is_err());
+        assert!(parse_times("+1 0 2 0").is_err());
+        for overflowing in [
+            "18446744073709551615 0 0 0",
+            "18446744073709551616 0 0 0",
+            "253402300800 0 0 0",
+            "0 0 18446744073709551615 0",
+        ] {
+            assert!(parse_times(overflowing).is_err(), "{overflowing}");
+        }
+        assert!(
+            parse_times("1 1000000 2 0")
+                .unwrap_err()
+                .contains("microseconds")
+        );
+        assert!(parse_times("253402300799 999999 0 0").is_ok());
     }
 }

@@ -5,7 +5,12 @@
 //! 2. sets TCP_NODELAY and runs russh over a stream the loop can cut at any moment;
 //! 3. cuts the connection when it has not authenticated within the login grace time;
 //! 4. on shutdown, says goodbye (SSH disconnect) and cuts what is still open shortly after;
-//! 5. when it ends without authenticating after trying, counts a failure for its address.
+//! 5. when it ends without authenticating, counts a failure for its address: a failed key,
+//!    but also a key exchange that led nowhere (each one costs the server CPU);
+//! 6. when it ends, cancels what its channels still run ([`SshSession`]'s tasks).
+//!
+//! Only key exchanges that cost the server little are offered ([`KEX_ALGORITHMS`]), and only
+//! SHA-2 signatures ([`KEY_ALGORITHMS`]).
 //!
 //! A connection's errors stay in its own task; they never reach this loop. Refused
 //! connections are audited, but a flood of them is not a flood of audit lines: an address's
@@ -23,8 +28,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 use russh::server::Handle;
-use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher};
+use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher, kex};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,8 +55,41 @@ const REFUSAL_TALLY_INTERVAL: Duration = Duration::from_secs(60);
 /// Addresses tallied one by one; refusals from more addresses within one interval share a line.
 const REFUSAL_TALLY_ADDRESSES: usize = 4096;
 
-/// The russh settings from our configuration: public keys only, AES-GCM offered first, no
-/// wait for OpenSSH's initial "none" probe, TCP_NODELAY.
+/// Key exchanges offered: the two that cost well under a millisecond of CPU (the classic
+/// Diffie-Hellman groups cost up to a second each, and one client looping on them stalled
+/// every login), then the markers for RFC 8308 extensions and strict key exchange (Terrapin).
+pub const KEX_ALGORITHMS: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// Host key and user signature algorithms: `ssh-rsa` (SHA-1) is left out, so RSA keys sign
+/// with rsa-sha2-512 or rsa-sha2-256 (OpenSSH 7.2 and later). The user side is enforced in
+/// [`SshSession`]; this list is also what `server-sig-algs` advertises.
+pub const KEY_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
+
+/// The russh settings from our configuration: public keys only, AES-GCM offered first, cheap
+/// key exchanges and SHA-2 signatures only, no wait for OpenSSH's initial "none" probe,
+/// TCP_NODELAY.
 pub fn russh_config(gateway: &Gateway) -> anyhow::Result<russh::server::Config> {
     let config = gateway.config();
     let ssh = &config.ssh;
@@ -82,6 +121,8 @@ pub fn russh_config(gateway: &Gateway) -> anyhow::Result<russh::server::Config> 
         inactivity_timeout: Some(Duration::from_secs(ssh.idle_timeout_secs.max(1))),
         nodelay: true,
         preferred: Preferred {
+            kex: Cow::Borrowed(KEX_ALGORITHMS),
+            key: Cow::Borrowed(KEY_ALGORITHMS),
             cipher: Cow::Owned(ciphers),
             ..Preferred::default()
         },
@@ -277,12 +318,15 @@ async fn serve_connection(connection: Connection) {
         shutdown,
     } = connection;
     let cut = CancellationToken::new();
+    // Whatever way this function ends (even aborted at shutdown), the channels' tasks learn it.
+    let connection_ended = CancellationToken::new();
+    let _end_channel_tasks = connection_ended.clone().drop_guard();
     // Buffered: russh reads each packet in two exact reads, which would be two recv(2) per
     // 32 KiB packet; through the buffer most come from one recv.
     let stream =
         tokio::io::BufReader::with_capacity(READ_BUFFER, CuttableStream::new(stream, cut.clone()));
     let state = Arc::new(ConnectionState::default());
-    let handler = SshSession::new(gateway.clone(), peer, state.clone());
+    let handler = SshSession::new(gateway.clone(), peer, state.clone(), connection_ended);
     let login_deadline = Instant::now() + grace;
 
     let started = tokio::time::timeout_at(
@@ -294,6 +338,7 @@ async fn serve_connection(connection: Connection) {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, error = %e, "SSH handshake failed");
+            gate.record_failure(peer.ip());
             return;
         }
         Err(_) => {
@@ -305,18 +350,21 @@ async fn serve_connection(connection: Connection) {
     let handle = session.handle();
     tokio::pin!(session);
     let mut awaiting_login = true;
+    let mut timed_out = false;
     let mut cut_at: Option<Instant> = None;
     loop {
         tokio::select! {
             result = &mut session => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %peer, error = %e, "SSH connection ended with an error");
+                    audit_negotiation_failure(&gateway, peer, &e);
                 }
                 break;
             }
             () = tokio::time::sleep_until(login_deadline), if awaiting_login => {
                 awaiting_login = false;
                 if !state.authenticated() {
+                    timed_out = true;
                     login_timed_out(&gateway, &gate, peer);
                     say_goodbye(&handle, "login grace time exceeded").await;
                     cut.cancel();
@@ -331,10 +379,34 @@ async fn serve_connection(connection: Connection) {
             }
         }
     }
-    if !state.authenticated() && state.failures() > 0 {
+    // Timed-out logins were counted when cut.
+    if !state.authenticated() && !timed_out {
         gate.record_failure(peer.ip());
     }
     drop(permit);
+}
+
+/// A client that shares no algorithm with the server (say, an old one that offers only the
+/// Diffie-Hellman groups): its client prints what the server offers; the audit log says who.
+fn audit_negotiation_failure(gateway: &Gateway, peer: SocketAddr, error: &anyhow::Error) {
+    if let Some(russh::Error::NoCommonAlgo { kind, ours, theirs }) = error.downcast_ref() {
+        let kind = match kind {
+            russh::AlgorithmKind::Kex => "key exchange",
+            russh::AlgorithmKind::Key => "host key algorithm",
+            russh::AlgorithmKind::Cipher => "cipher",
+            russh::AlgorithmKind::Compression => "compression",
+            russh::AlgorithmKind::Mac => "MAC",
+        };
+        gateway.audit.refused(
+            "-",
+            peer.ip(),
+            &format!("{kind}: {}", theirs.join(",")),
+            &format!(
+                "the client offers no {kind} this server takes; it takes {}",
+                ours.join(",")
+            ),
+        );
+    }
 }
 
 fn login_timed_out(gateway: &Gateway, gate: &ConnectionGate, peer: SocketAddr) {

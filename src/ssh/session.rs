@@ -7,8 +7,10 @@
 //! (soft-serve GHSA-pchf-49fh-w34r).
 //!
 //! Everything but `exec` and the `sftp` subsystem is refused with a message the OpenSSH
-//! client shows, and each refusal is audited ([`Audit::refused`]). Accepted requests run in
-//! tasks of their own, never on the connection task.
+//! client shows, and each refusal is audited ([`Audit::refused`], one by one up to a budget).
+//! Accepted requests run in tasks of their own, never on the connection task; each holds one
+//! of the connection's [`MAX_CHANNELS`] channel slots until it ends, and learns when the
+//! connection ends, so that its writes stop waiting for a client that is gone.
 //!
 //! A connection that never authenticates gets one audit line (`auth`, `failure`) listing its
 //! attempts, the "none" probe of a client with no usable method included; keys it offered
@@ -18,40 +20,39 @@
 //! [`Audit::refused`]: super::audit::Audit::refused
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Algorithm, HashAlg, PublicKey};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::audit::clip;
+use super::audit::{RefusalBudget, clip};
 use crate::access::authorized_keys::Refusal;
 use crate::access::{Caller, Identity, Role};
 
-/// Session channels one connection may have open at once.
-const MAX_CHANNELS: usize = 8;
+/// Session channels one connection may have at once: opened and waiting for a request, or
+/// running one (a command, scp, SFTP) until it ends.
+pub const MAX_CHANNELS: usize = 8;
 
-/// What the accept loop learns about a connection: whether it authenticated, and how many
-/// attempts failed (for throttling).
+/// What the accept loop learns about a connection: whether it authenticated (a connection
+/// that ends without counts as a failure, for throttling).
 #[derive(Debug, Default)]
 pub struct ConnectionState {
     authenticated: AtomicBool,
-    failures: AtomicUsize,
 }
 
 impl ConnectionState {
     pub fn authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Acquire)
-    }
-
-    pub fn failures(&self) -> usize {
-        self.failures.load(Ordering::Acquire)
     }
 }
 
@@ -61,7 +62,13 @@ pub struct SshSession {
     peer: SocketAddr,
     state: Arc<ConnectionState>,
     caller: Option<Caller>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Opened channels not yet running a request, each with its slot.
+    channels: HashMap<ChannelId, (Channel<Msg>, OwnedSemaphorePermit)>,
+    /// [`MAX_CHANNELS`] slots, held by open channels and the tasks running their requests.
+    channel_slots: Arc<Semaphore>,
+    /// Cancelled when the connection ends: the channel tasks stop waiting for the client.
+    connection_ended: CancellationToken,
+    refusals: RefusalBudget,
     /// Failed attempts, for the one audit line a failed connection gets.
     attempts: Vec<serde_json::Value>,
     /// Fingerprints of keys the server said it would accept, not yet signed for.
@@ -83,21 +90,29 @@ fn reject() -> Auth {
 }
 
 impl SshSession {
-    pub fn new(gateway: Arc<Gateway>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
+    /// `connection_ended` is cancelled by the accept loop when the connection ends.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        peer: SocketAddr,
+        state: Arc<ConnectionState>,
+        connection_ended: CancellationToken,
+    ) -> Self {
         SshSession {
             gateway,
             peer,
             state,
             caller: None,
             channels: HashMap::new(),
+            channel_slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
+            connection_ended,
+            refusals: RefusalBudget::new("ssh"),
             attempts: Vec::new(),
             offered: Vec::new(),
         }
     }
 
-    /// A refused authentication attempt: counted for throttling, kept for the audit line.
+    /// A refused authentication attempt, kept for the audit line.
     fn failed(&mut self, method: &str, login: &str, key: Option<&PublicKey>, reason: &str) {
-        self.state.failures.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(peer = %self.peer, method, reason, "authentication attempt refused");
         self.note_attempt(method, login, key, reason);
     }
@@ -124,10 +139,23 @@ impl SshSession {
             .unwrap_or_else(|| "-".into())
     }
 
-    fn audit_refusal(&self, what: &str, reason: &str) {
-        self.gateway
-            .audit
-            .refused(&self.user_name(), self.peer.ip(), what, reason);
+    fn audit_refusal(&mut self, what: &str, reason: &str) {
+        let user = self.user_name();
+        self.refusals
+            .refused(&self.gateway.audit, &user, self.peer.ip(), what, reason);
+    }
+
+    /// Runs a channel's request in a task of its own, which holds the channel's slot until
+    /// it ends.
+    fn spawn_channel_task(
+        &self,
+        slot: OwnedSemaphorePermit,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        tokio::spawn(async move {
+            task.await;
+            drop(slot);
+        });
     }
 
     /// Answers a request on a session channel with a message on stderr and exit status 1,
@@ -145,6 +173,9 @@ impl SshSession {
 
 impl Drop for SshSession {
     fn drop(&mut self) {
+        let user = self.user_name();
+        self.refusals
+            .close(&self.gateway.audit, &user, self.peer.ip());
         if self.caller.is_none() && (!self.attempts.is_empty() || !self.offered.is_empty()) {
             self.gateway.audit.record(
                 "auth",
@@ -205,6 +236,10 @@ impl Handler for SshSession {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if let Err(reason) = check_signature_algorithm(offer.algorithm) {
+            self.failed("publickey", user, Some(offer.public_key), reason);
+            return Ok(reject());
+        }
         let keys = self.gateway.keys.current();
         match keys.find(offer.public_key, self.peer.ip(), crate::catalog::unix_now()) {
             Ok(entry) => {
@@ -233,6 +268,10 @@ impl Handler for SshSession {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if let Err(reason) = check_signature_algorithm(key.algorithm) {
+            self.failed("publickey", user, Some(key.public_key), reason);
+            return Ok(reject());
+        }
         let keys = self.gateway.keys.current();
         let entry = match keys.find(key.public_key, self.peer.ip(), crate::catalog::unix_now()) {
             Ok(entry) => entry,
@@ -296,15 +335,17 @@ impl Handler for SshSession {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        if self.channels.len() >= MAX_CHANNELS {
+        let Ok(slot) = self.channel_slots.clone().try_acquire_owned() else {
             self.audit_refusal(
                 "session channel",
-                &format!("at most {MAX_CHANNELS} session channels may be open at once"),
+                &format!(
+                    "at most {MAX_CHANNELS} session channels may be open at once on one connection"
+                ),
             );
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
-        self.channels.insert(channel.id(), channel);
+        };
+        self.channels.insert(channel.id(), (channel, slot));
         reply.accept().await;
         Ok(())
     }
@@ -473,16 +514,24 @@ impl Handler for SshSession {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(caller), Some(open)) = (self.caller.clone(), self.channels.remove(&channel))
+        let (Some(caller), Some((open, slot))) =
+            (self.caller.clone(), self.channels.remove(&channel))
         else {
             session.channel_failure(channel)?;
             return Ok(());
         };
         session.channel_success(channel)?;
-        let gateway = self.gateway.clone();
-        let peer = self.peer;
-        let command = data.to_vec();
-        tokio::spawn(super::exec::run(gateway, caller, open, command, peer));
+        self.spawn_channel_task(
+            slot,
+            super::exec::run(
+                self.gateway.clone(),
+                caller,
+                open,
+                data.to_vec(),
+                self.peer,
+                self.connection_ended.clone(),
+            ),
+        );
         Ok(())
     }
 
@@ -508,18 +557,32 @@ impl Handler for SshSession {
             self.refuse_on_channel(channel, session, &denied);
             return Ok(());
         }
-        let Some(open) = self.channels.remove(&channel) else {
+        let Some((open, slot)) = self.channels.remove(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
         session.channel_success(channel)?;
-        tokio::spawn(super::sftp::run(
-            self.gateway.clone(),
-            caller,
-            open,
-            self.peer.ip(),
-        ));
+        self.spawn_channel_task(
+            slot,
+            super::sftp::run(
+                self.gateway.clone(),
+                caller,
+                open,
+                self.peer.ip(),
+                self.connection_ended.clone(),
+            ),
+        );
         Ok(())
+    }
+}
+
+/// Refuses SHA-1 RSA signatures (`ssh-rsa`): RSA keys must sign with rsa-sha2-256/512.
+fn check_signature_algorithm(algorithm: &Algorithm) -> Result<(), &'static str> {
+    match algorithm {
+        Algorithm::Rsa { hash: None } => Err(
+            "ssh-rsa (SHA-1) signatures are refused; use an OpenSSH 7.2 or later client, which signs RSA keys with rsa-sha2-512, or an ed25519 key",
+        ),
+        _ => Ok(()),
     }
 }
 

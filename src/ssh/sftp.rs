@@ -28,15 +28,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
-use russh::{Channel, ChannelMsg, ChannelWriteHalf};
+use russh::{Channel, ChannelMsg};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Packet,
     Status, StatusCode, Version,
 };
 use russh_sftp::server::{Handler, StatusReply};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
+use super::channel_writer::ChannelWriter;
 use super::upload::{Upload, UploadError};
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{Caller, JailError, JailedPath, UploadArea};
@@ -1006,8 +1008,15 @@ fn describe(packet: &Packet) -> String {
     text
 }
 
-/// Serves one SFTP channel of a client at `address` until the client ends it.
-pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>, address: IpAddr) {
+/// Serves one SFTP channel of a client at `address` until the client ends it, or its
+/// connection ends (`connection_ended`).
+pub async fn run(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    channel: Channel<Msg>,
+    address: IpAddr,
+    connection_ended: CancellationToken,
+) {
     let Caller::Remote {
         identity,
         upload_area,
@@ -1015,7 +1024,8 @@ pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>, a
     else {
         return;
     };
-    let (mut reader, writer) = channel.split();
+    let (mut reader, half) = channel.split();
+    let writer = ChannelWriter::new(half, connection_ended, gateway.send_timeout());
     let mut session = SftpSession::new(gateway, identity.name, address, upload_area);
     let mut inbox = Inbox::default();
     let mut status = 0;
@@ -1039,7 +1049,7 @@ pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>, a
                     break 'session;
                 }
             };
-            if writer.data_bytes(bytes).await.is_err() {
+            if writer.data(bytes).await.is_err() {
                 break 'session;
             }
             for notice in std::mem::take(&mut session.notices) {
@@ -1055,10 +1065,10 @@ pub async fn run(gateway: Arc<Gateway>, caller: Caller, channel: Channel<Msg>, a
     session.audit_counted_refusals();
     // Unfinished uploads are dropped here: their temp files go, nothing becomes visible.
     drop(session);
-    super::exec::finish(&writer, status).await;
+    writer.finish(status).await;
 }
 
-async fn tell(writer: &ChannelWriteHalf<Msg>, message: &str) {
+async fn tell(writer: &ChannelWriter, message: &str) {
     super::exec::send_error_line(writer, message).await;
 }
 

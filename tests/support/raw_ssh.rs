@@ -44,15 +44,33 @@ pub async fn step<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 /// Connects from `from` and exchanges keys; no authentication yet.
 pub async fn connect(server: SocketAddr, from: IpAddr) -> Result<Session, russh::Error> {
+    connect_with(server, from, client::Config::default()).await
+}
+
+/// [`connect`] with client settings of the test's choosing (a window of 0, say).
+pub async fn connect_with(
+    server: SocketAddr,
+    from: IpAddr,
+    config: client::Config,
+) -> Result<Session, russh::Error> {
     let stream = connect_from(from, server).await?;
     let _ = stream.set_nodelay(true);
-    let config = Arc::new(client::Config::default());
-    client::connect_stream(config, stream, AcceptAnyHost).await
+    client::connect_stream(Arc::new(config), stream, AcceptAnyHost).await
 }
 
 /// Connects from `from` and logs in with `key`.
 pub async fn login(server: SocketAddr, from: IpAddr, key: &Key) -> Session {
-    let mut session = step("connect", connect(server, from))
+    login_with(server, from, key, client::Config::default()).await
+}
+
+/// [`login`] with client settings of the test's choosing.
+pub async fn login_with(
+    server: SocketAddr,
+    from: IpAddr,
+    key: &Key,
+    config: client::Config,
+) -> Session {
+    let mut session = step("connect", connect_with(server, from, config))
         .await
         .expect("connect");
     let private = load_secret_key(&key.private, None).expect("load the private key");

@@ -109,14 +109,30 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        self.sigterm();
         let status = self.child.wait().expect("wait for serve");
         std::mem::forget(self);
         status
+    }
+
+    /// Sends SIGTERM and waits at most `deadline` for the exit status, with how long it took;
+    /// fails the test (the server killed on drop) when it does not exit in time.
+    pub fn terminate_within(mut self, deadline: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        self.sigterm();
+        let status = super::wait_until(deadline, "serve to stop after SIGTERM", || {
+            self.child.try_wait().expect("wait for serve")
+        });
+        let took = started.elapsed();
+        std::mem::forget(self);
+        (status, took)
+    }
+
+    fn sigterm(&self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 }
 

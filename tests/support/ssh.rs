@@ -14,7 +14,8 @@ use super::{TestDir, require_tool};
 /// How long one client command may take.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A key pair made with `ssh-keygen -t ed25519 -N ''`, its comment naming the user.
+/// A key pair made with `ssh-keygen -t ed25519 -N ''` (or another type), its comment naming
+/// the user.
 #[derive(Clone, Debug)]
 pub struct Key {
     pub private: PathBuf,
@@ -25,12 +26,17 @@ pub struct Key {
 
 impl Key {
     pub fn new(t: &TestDir, comment: &str) -> Key {
+        Key::of_type(t, comment, "ed25519")
+    }
+
+    /// A key of `kind` (`ssh-keygen -t`: ed25519, rsa, ecdsa).
+    pub fn of_type(t: &TestDir, comment: &str, kind: &str) -> Key {
         let keygen = require_tool("ssh-keygen", "openssh-client");
         let private = t
             .path()
             .join(format!("key-{}", comment.replace(['/', ' '], "_")));
         let status = Command::new(keygen)
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
             .arg(&private)
             .stdin(Stdio::null())
             .status()
