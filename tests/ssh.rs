@@ -1073,11 +1073,17 @@ fn an_interrupted_upload_leaves_nothing_visible() {
         wait_until(Duration::from_secs(30), "the temp file to go", || {
             names_in(&dir).is_empty().then_some(())
         });
-        assert!(
-            audit_events(&s.t, "upload_incomplete")
-                .iter()
-                .any(|e| e["protocol"] == if legacy { "scp" } else { "sftp" }),
-            "legacy={legacy}"
+        // Written just after the temp file goes.
+        let protocol = if legacy { "scp" } else { "sftp" };
+        wait_until(
+            Duration::from_secs(10),
+            "the upload_incomplete line",
+            || {
+                audit_events(&s.t, "upload_incomplete")
+                    .iter()
+                    .any(|e| e["protocol"] == protocol)
+                    .then_some(())
+            },
         );
     }
 }
