@@ -71,6 +71,18 @@ pub struct TlsConfig {
     /// Seconds between checks of the certificate and key files for changes (certbot renewals
     /// are picked up without a restart).
     pub reload_interval_secs: u64,
+    /// The oldest TLS version offered. LXD and Incus require 1.3; 1.2 only for other clients.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version, as `tls.min_version` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// The SSH gateway. Limits are enforced before the handshake (connections), before
@@ -161,6 +173,7 @@ impl Default for TlsConfig {
             key: None,
             san: Vec::new(),
             reload_interval_secs: 10,
+            min_version: TlsVersion::default(),
         }
     }
 }

@@ -51,6 +51,15 @@ pub fn public_url(http: &HttpConfig, base_path: &str, listen: SocketAddr) -> Str
     format!("https://{host}:{}{base_path}", listen.port())
 }
 
+/// The scheme and authority of a URL, without its path (`https://h:1/x` → `https://h:1`).
+pub fn url_origin(url: &str) -> &str {
+    let path_start = url.find("://").map_or(0, |scheme_end| scheme_end + 3);
+    match url[path_start..].find(['/', '?', '#']) {
+        Some(end) => &url[..path_start + end],
+        None => url,
+    }
+}
+
 /// The host part of a URL (`https://h:1/x` → `h`, `https://[::1]:1` → `::1`).
 pub fn url_host(url: &str) -> Option<&str> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -226,5 +235,11 @@ mod tests {
         assert_eq!(url_host("https://[::1]:8443"), Some("::1"));
         assert_eq!(url_host("https://user@h/x"), Some("h"));
         assert_eq!(url_host("https://"), None);
+        assert_eq!(
+            url_origin("https://h.example:8443/lxd"),
+            "https://h.example:8443"
+        );
+        assert_eq!(url_origin("https://[::1]:8443"), "https://[::1]:8443");
+        assert_eq!(url_origin("https://h?x"), "https://h");
     }
 }

@@ -504,12 +504,6 @@ fn tls13_http11_and_h2_by_alpn() {
         .unwrap();
     assert_eq!(tls13.version, rustls::ProtocolVersion::TLSv1_3);
     assert_eq!(tls13.alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let tls12 = client
-        .clone()
-        .only(&rustls::version::TLS12)
-        .handshake()
-        .unwrap();
-    assert_eq!(tls12.version, rustls::ProtocolVersion::TLSv1_2);
 
     let h1 = client.get("/streams/v1/index.json");
     assert_eq!(h1.version, http::Version::HTTP_11);
@@ -804,6 +798,37 @@ fn plain_http_for_anything_else_is_redirected_to_https() {
     assert_eq!(body, client.get("/streams/v1/index.json").body);
 }
 
+/// Issue 10 item 16: the redirect goes to the remote URL, whatever `Host` the request names.
+#[test]
+fn plain_http_redirects_never_echo_the_host_header() {
+    let t = TestDir::new();
+    let (server, _client) = start(&t, &[]);
+    let port = server.https().port();
+    let redirect = |server: &Server, head: &str| {
+        let request = format!("GET /streams/v1/index.json HTTP/1.1\r\n{head}\r\n");
+        let (raw, _) = plain(server.https(), request.as_bytes(), Duration::from_secs(10));
+        let response = parse_response(&raw);
+        assert_eq!(response.status, 301, "{head:?}");
+        response.header("location").map(str::to_string)
+    };
+    let own = format!("https://127.0.0.1:{port}/streams/v1/index.json");
+    for head in ["Host: evil.example\r\n", "Host: 127.0.0.1:1\r\n", ""] {
+        assert_eq!(
+            redirect(&server, head).as_deref(),
+            Some(own.as_str()),
+            "{head:?}"
+        );
+    }
+    drop(server);
+
+    let t = TestDir::new();
+    let (server, _client) = start(&t, &["--public-url", "https://images.test:9443/"]);
+    assert_eq!(
+        redirect(&server, "Host: evil.example\r\n").as_deref(),
+        Some("https://images.test:9443/streams/v1/index.json")
+    );
+}
+
 #[test]
 fn plain_http_image_files_can_be_switched_off() {
     let t = TestDir::new();
@@ -950,6 +975,57 @@ fn start_up_errors_say_what_to_do() {
 // ---------------------------------------------------------------------------------------
 // Pages, base path, logs, shutdown, curl
 
+/// Issue 10 item 18: `/` and `/healthz` answer from what was read for the published stream,
+/// not from a read of the record per request; a new stream is read again.
+#[test]
+fn the_page_and_healthz_answer_from_the_published_stream() {
+    let t = TestDir::new();
+    import_container(&t, &Meta::default(), "first");
+    let (_server, client) = start(&t, &[]);
+    assert_eq!(client.get("/healthz").status, 200);
+    let page = client.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("testos/1"), "{}", page.text());
+    // Unreadable record, same stream: still answered (old code read the record: 503).
+    let record = t.data().join("state/catalog.json");
+    let kept = std::fs::read(&record).unwrap();
+    std::fs::write(&record, b"not json").unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.get("/healthz").status, 200);
+        assert_eq!(client.get("/").status, 200);
+    }
+    // A new stream is read again.
+    std::fs::write(&record, &kept).unwrap();
+    let meta = Meta {
+        release: "2",
+        ..Meta::default()
+    };
+    import_container(&t, &meta, "second");
+    assert!(client.get("/").text().contains("testos/2"));
+    assert_eq!(client.get("/healthz").status, 200);
+}
+
+/// Issue 10 item 19: TLS 1.3 only by default (LXD and Incus require it); 1.2 when set.
+#[test]
+fn tls_1_2_is_offered_only_when_min_version_says_so() {
+    let t = TestDir::new();
+    let (server, client) = start(&t, &[]);
+    let tls12 = client.clone().only(&rustls::version::TLS12);
+    assert!(tls12.handshake().is_err(), "TLS 1.2 offered by default");
+    drop(server);
+    let shown = t.ok(&["config"]);
+    assert!(shown.contains("min_version = \"1.3\""), "{shown}");
+
+    let (_server, client) = start(&t, &["--tls-min-version", "1.2"]);
+    let tls12 = client.clone().only(&rustls::version::TLS12).handshake();
+    assert_eq!(tls12.unwrap().version, rustls::ProtocolVersion::TLSv1_2);
+    let tls13 = client.only(&rustls::version::TLS13).handshake();
+    assert_eq!(tls13.unwrap().version, rustls::ProtocolVersion::TLSv1_3);
+    let bad = t.run(&["config", "--tls-min-version", "1.1"]);
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && said.contains("1.3"), "{said}");
+}
+
 #[test]
 fn healthz_metrics_and_server_crt() {
     let t = TestDir::new();
@@ -984,8 +1060,13 @@ fn healthz_metrics_and_server_crt() {
         "CLI imports run in another process"
     );
 
-    // An unreadable catalog makes the server unhealthy, and says so.
+    // An unreadable catalog behind a newly published stream makes the server unhealthy, and
+    // says so. (Health is read once per version of the stream: see the test above.)
     std::fs::write(t.data().join("state/catalog.json"), "not json").unwrap();
+    let images = t.www().join("streams/v1/images.json");
+    let republished = t.www().join("streams/v1/images.json.new");
+    std::fs::copy(&images, &republished).unwrap();
+    std::fs::rename(&republished, &images).unwrap();
     let sick = client.get("/healthz");
     assert_eq!(sick.status, 503);
     assert!(sick.text().contains("catalog"), "{}", sick.text());

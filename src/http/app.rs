@@ -48,12 +48,11 @@ async fn server_crt(State(state): State<Arc<HttpState>>) -> Response {
     response
 }
 
-/// 200 when the catalog record can be read, else 503 with the reason.
+/// 200 when the catalog record behind the published stream could be read, else 503 with the
+/// reason. Answered from what was read for the stream's current version.
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    let catalog = state.catalog.clone();
-    let mut response = match tokio::task::spawn_blocking(move || catalog.load()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()).into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    let mut response = match state.published.get(&state.catalog, &*state.tree).await {
+        Ok(_) => (StatusCode::OK, "ok\n".to_string()).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     };
     response

@@ -1,6 +1,7 @@
 //! `/`: a small HTML page (no JavaScript) listing the published images, with the
 //! `lxc/incus remote add` lines and a link to the certificate. Rendered from the catalog
-//! record on every request, so it is never stale.
+//! record as read for the published stream's current version ([`super::published_state`]):
+//! never staler than `images.json`, and never a read of the record per request.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -11,27 +12,22 @@ use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTE
 use http::{HeaderValue, StatusCode};
 
 use super::{HttpState, cache_policy};
-use crate::catalog::summary::{ImageSummary, summaries};
+use crate::catalog::summary::ImageSummary;
 use crate::format::human_size;
 
 /// Inline styles only; the data: icon stops browsers asking for /favicon.ico.
 const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub async fn handle(State(state): State<Arc<HttpState>>) -> Response {
-    let catalog = state.catalog.clone();
-    let images = match tokio::task::spawn_blocking(move || catalog.load()).await {
-        Ok(Ok(record)) => summaries(&record),
-        Ok(Err(e)) => {
+    let images = match state.published.get(&state.catalog, &*state.tree).await {
+        Ok(images) => images,
+        Err(e) => {
             tracing::warn!(error = %e, "cannot read the catalog for the page");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the catalog cannot be read; the server log says why\n",
             )
                 .into_response();
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the catalog page task failed");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
     let cert = state.certs.current();

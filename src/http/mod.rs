@@ -12,6 +12,8 @@
 //!   ranges, the answer; [`body`] streams an object's bytes as the HTTPS body.
 //! - [`preconditions`]: `If-*` and `Range` evaluation (pure functions).
 //! - [`json_cache`]: the stream's JSON held in memory per file version, with its gzip form.
+//! - [`published_state`]: the image summaries `/` and `/healthz` answer from, read once per
+//!   version of the stream.
 //! - [`cache_policy`]: `Cache-Control` by path, and the content types.
 //! - [`catalog_page`], [`metrics`], [`access_log`]: the HTML catalog, Prometheus text, and
 //!   the one log line per request.
@@ -27,6 +29,7 @@ pub mod json_cache;
 pub mod metrics;
 pub mod plain;
 pub mod preconditions;
+pub mod published_state;
 pub mod send_timeout;
 pub mod server;
 pub mod tls;
@@ -109,6 +112,8 @@ pub struct HttpState {
     pub certs: Arc<CertStore>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub json: json_cache::JsonCache,
+    /// What `/` and `/healthz` show, read once per published stream.
+    pub published: published_state::PublishedState,
 }
 
 impl HttpState {
@@ -154,7 +159,10 @@ impl Https {
         )?;
         tls::ensure_certificate(&paths, &names)?;
         let certs = Arc::new(CertStore::open(paths)?);
-        let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone())?);
+        let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(
+            certs.clone(),
+            config.tls.min_version,
+        )?);
         Ok(Https {
             listener,
             state: Arc::new(HttpState {
@@ -164,6 +172,7 @@ impl Https {
                 certs,
                 tls,
                 json: json_cache::JsonCache::default(),
+                published: published_state::PublishedState::default(),
             }),
         })
     }

@@ -4,7 +4,10 @@
 //! and use HTTPS only when that fails, so the TLS port must answer plain HTTP at once, never
 //! hang. Files under `images/` are served here when `http.plain_http_images` is on (their
 //! integrity comes from the sha256 in the index, which only travels over HTTPS); every other
-//! request is redirected to the same URL over https.
+//! request is redirected to the same path on the remote URL (`http.public_url`, else the URL
+//! built from the listen address). The `Host` header is never echoed: a redirect to whatever
+//! host a request names would let anyone who can put a link in front of a client send it
+//! elsewhere.
 //!
 //! One request per connection (`Connection: close`, which is what the clients send), read
 //! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. Bodies from a
@@ -14,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HOST, LOCATION, USER_AGENT};
+use http::header::{LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -107,22 +110,13 @@ async fn answer(state: &Arc<HttpState>, head: &RequestHead, path: &str) -> Reply
         let below = below.unwrap_or(path);
         return files::respond(state, &head.method, below, &head.headers).await;
     }
-    redirect_to_https(head)
+    redirect_to_https(head, &state.settings().public_url)
 }
 
-fn redirect_to_https(head: &RequestHead) -> Reply {
-    let host = head
-        .headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return Reply::text(
-            StatusCode::BAD_REQUEST,
-            "this port speaks HTTPS; send a Host header or use https://\n",
-        );
-    };
-    let Ok(location) = HeaderValue::from_str(&format!("https://{host}{}", head.target)) else {
+/// A redirect to `target` on the remote URL's origin (the target already holds the base path).
+fn redirect_to_https(head: &RequestHead, public_url: &str) -> Reply {
+    let origin = crate::remote::url_origin(public_url);
+    let Ok(location) = HeaderValue::from_str(&format!("{origin}{}", head.target)) else {
         return Reply::text(
             StatusCode::BAD_REQUEST,
             "the request target is not a URL path\n",

@@ -24,7 +24,7 @@ use rustls::sign::CertifiedKey;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, TlsVersion};
 use crate::data_dir::DataDir;
 use crate::fsutil;
 
@@ -420,11 +420,19 @@ pub async fn watch(store: Arc<CertStore>, interval: Duration, shutdown: Cancella
     }
 }
 
-/// TLS 1.3 and 1.2 with the aws-lc-rs provider; ALPN h2 (when a client asks) and http/1.1.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+/// TLS 1.3 (and 1.2 when `tls.min_version` is 1.2) with the aws-lc-rs provider; ALPN h2 (when
+/// a client asks) and http/1.1.
+pub fn server_config(
+    store: Arc<CertStore>,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Invalid(format!("cannot set up TLS: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(store);
