@@ -114,6 +114,10 @@ pub struct SshConfig {
     pub quota_bytes: u64,
     /// Largest single uploaded file, in bytes. 0: no limit.
     pub max_file_bytes: u64,
+    /// Files and directories one user's upload area may hold. 0: no limit.
+    pub max_entries: u64,
+    /// Deepest path in an upload area, in path parts (`a/b/c` is 3). 0: no limit.
+    pub max_depth: u64,
     /// Where the audit log goes: a path (relative to the data directory), `-` for standard
     /// output, or an empty string for nowhere.
     pub audit_log: String,
@@ -192,6 +196,8 @@ impl Default for SshConfig {
             failed_auth_window_secs: 300,
             quota_bytes: 64 << 30,
             max_file_bytes: 32 << 30,
+            max_entries: 10_000,
+            max_depth: 16,
             audit_log: "audit.log".into(),
             direct_io: true,
             rsa_host_key: false,
@@ -474,6 +480,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "http.remote_name",
     "http.send_timeout_secs",
     "ssh.direct_io",
+    "ssh.max_depth",
+    "ssh.max_entries",
     "ssh.max_file_bytes",
     "ssh.quota_bytes",
     "ssh.send_timeout_secs",

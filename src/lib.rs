@@ -10,6 +10,9 @@
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table. Only
 //!   `main.rs`, [`serve`] and `ssh/exec.rs` call it. [`publish`]: export from a local LXD/Incus
 //!   store, upload and import, in one command.
+//! - [`upload_area`]: one owner for each user's upload area (writes, renames, removals,
+//!   quota and entry counts, upload-time digests, audit lines), called by every door;
+//!   [`audit`]: the audit log, one JSON line per event.
 //! - [`remote`]: how clients reach this server (remote URL, base path, the text that sets a
 //!   client up); [`host_keys`]: the SSH host keys; [`limits`]: who may open a connection
 //!   (caps in all and per address, throttling), asked by both accept loops; [`access`]: roles
@@ -30,6 +33,7 @@
 //!   people; [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
 pub mod access;
+pub mod audit;
 pub mod catalog;
 pub mod commands;
 pub mod config;
@@ -50,3 +54,4 @@ pub mod sha256;
 pub mod ssh;
 pub mod storage;
 pub mod streams;
+pub mod upload_area;

@@ -3,16 +3,19 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use simplestream_server::access::Caller;
+use simplestream_server::audit::Audit;
 use simplestream_server::catalog::Catalog;
 use simplestream_server::commands::{self, Command, Context, ProgressStyle, report_error};
-use simplestream_server::config::{self, Config, LogFormat};
+use simplestream_server::config::{self, Config, LiveConfig, LogFormat};
 use simplestream_server::data_dir::DataDir;
 use simplestream_server::publish::{self, PublishArgs};
 use simplestream_server::serve;
+use simplestream_server::upload_area::UploadAreas;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -196,6 +199,15 @@ fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode
     };
     let mut out = stdout.lock();
     let mut err = stderr.lock();
+    // The audit log, when it can be opened, also records what local commands do to upload
+    // areas (`uploads --remove`).
+    let audit = Audit::open(&config.ssh.audit_log, catalog.dirs().root())
+        .unwrap_or_else(|_| Audit::disabled());
+    let areas = Arc::new(UploadAreas::new(
+        catalog.dirs().incoming(),
+        Arc::new(LiveConfig::new(config.clone())),
+        Arc::new(audit),
+    ));
     let mut ctx = Context {
         caller: &Caller::Local,
         catalog,
@@ -204,7 +216,7 @@ fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode
         err: &mut err,
         stdin: Some(Box::new(std::io::stdin())),
         progress,
-        digests: None,
+        areas: &areas,
     };
     ExitCode::from(commands::execute(command, &mut ctx).code as u8)
 }

@@ -90,9 +90,6 @@ impl Reloader {
             let settings = HttpSettings::from_config(&changes.config, running.http.listen)?;
             self.http.set_settings(settings);
             self.catalog.set_settings(changes.config.catalog_settings());
-            self.gateway
-                .quotas
-                .set_limit(changes.config.ssh.quota_bytes);
             self.live.replace(changes.config);
             self.baseline = config::changes(&self.baseline, &self.baseline, &read)?.config;
         }

@@ -342,7 +342,10 @@ fn scp_sink_lines_no_openssh_client_sends_are_refused_and_audited() {
     });
     assert_eq!(names_in(&dir), ["fine.bin"]);
     assert_eq!(std::fs::read(dir.join("fine.bin")).unwrap(), b"abc");
-    assert_eq!(names_in(&g.t.data().join("incoming")), ["alice"]);
+    assert_eq!(
+        names_in(&g.t.data().join("incoming")),
+        [".upload-tmp", "alice"]
+    );
 }
 
 /// Password and keyboard-interactive requests that reach the server (OpenSSH never sends
@@ -1227,4 +1230,232 @@ fn methods_other_than_get_and_head_get_405_on_every_kind_of_path() {
         }
     }
     assert_eq!(t.snapshot_www(), before, "a refused request changed www/");
+}
+
+// ---------------------------------------------------------------------------------------
+// Upload areas: quota, counts, APPEND
+
+/// A server whose only key is alice's (a publisher), with `config`.
+fn area_gateway(config: &str) -> (TestDir, Server, Key) {
+    let t = TestDir::new();
+    let alice = Key::new(&t, "alice");
+    write_authorized_keys(&t, &[alice.line("")]);
+    write_config(&t, config);
+    let server = Server::start(&t, &[]);
+    (t, server, alice)
+}
+
+/// Bytes in every file under `dir`, temp files included.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    support::invariants::files_under(dir)
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Issue 10 item 5: open `dir/blob`, write, rename `dir` away, close. The commit fails; the
+/// temp file is found and deleted, and only then is its room given back: on disk the area
+/// never holds more than its quota, and nothing is left behind.
+#[test]
+fn renaming_the_directory_of_an_open_upload_leaves_nothing_over_the_quota() {
+    let (t, server, alice) = area_gateway("[ssh]\nquota_bytes = 1000000\n");
+    let incoming = t.data().join("incoming");
+    let write = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    runtime().block_on(async {
+        let session = raw_ssh::login(server.ssh(), USER, &alice).await;
+        let sftp = raw_ssh::sftp(&session).await;
+        for round in 0..6 {
+            let dir = format!("dir{round}");
+            step("mkdir", sftp.mkdir(dir.clone(), FileAttributes::default()))
+                .await
+                .unwrap();
+            let handle = step(
+                "open",
+                sftp.open(format!("{dir}/blob"), write, FileAttributes::default()),
+            )
+            .await
+            .unwrap()
+            .handle;
+            for part in 0..3u64 {
+                step(
+                    "write",
+                    sftp.write(handle.clone(), part * 200_000, vec![7u8; 200_000]),
+                )
+                .await
+                .unwrap();
+            }
+            step("rename", sftp.rename(dir.clone(), format!("moved{round}")))
+                .await
+                .unwrap();
+            let closed = step("close", sftp.close(handle)).await;
+            assert!(
+                closed.is_err(),
+                "round {round}: the commit has nowhere to go"
+            );
+            let on_disk = bytes_under(&incoming);
+            assert!(
+                on_disk <= 1_000_000,
+                "round {round}: {on_disk} bytes on disk"
+            );
+        }
+        // The room of every failed upload is free again.
+        let handle = step("open", sftp.open("last", write, FileAttributes::default()))
+            .await
+            .unwrap()
+            .handle;
+        for part in 0..4u64 {
+            step(
+                "write",
+                sftp.write(handle.clone(), part * 200_000, vec![9u8; 200_000]),
+            )
+            .await
+            .unwrap();
+        }
+        step("close", sftp.close(handle)).await.unwrap();
+    });
+    let leftovers: Vec<_> = support::invariants::files_under(&incoming)
+        .into_iter()
+        .filter(|path| !path.ends_with("alice/last"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(server);
+}
+
+/// Issue 10 item 15: a file opened with APPEND gets every write at its end, whatever offset
+/// the request names; without APPEND the offset is honoured.
+#[test]
+fn the_sftp_append_flag_writes_at_the_end() {
+    let (t, server, alice) = area_gateway("");
+    let dir = area(&t, "alice");
+    runtime().block_on(async {
+        let session = raw_ssh::login(server.ssh(), USER, &alice).await;
+        let sftp = raw_ssh::sftp(&session).await;
+        let create = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let handle = step("open", sftp.open("log", create, FileAttributes::default()))
+            .await
+            .unwrap()
+            .handle;
+        step("write", sftp.write(handle.clone(), 0, b"hello ".to_vec()))
+            .await
+            .unwrap();
+        step("close", sftp.close(handle)).await.unwrap();
+        let append = OpenFlags::WRITE | OpenFlags::APPEND;
+        let handle = step("open", sftp.open("log", append, FileAttributes::default()))
+            .await
+            .unwrap()
+            .handle;
+        for word in [&b"world"[..], b"!"] {
+            step("write", sftp.write(handle.clone(), 0, word.to_vec()))
+                .await
+                .unwrap();
+        }
+        step("close", sftp.close(handle)).await.unwrap();
+    });
+    assert_eq!(std::fs::read(dir.join("log")).unwrap(), b"hello world!");
+    // `sftp put -a` (append to an existing file) agrees.
+    let client = support::ssh::Client::new(server.ssh(), &alice);
+    std::fs::write(t.file("more.txt"), b"hello world! and more").unwrap();
+    let output = client.sftp_batch(t.path(), "put -a more.txt log\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("log")).unwrap(),
+        b"hello world! and more"
+    );
+}
+
+/// Issue 10 item 6: entries and depth are bounded, each refusal one clear line; the area
+/// keeps what it had.
+#[test]
+fn an_upload_area_holds_a_bounded_number_of_entries_and_levels() {
+    let (t, server, alice) = area_gateway("[ssh]\nmax_entries = 40\nmax_depth = 4\n");
+    let dir = area(&t, "alice");
+    runtime().block_on(async {
+        let session = raw_ssh::login(server.ssh(), USER, &alice).await;
+        let sftp = raw_ssh::sftp(&session).await;
+        for n in 0..40 {
+            step(
+                "mkdir",
+                sftp.mkdir(format!("d{n}"), FileAttributes::default()),
+            )
+            .await
+            .unwrap();
+        }
+        let refused = step("mkdir", sftp.mkdir("one-more", FileAttributes::default())).await;
+        let Err(SftpClientError::Status(status)) = refused else {
+            panic!("the 41st entry was not refused: {refused:?}");
+        };
+        assert_eq!(status.status_code, StatusCode::PermissionDenied);
+        assert!(
+            status.error_message.contains("ssh.max_entries"),
+            "{}",
+            status.error_message
+        );
+        let write = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let refused = step("open", sftp.open("file", write, FileAttributes::default())).await;
+        assert!(refused.is_err(), "a new file past the limit");
+        // Removing makes room again; depth is bounded as well.
+        for n in 0..10 {
+            step("rmdir", sftp.rmdir(format!("d{n}"))).await.unwrap();
+        }
+        for path in ["d10/a", "d10/a/b", "d10/a/b/c"] {
+            step("mkdir", sftp.mkdir(path, FileAttributes::default()))
+                .await
+                .unwrap();
+        }
+        let refused = step(
+            "mkdir",
+            sftp.mkdir("d10/a/b/c/d", FileAttributes::default()),
+        )
+        .await;
+        let Err(SftpClientError::Status(status)) = refused else {
+            panic!("a fifth level was not refused: {refused:?}");
+        };
+        assert!(
+            status.error_message.contains("ssh.max_depth"),
+            "{}",
+            status.error_message
+        );
+    });
+    assert!(!dir.join("one-more").exists() && !dir.join("d10/a/b/c/d").exists());
+    refusal(&t, "alice", "sftp mkdir \"one-more\"");
+}
+
+/// Issue 10 item 6: OPENDIR on a directory of 20,000 entries, 300 times over, reads it in
+/// batches as READDIR asks: the server's memory stays bounded.
+#[test]
+fn many_listings_of_a_big_directory_keep_memory_bounded() {
+    let (t, server, alice) = area_gateway("[ssh]\nmax_entries = 0\n");
+    let big = area(&t, "alice").join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for n in 0..20_000 {
+        std::fs::write(big.join(format!("entry-with-a-long-name-{n:06}")), b"").unwrap();
+    }
+    let pid = server.child.id();
+    let before = support::net::memory(pid);
+    runtime().block_on(async {
+        let session = raw_ssh::login(server.ssh(), USER, &alice).await;
+        let mut sessions = Vec::new();
+        for _ in 0..5 {
+            let sftp = raw_ssh::sftp(&session).await;
+            for _ in 0..60 {
+                let handle = step("opendir", sftp.opendir("big")).await.unwrap().handle;
+                let first = step("readdir", sftp.readdir(handle)).await.unwrap();
+                assert!(!first.files.is_empty());
+            }
+            sessions.push(sftp);
+        }
+        let after = support::net::memory(pid);
+        let grown_mib = after.rss_kib.saturating_sub(before.rss_kib) / 1024;
+        eprintln!(
+            "RSS {} MiB -> {} MiB with 300 listings open",
+            before.rss_kib / 1024,
+            after.rss_kib / 1024
+        );
+        assert!(grown_mib < 100, "RSS grew by {grown_mib} MiB");
+    });
 }

@@ -937,7 +937,10 @@ fn paths_cannot_leave_the_upload_area() {
     assert!(!s.t.data().join("incoming/escaped.bin").exists());
     assert!(!s.t.file("got.bin").exists());
     assert_eq!(names_in(&dir), ["fine.bin", "link"]);
-    assert_eq!(names_in(&s.t.data().join("incoming")), ["alice@laptop"]);
+    assert_eq!(
+        names_in(&s.t.data().join("incoming")),
+        [".upload-tmp", "alice@laptop"]
+    );
 
     // Every refusal is audited: the request as the client sent it, and why.
     let user = "alice@laptop";
@@ -1040,6 +1043,8 @@ fn quota_and_file_size_limits_hold_while_writing() {
 fn an_interrupted_upload_leaves_nothing_visible() {
     let s = setup();
     let dir = area(&s.t, "alice@laptop");
+    // Uploads in progress are written outside the area, in the server's own directory.
+    let temps = s.t.data().join("incoming/.upload-tmp/alice@laptop");
     let file = s.t.file("large.bin");
     random_file(&file, 16 << 20, 7);
     for legacy in [false, true] {
@@ -1059,7 +1064,7 @@ fn an_interrupted_upload_leaves_nothing_visible() {
             .unwrap();
         // Wait until bytes are being written to the hidden temp file, then cut the client.
         wait_until(Duration::from_secs(30), "the upload to start", || {
-            std::fs::read_dir(&dir).ok()?.flatten().find(|e| {
+            std::fs::read_dir(&temps).ok()?.flatten().find(|e| {
                 e.file_name().to_string_lossy().starts_with(".upload-")
                     && e.metadata().map(|m| m.len() > 0).unwrap_or(false)
             })
@@ -1071,7 +1076,7 @@ fn an_interrupted_upload_leaves_nothing_visible() {
         child.kill().unwrap();
         child.wait().unwrap();
         wait_until(Duration::from_secs(30), "the temp file to go", || {
-            names_in(&dir).is_empty().then_some(())
+            (names_in(&dir).is_empty() && names_in(&temps).is_empty()).then_some(())
         });
         // Written just after the temp file goes.
         let protocol = if legacy { "scp" } else { "sftp" };
@@ -1438,4 +1443,37 @@ fn a_root_renamed_over_during_an_import_is_published_with_its_own_hash() {
         );
     }
     assert!(published > 0, "no import went through");
+}
+
+/// Issue 11 part 3: `uploads --remove` goes through the upload area like an SFTP remove: the
+/// room is free at once (even while another session of the user keeps the area's account
+/// alive), the digest is forgotten and the removal is audited.
+#[test]
+fn uploads_remove_frees_the_room_forgets_the_digest_and_is_audited() {
+    let s = setup_with_config("[ssh]\nquota_bytes = 1000000\n");
+    let first = s.t.file("first.bin");
+    let second = s.t.file("second.bin");
+    random_file(&first, 600_000, 31);
+    random_file(&second, 600_000, 32);
+    assert!(s.publisher.scp(&[], &[&first], "").status.success());
+    s.publisher.ok("uploads --remove first.bin");
+    let removed = audit_events(&s.t, "upload_removed");
+    assert!(
+        removed.iter().any(|e| e["file"] == "/first.bin"
+            && e["via"] == "uploads"
+            && e["user"] == "alice@laptop"),
+        "{removed:?}"
+    );
+    // The same name uploaded again is hashed anew, not taken for the removed file.
+    assert!(
+        s.publisher
+            .scp(&[], &[&second], "first.bin")
+            .status
+            .success()
+    );
+    let uploads = json(&s.publisher.ok("uploads --format json"));
+    assert_eq!(
+        uploads[0]["sha256"],
+        support::sha256_of(&[&second]).as_str()
+    );
 }

@@ -54,6 +54,8 @@ struct ImportReport<'a> {
 impl Import {
     pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
         let mut sources = Vec::new();
+        // Files moved out of the caller's upload area: (path, size), for its account.
+        let mut from_area = Vec::new();
         if self.metadata == "-" {
             if self.root.is_some() {
                 return Err(CommandError::Usage(
@@ -71,7 +73,12 @@ impl Import {
         } else {
             for given in std::iter::once(&self.metadata).chain(&self.root) {
                 let path = input_path(ctx.caller, given)?;
-                let known = ctx.digests.and_then(|cache| cache.lookup(&path));
+                let known = ctx.areas.digest_cache().lookup(&path);
+                if let Caller::Remote { .. } = ctx.caller
+                    && let Ok(meta) = std::fs::symlink_metadata(&path)
+                {
+                    from_area.push((path.clone(), meta.len()));
+                }
                 sources.push(ImportSource::File {
                     path,
                     label: given.clone(),
@@ -98,6 +105,16 @@ impl Import {
             let mut progress = ProgressReporter::new(&mut *ctx.err, ctx.progress);
             ctx.catalog.import(request, &mut progress)?
         };
+        if let Caller::Remote {
+            identity,
+            upload_area,
+        } = ctx.caller
+        {
+            let area = ctx.areas.user(&identity.name, upload_area);
+            for (path, size) in from_area {
+                area.imported(&path, size);
+            }
+        }
         let (status, image) = match &outcome {
             ImportOutcome::Published(image) => {
                 crate::metrics::record_import();

@@ -23,8 +23,8 @@ pub mod whoami;
 use std::io::{Read, Write};
 
 use crate::access::{Caller, JailError, Role};
-use crate::catalog::import::DigestCache;
 use crate::catalog::{Catalog, CatalogError};
+use crate::upload_area::UploadAreas;
 
 /// The commands both front doors offer.
 #[derive(Debug, clap::Subcommand)]
@@ -132,8 +132,9 @@ pub struct Context<'a> {
     /// Standard input, for `import -`.
     pub stdin: Option<Box<dyn Read + Send>>,
     pub progress: ProgressStyle,
-    /// Hashes taken while files were uploaded over SSH.
-    pub digests: Option<&'a dyn DigestCache>,
+    /// The upload areas: over SSH the caller's is written, listed and emptied through them
+    /// (quota, digests taken while files arrived, audit lines).
+    pub areas: &'a std::sync::Arc<UploadAreas>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,17 +1,13 @@
 //! `uploads [--remove NAME]…`: the files waiting in an upload area, and removing them.
 //! Over SSH it is always the caller's own area; locally `--user` picks one (default: all).
 
-use std::path::Path;
-use std::time::UNIX_EPOCH;
-
 use serde::Serialize;
 
 use super::output::{Format, write_csv, write_json, write_table};
 use super::{CommandError, Context};
-use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{Caller, UploadArea};
-use crate::format::human_size;
-use crate::format::rfc3339;
+use crate::format::{human_size, rfc3339};
+use crate::upload_area::{UploadError, UserArea};
 
 /// List the files in your upload area, or remove some of them
 #[derive(Debug, clap::Args)]
@@ -47,8 +43,9 @@ impl Uploads {
                     "--remove needs --user to say whose upload area".into(),
                 ));
             };
+            let area = ctx.areas.user(user, area);
             for name in &self.remove {
-                remove_one(area, name)?;
+                remove_one(&area, name)?;
                 tracing::info!(user, file = name, "removed an upload");
                 writeln!(ctx.out, "removed {name}")?;
             }
@@ -56,7 +53,14 @@ impl Uploads {
         }
         let mut rows = Vec::new();
         for (user, area) in &areas {
-            collect(area.root(), area.root(), user, ctx, &mut rows);
+            let area = ctx.areas.user(user, area);
+            rows.extend(area.list().into_iter().map(|listed| UploadSummary {
+                user: user.clone(),
+                name: listed.name,
+                size: listed.size,
+                modified: rfc3339(listed.modified),
+                sha256: listed.sha256,
+            }));
         }
         rows.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
         let local = matches!(ctx.caller, Caller::Local);
@@ -134,8 +138,9 @@ impl Uploads {
                 let mut areas = Vec::new();
                 if let Ok(entries) = std::fs::read_dir(&incoming) {
                     for entry in entries.flatten() {
-                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                            let user = entry.file_name().to_string_lossy().into_owned();
+                        let user = entry.file_name().to_string_lossy().into_owned();
+                        // Dot names are the server's own (uploads in progress), not users.
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) && !user.starts_with('.') {
                             areas.push((user, UploadArea::new(entry.path())));
                         }
                     }
@@ -147,62 +152,21 @@ impl Uploads {
     }
 }
 
-/// Every finished upload under `dir` (temp files of uploads in progress and symlinks skipped).
-fn collect(root: &Path, dir: &Path, user: &str, ctx: &Context<'_>, rows: &mut Vec<UploadSummary>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        if file_name.starts_with(UPLOAD_TEMP_PREFIX) {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
-            continue;
-        };
-        if meta.is_dir() {
-            collect(root, &entry.path(), user, ctx, rows);
-        } else if meta.is_file() {
-            let path = entry.path();
-            let name = path
-                .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or(file_name);
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64);
-            rows.push(UploadSummary {
-                user: user.to_string(),
-                name,
-                size: meta.len(),
-                modified: rfc3339(modified),
-                sha256: ctx
-                    .digests
-                    .and_then(|cache| cache.lookup(&path))
-                    .map(|known| known.sha256),
-            });
-        }
-    }
-}
-
-fn remove_one(area: &UploadArea, name: &str) -> Result<(), CommandError> {
+/// Removes one upload through its area: its bytes are freed, its digests forgotten and the
+/// removal audited, as an SFTP remove does.
+fn remove_one(area: &UserArea, name: &str) -> Result<(), CommandError> {
     let path = area.resolve(name)?;
-    path.check_no_symlinks(area)?;
-    match std::fs::symlink_metadata(path.full()) {
-        Ok(meta) if meta.is_file() => std::fs::remove_file(path.full()).map_err(|e| {
-            CommandError::Failed(format!(
-                "cannot remove {name}: {}",
-                crate::fsutil::plain_message(&e)
-            ))
-        }),
-        Ok(_) => Err(CommandError::Failed(format!(
-            "{name} is not a file; only uploaded files can be removed"
-        ))),
-        Err(_) => Err(CommandError::Failed(format!(
+    match area.remove_file(&path, "uploads") {
+        Ok(_) => Ok(()),
+        Err(UploadError::NotFound(_)) => Err(CommandError::Failed(format!(
             "{name} is not in your upload area; `uploads` lists what is there"
         ))),
+        Err(UploadError::IsDirectory(_)) | Err(UploadError::Failed(_)) => {
+            Err(CommandError::Failed(format!(
+                "{name} is not a file; only uploaded files can be removed"
+            )))
+        }
+        Err(e) => Err(CommandError::Failed(format!("cannot remove {name}: {e}"))),
     }
 }
 

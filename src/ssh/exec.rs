@@ -195,7 +195,7 @@ async fn run_command(
                 err: &mut err,
                 stdin,
                 progress: ProgressStyle::Lines,
-                digests: Some(&gateway.digests),
+                areas: &gateway.areas,
             };
             let outcome = commands::execute(command, &mut ctx);
             let _ = out.flush();

@@ -10,11 +10,9 @@
 //!   task of its own, off the connection task.
 //! - [`exec`]: `ssh host <command>`: split like a shell (never run one), parsed by the same
 //!   clap table as the local CLI and run by `commands::execute`.
-//! - [`sftp`] and [`scp`]: the two upload doors. Both turn client paths into real ones
-//!   through [`access::jail`](crate::access::jail) and write through [`upload`].
-//! - [`upload`]: temp file, quota, size limit, hashing while writing, rename on commit;
-//!   [`disk_writer`] is the thread that hashes and writes an upload's bytes.
-//! - [`digests`]: what was hashed during uploads, for `import` (a [`DigestCache`]).
+//! - [`sftp`] and [`scp`]: the two upload doors. Both go through the caller's
+//!   [`UserArea`](crate::upload_area::UserArea), which owns writes, renames, removals, the
+//!   quota, the digests and the audit lines of an upload area.
 //! - [`channel_writer`]: writes to a channel that end, whatever the client does.
 //! - [`audit`], [`command_line`]: the audit log and the exec line splitter.
 //!
@@ -26,23 +24,20 @@
 //! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
 //! russh sessions, SFTP and scp tasks): a session and its SFTP task trade each packet
 //! without crossing threads. Hashing and disk writes of an upload run on its writer thread
-//! ([`disk_writer`], at most 32 at once), commands on the runtime's blocking pool (at most
-//! [`MAX_COMMANDS`] at once, [`MAX_COMMANDS_PER_USER`] per user, so that the pool never
-//! fills). So the SSH thread decrypts, frames and queues, and little else.
-//!
-//! [`DigestCache`]: crate::catalog::import::DigestCache
+//! ([`disk_writer`](crate::upload_area::disk_writer), at most 32 at once), commands on the
+//! runtime's blocking pool (at most [`MAX_COMMANDS`] at once, [`MAX_COMMANDS_PER_USER`] per
+//! user, so that the pool never fills). So the SSH thread decrypts, frames and queues, and
+//! little else.
 
-pub mod audit;
+/// The audit log lives at the crate root: upload areas write to it too.
+pub use crate::audit;
 pub mod channel_writer;
 pub mod command_line;
-pub mod digests;
-pub mod disk_writer;
 pub mod exec;
 pub mod scp;
 pub mod server;
 pub mod session;
 pub mod sftp;
-pub mod upload;
 
 use std::sync::Arc;
 
@@ -55,6 +50,7 @@ use crate::config::{Config, LiveConfig};
 use crate::data_dir::DataDir;
 use crate::host_keys;
 use crate::limits::Slots;
+use crate::upload_area::{UploadAreas, UserArea};
 
 /// Everything the gateway's connections share.
 pub struct Gateway {
@@ -62,19 +58,14 @@ pub struct Gateway {
     /// Replaced by a reload; read it with [`Gateway::config`] where it is used.
     pub live: Arc<LiveConfig>,
     pub keys: AuthorizedKeysFile,
-    pub digests: digests::UploadDigests,
-    pub quotas: upload::Quotas,
-    pub audit: audit::Audit,
-    /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
-    /// written without a thread and not hashed on the way in.
-    pub writer_slots: Arc<tokio::sync::Semaphore>,
+    /// Every user's upload area: quotas, digests, writes and removals.
+    pub areas: Arc<UploadAreas>,
+    pub audit: Arc<audit::Audit>,
     /// Commands running at once (each on a blocking thread), in all and per user.
     pub commands: Arc<Slots<String>>,
     host_keys: Vec<PrivateKey>,
 }
 
-/// Writer threads at once, across all connections.
-const WRITER_THREADS: usize = 32;
 /// Commands running at once, in all: well under the 512 threads of the blocking pool, which
 /// uploads use too.
 pub const MAX_COMMANDS: usize = 64;
@@ -88,8 +79,13 @@ impl Gateway {
         let config = live.current();
         let dirs = catalog.dirs().clone();
         let host_keys = host_keys::load_or_generate(&dirs, config.ssh.rsa_host_key)?;
-        let audit = audit::Audit::open(&config.ssh.audit_log, dirs.root())?;
-        let stale = upload::remove_stale_temp_files(&dirs.incoming());
+        let audit = Arc::new(audit::Audit::open(&config.ssh.audit_log, dirs.root())?);
+        let areas = Arc::new(UploadAreas::new(
+            dirs.incoming(),
+            live.clone(),
+            audit.clone(),
+        ));
+        let stale = areas.remove_stale_temp_files();
         if stale > 0 {
             tracing::info!(
                 removed = stale,
@@ -100,13 +96,11 @@ impl Gateway {
         // Read once now, so that problems in the file show at start.
         keys.current();
         Ok(Gateway {
-            quotas: upload::Quotas::new(config.ssh.quota_bytes),
             catalog,
             live,
             keys,
-            digests: digests::UploadDigests::new(),
+            areas,
             audit,
-            writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
             commands: Slots::new(MAX_COMMANDS, MAX_COMMANDS_PER_USER),
             host_keys,
         })
@@ -129,6 +123,11 @@ impl Gateway {
     /// `data/incoming/<name>/`.
     pub fn upload_area(&self, name: &str) -> UploadArea {
         UploadArea::new(self.dirs().incoming().join(name))
+    }
+
+    /// The upload area of `user` (jailed at `area`), for the doors that write to it.
+    pub fn user_area(&self, user: &str, area: &UploadArea) -> UserArea {
+        self.areas.user(user, area)
     }
 
     /// `SHA256:…` of the Ed25519 host key.

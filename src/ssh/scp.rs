@@ -22,8 +22,8 @@ use russh::{ChannelMsg, ChannelReadHalf};
 use super::Gateway;
 use super::audit::RefusalBudget;
 use super::channel_writer::ChannelWriter;
-use super::upload::{Upload, UploadError};
 use crate::access::{Caller, JailedPath, Role};
+use crate::upload_area::{Upload, UploadError};
 
 /// Longest control line accepted.
 const MAX_LINE: usize = 4096;
@@ -238,10 +238,11 @@ async fn sink(
             return fatal(message).await;
         }
     };
-    let target = match upload_area
-        .resolve(&args.target)
-        .and_then(|target| target.check_no_symlinks(upload_area).map(|()| target))
-    {
+    let area = gateway.user_area(&identity.name, upload_area);
+    if let Err(e) = area.prepare().await {
+        tracing::warn!(user = identity.name, error = %e, "cannot measure an upload area");
+    }
+    let target = match area.resolve(&args.target) {
         Ok(target) => target,
         Err(e) => {
             audit_refusal(&command_line, &e.to_string());
@@ -301,8 +302,7 @@ async fn sink(
                     None => Ok(target.clone()),
                 };
                 let upload = destination.and_then(|path| {
-                    let mut upload =
-                        Upload::create(gateway, &identity.name, upload_area, path, false, "scp")?;
+                    let mut upload = area.upload(path, false, false, "scp")?;
                     upload.expect_size(size)?;
                     Ok(upload)
                 });
@@ -413,13 +413,11 @@ async fn sink(
                         .await;
                     }
                     Err(_) => {
-                        if let Err(e) = std::fs::create_dir(dir.full()) {
-                            return fatal(format!(
-                                "cannot create {}: {}",
-                                dir.client_view(),
-                                crate::fsutil::plain_message(&e)
-                            ))
-                            .await;
+                        if let Err(e) = area.make_dir(&dir) {
+                            if is_refusal(&e) {
+                                audit_refusal(&format!("scp {text:?}"), &e.to_string());
+                            }
+                            return fatal(e.to_string()).await;
                         }
                     }
                 }
@@ -462,7 +460,10 @@ async fn sink(
 fn is_refusal(e: &UploadError) -> bool {
     matches!(
         e,
-        UploadError::Jail(_) | UploadError::Quota { .. } | UploadError::TooLarge { .. }
+        UploadError::Jail(_)
+            | UploadError::Quota { .. }
+            | UploadError::TooLarge { .. }
+            | UploadError::Refused(_)
     )
 }
 

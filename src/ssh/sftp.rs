@@ -34,15 +34,13 @@ use russh_sftp::protocol::{
     Status, StatusCode, Version,
 };
 use russh_sftp::server::{Handler, StatusReply};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::channel_writer::ChannelWriter;
-use super::upload::{Upload, UploadError};
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
-use crate::access::{Caller, JailError, JailedPath, UploadArea};
-use crate::fsutil::FileIdentity;
+use crate::access::{Caller, JailError, JailedPath};
+use crate::upload_area::{Upload, UploadError, UserArea};
 
 /// Largest request accepted: the 255 KiB writes `limits@openssh.com` invites, plus headers.
 const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -120,17 +118,23 @@ impl From<JailError> for SftpError {
 impl From<UploadError> for SftpError {
     fn from(e: UploadError) -> Self {
         let code = match &e {
-            UploadError::Jail(_) => StatusCode::PermissionDenied,
+            UploadError::Jail(_) | UploadError::Refused(_) => StatusCode::PermissionDenied,
             UploadError::NotFound(_) => StatusCode::NoSuchFile,
             _ => StatusCode::Failure,
         };
         let tell = matches!(
             e,
-            UploadError::Quota { .. } | UploadError::TooLarge { .. } | UploadError::DiskFull(_)
+            UploadError::Quota { .. }
+                | UploadError::TooLarge { .. }
+                | UploadError::DiskFull(_)
+                | UploadError::Refused(_)
         );
         let refused = matches!(
             e,
-            UploadError::Jail(_) | UploadError::Quota { .. } | UploadError::TooLarge { .. }
+            UploadError::Jail(_)
+                | UploadError::Quota { .. }
+                | UploadError::TooLarge { .. }
+                | UploadError::Refused(_)
         );
         SftpError {
             code,
@@ -162,8 +166,18 @@ fn ok(id: u32) -> Status {
 
 enum OpenHandle {
     Upload(Box<Upload>),
-    Read { file: File, path: JailedPath },
-    Dir { entries: VecDeque<DirEntry> },
+    Read {
+        file: File,
+        path: JailedPath,
+    },
+    /// A directory listed in batches as READDIR asks, from the open directory: memory
+    /// stays one batch whatever its size.
+    Dir {
+        path: JailedPath,
+        listing: fs::ReadDir,
+        /// `.` and `..` come first, once.
+        specials_sent: bool,
+    },
 }
 
 /// One SFTP session of one user.
@@ -171,7 +185,7 @@ pub struct SftpSession {
     gateway: Arc<Gateway>,
     user: String,
     address: IpAddr,
-    area: UploadArea,
+    area: UserArea,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     /// Lines for the client's stderr, sent after the current reply.
@@ -182,7 +196,7 @@ pub struct SftpSession {
 }
 
 impl SftpSession {
-    pub fn new(gateway: Arc<Gateway>, user: String, address: IpAddr, area: UploadArea) -> Self {
+    pub fn new(gateway: Arc<Gateway>, user: String, address: IpAddr, area: UserArea) -> Self {
         SftpSession {
             gateway,
             user,
@@ -225,9 +239,7 @@ impl SftpSession {
 
     /// A client path made real through the jail, with no symbolic link on the way.
     fn resolve(&self, client_path: &str) -> Result<JailedPath, SftpError> {
-        let path = self.area.resolve(client_path)?;
-        path.check_no_symlinks(&self.area)?;
-        Ok(path)
+        Ok(self.area.resolve(client_path)?)
     }
 
     fn add_handle(&mut self, handle: OpenHandle) -> Result<String, SftpError> {
@@ -287,73 +299,12 @@ impl SftpSession {
         error
     }
 
-    fn remove_file(&mut self, path: &JailedPath) -> Result<(), SftpError> {
-        let meta = fs::symlink_metadata(path.full()).map_err(|e| io_error("remove", path, &e))?;
-        if meta.is_dir() {
-            return Err(SftpError::new(
-                StatusCode::Failure,
-                format!("{} is a directory; use rmdir", path.client_view()),
-            ));
-        }
-        fs::remove_file(path.full()).map_err(|e| io_error("remove", path, &e))?;
-        self.gateway.quotas.released(&self.area, meta.len());
-        self.gateway.digests.forget(path.full());
-        self.gateway.audit.record(
-            "upload_removed",
-            json!({"user": self.user, "file": path.client_view(), "bytes": meta.len(), "via": "sftp"}),
-        );
-        Ok(())
-    }
-
     fn rename_path(&mut self, from: &str, to: &str, overwrite: bool) -> Result<(), SftpError> {
         let from = self.resolve(from)?;
         let to = self.resolve(to)?;
-        if from.is_root() || to.is_root() {
-            return Err(SftpError::refused(
-                "the upload area itself cannot be renamed",
-            ));
-        }
-        let from_meta =
-            fs::symlink_metadata(from.full()).map_err(|e| io_error("rename", &from, &e))?;
-        // A file is held open across the rename, so that its digests follow that very file.
-        let held = from_meta
-            .is_file()
-            .then(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(from.full())
-                    .ok()
-            })
-            .flatten()
-            .and_then(|file| Some((FileIdentity::of_file(&file).ok()?, file)));
-        match fs::symlink_metadata(to.full()) {
-            Ok(_) if !overwrite => {
-                return Err(SftpError::new(
-                    StatusCode::Failure,
-                    format!("{} already exists; remove it first", to.client_view()),
-                ));
-            }
-            Ok(meta) => {
-                if meta.is_file() {
-                    self.gateway.quotas.released(&self.area, meta.len());
-                }
-            }
-            Err(_) => {}
-        }
-        fs::rename(from.full(), to.full()).map_err(|e| io_error("rename", &from, &e))?;
-        let digests = &self.gateway.digests;
-        if from_meta.is_dir() {
-            digests.forget_under(from.full());
-            digests.forget_under(to.full());
-        } else {
-            let moved = held.and_then(|(before, file)| {
-                let after = FileIdentity::of_file(&file).ok()?;
-                Some((before, after))
-            });
-            digests.renamed_file(from.full(), to.full(), moved);
-        }
-        Ok(())
+        self.area
+            .rename(&from, &to, overwrite)
+            .map_err(|e| self.told(SftpError::from(e)))
     }
 }
 
@@ -447,9 +398,11 @@ impl Handler for SftpSession {
                 ));
             }
             let keep = !pflags.contains(OpenFlags::TRUNCATE);
-            let mut upload =
-                Upload::create(&self.gateway, &self.user, &self.area, path, keep, "sftp")
-                    .map_err(|e| self.told(SftpError::from(e)))?;
+            let append = pflags.contains(OpenFlags::APPEND);
+            let mut upload = self
+                .area
+                .upload(path, keep, append, "sftp")
+                .map_err(|e| self.told(SftpError::from(e)))?;
             if let Some(mtime) = mtime_of(&attrs) {
                 upload.set_mtime(mtime);
             }
@@ -583,7 +536,7 @@ impl Handler for SftpSession {
                 .map_err(|e| io_error("change", &path, &e))?;
             file.set_modified(mtime)
                 .map_err(|e| io_error("change", &path, &e))?;
-            self.gateway.digests.forget(path.full());
+            self.area.areas().digests.forget(path.full());
         }
         // Permissions and owners are the server's business: accepted and left alone.
         Ok(ok(id))
@@ -615,8 +568,34 @@ impl Handler for SftpSession {
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let path = self.resolve(&path)?;
         let listing = fs::read_dir(path.full()).map_err(|e| io_error("list", &path, &e))?;
-        let mut entries = VecDeque::new();
-        for dir_entry in listing.flatten() {
+        let handle = self.add_handle(OpenHandle::Dir {
+            path,
+            listing,
+            specials_sent: false,
+        })?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let Some(OpenHandle::Dir {
+            path,
+            listing,
+            specials_sent,
+        }) = self.handles.get_mut(&handle)
+        else {
+            return Err(SftpError::bad_handle());
+        };
+        let mut files = Vec::with_capacity(DIR_BATCH);
+        if !*specials_sent {
+            *specials_sent = true;
+            if let Ok(meta) = fs::metadata(path.full()) {
+                for special in [".", ".."] {
+                    files.push(DirEntry::new(special, attrs_of(&meta)));
+                }
+            }
+        }
+        for dir_entry in listing.by_ref() {
+            let Ok(dir_entry) = dir_entry else { continue };
             let name = dir_entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(UPLOAD_TEMP_PREFIX) {
                 continue;
@@ -624,32 +603,22 @@ impl Handler for SftpSession {
             let Ok(meta) = fs::symlink_metadata(dir_entry.path()) else {
                 continue;
             };
-            entries.push_back(DirEntry::new(name, attrs_of(&meta)));
-        }
-        for special in [".", ".."] {
-            if let Ok(meta) = fs::metadata(path.full()) {
-                entries.push_front(DirEntry::new(special, attrs_of(&meta)));
+            files.push(DirEntry::new(name, attrs_of(&meta)));
+            if files.len() >= DIR_BATCH {
+                break;
             }
         }
-        let handle = self.add_handle(OpenHandle::Dir { entries })?;
-        Ok(Handle { id, handle })
-    }
-
-    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        let Some(OpenHandle::Dir { entries }) = self.handles.get_mut(&handle) else {
-            return Err(SftpError::bad_handle());
-        };
-        if entries.is_empty() {
+        if files.is_empty() {
             return Err(SftpError::eof());
         }
-        let take = entries.len().min(DIR_BATCH);
-        let files = entries.drain(..take).collect();
         Ok(Name { id, files })
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
         let path = self.resolve(&filename)?;
-        self.remove_file(&path)?;
+        self.area
+            .remove_file(&path, "sftp")
+            .map_err(|e| self.told(SftpError::from(e)))?;
         Ok(ok(id))
     }
 
@@ -660,23 +629,20 @@ impl Handler for SftpSession {
         _attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         let path = self.resolve(&path)?;
-        fs::create_dir(path.full()).map_err(|e| io_error("create", &path, &e))?;
+        self.area
+            .make_dir(&path)
+            .map_err(|e| self.told(SftpError::from(e)))?;
         Ok(ok(id))
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         let path = self.resolve(&path)?;
-        if path.is_root() {
-            return Err(SftpError::refused(
-                "the upload area itself cannot be removed",
-            ));
-        }
-        fs::remove_dir(path.full()).map_err(|e| io_error("remove", &path, &e))?;
+        self.area.remove_dir(&path)?;
         Ok(ok(id))
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let path = self.area.resolve(&path)?;
+        let path = self.area.jail().resolve(&path)?;
         Ok(Name {
             id,
             files: vec![DirEntry::dummy(path.client_view())],
@@ -757,7 +723,7 @@ impl Handler for SftpSession {
                 let mut at = 0;
                 let path = take_string(&data, &mut at)
                     .ok_or_else(|| SftpError::from(StatusCode::BadMessage))?;
-                let path = self.area.resolve(&path)?;
+                let path = self.area.jail().resolve(&path)?;
                 Ok(Packet::Name(Name {
                     id,
                     files: vec![DirEntry::dummy(path.client_view())],
@@ -1026,7 +992,11 @@ pub async fn run(
     };
     let (mut reader, half) = channel.split();
     let writer = ChannelWriter::new(half, connection_ended, gateway.send_timeout());
-    let mut session = SftpSession::new(gateway, identity.name, address, upload_area);
+    let area = gateway.user_area(&identity.name, &upload_area);
+    if let Err(e) = area.prepare().await {
+        tracing::warn!(user = identity.name, error = %e, "cannot measure an upload area");
+    }
+    let mut session = SftpSession::new(gateway, identity.name, address, area);
     let mut inbox = Inbox::default();
     let mut status = 0;
     'session: loop {

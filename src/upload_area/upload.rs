@@ -17,22 +17,22 @@
 //!   commit the file is fsynced in the background (cheap: the bytes are already on the
 //!   device), so an import has nothing left to flush.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::json;
 
-use super::Gateway;
+use super::UserArea;
+use super::account::Account;
 use super::disk_writer::DiskWriter;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
-use crate::access::{JailError, JailedPath, UploadArea};
+use crate::access::{JailError, JailedPath};
 use crate::catalog::import::KnownDigest;
 use crate::format::human_size;
 use crate::image::{Compression, RootKind};
@@ -60,6 +60,12 @@ pub enum UploadError {
     NotFound(String),
     #[error("{0} is a directory, not a file")]
     IsDirectory(String),
+    /// A rule of the upload area forbids it (its root, its depth or entry limits).
+    #[error("{0}")]
+    Refused(String),
+    /// It cannot be done as asked; the message says why and what to do.
+    #[error("{0}")]
+    Failed(String),
     /// No room left on the disk holding the upload areas (ENOSPC or a filesystem quota).
     #[error(
         "upload failed: {0}: the server's disk is full; nothing was kept, try again once space is freed"
@@ -83,162 +89,6 @@ impl UploadError {
             )),
         }
     }
-}
-
-/// Per-user accounting of upload-area bytes, shared by every upload of that user.
-///
-/// An account is built by scanning the area when the first upload starts and is kept exact
-/// by the uploads while any is running; removals by other means (an import moving files out)
-/// only make it overestimate until the next scan, never underestimate.
-pub struct Quotas {
-    /// Shared with every account, so that a reload's new limit applies to them at once.
-    limit: Arc<AtomicU64>,
-    accounts: Mutex<HashMap<PathBuf, Weak<QuotaAccount>>>,
-}
-
-pub struct QuotaAccount {
-    limit: Arc<AtomicU64>,
-    used: Mutex<u64>,
-}
-
-impl Quotas {
-    /// `limit` in bytes; 0 means no quota.
-    pub fn new(limit: u64) -> Quotas {
-        Quotas {
-            limit: Arc::new(AtomicU64::new(limit)),
-            accounts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A new limit (a reload), for uploads in progress too; 0 means no quota.
-    pub fn set_limit(&self, limit: u64) {
-        self.limit.store(limit, Ordering::Relaxed);
-    }
-
-    pub fn account(&self, area: &UploadArea) -> io::Result<Arc<QuotaAccount>> {
-        let mut accounts = match self.accounts.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(account) = accounts.get(area.root()).and_then(Weak::upgrade) {
-            return Ok(account);
-        }
-        accounts.retain(|_, weak| weak.strong_count() > 0);
-        let account = Arc::new(QuotaAccount {
-            limit: self.limit.clone(),
-            used: Mutex::new(area_usage(area.root())?),
-        });
-        accounts.insert(area.root().to_path_buf(), Arc::downgrade(&account));
-        Ok(account)
-    }
-
-    /// A file of `bytes` left `area` (an SFTP remove); live accounts forget it.
-    pub fn released(&self, area: &UploadArea, bytes: u64) {
-        let accounts = match self.accounts.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(account) = accounts.get(area.root()).and_then(Weak::upgrade) {
-            account.release(bytes);
-        }
-    }
-}
-
-impl QuotaAccount {
-    fn limit(&self) -> u64 {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    fn used(&self) -> std::sync::MutexGuard<'_, u64> {
-        match self.used.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Counts `bytes` more, unless that would pass the limit.
-    fn take(&self, bytes: u64, file: &str) -> Result<(), UploadError> {
-        let mut used = self.used();
-        let needed = used.saturating_add(bytes);
-        let limit = self.limit();
-        if limit > 0 && needed > limit {
-            return Err(UploadError::Quota {
-                file: file.to_string(),
-                needed: human_size(needed),
-                limit: human_size(limit),
-            });
-        }
-        *used = needed;
-        Ok(())
-    }
-
-    fn release(&self, bytes: u64) {
-        let mut used = self.used();
-        *used = used.saturating_sub(bytes);
-    }
-
-    fn is_full(&self) -> bool {
-        let limit = self.limit();
-        limit > 0 && *self.used() >= limit
-    }
-}
-
-/// Bytes held by finished uploads in an area (temp files of crashed uploads excluded).
-fn area_usage(root: &Path) -> io::Result<u64> {
-    let mut total = 0;
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(UPLOAD_TEMP_PREFIX)
-            {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// Deletes temp files left by uploads of a previous run (only this process writes them, and
-/// it has just started).
-pub fn remove_stale_temp_files(incoming: &Path) -> usize {
-    let mut removed = 0;
-    let mut pending = vec![incoming.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file()
-                && entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(UPLOAD_TEMP_PREFIX)
-                && fs::remove_file(entry.path()).is_ok()
-            {
-                removed += 1;
-            }
-        }
-    }
-    removed
 }
 
 /// The file an upload replaces when it was opened without truncation: its bytes stay where
@@ -268,9 +118,7 @@ pub struct Committed {
 }
 
 pub struct Upload {
-    gateway: Arc<Gateway>,
-    user: String,
-    area: UploadArea,
+    area: UserArea,
     target: JailedPath,
     temp: PathBuf,
     file: File,
@@ -280,11 +128,11 @@ pub struct Upload {
     sink: Sink,
     /// The first bytes, to tell a root (hashed with the metadata before it) from the rest.
     head: Vec<u8>,
-    account: Arc<QuotaAccount>,
-    /// Bytes of this upload counted in the account.
+    account: Arc<Account>,
+    /// Bytes of this upload counted in the account (in flight).
     counted: u64,
-    /// Size of the file the commit replaces, released from the account then.
-    replaces: u64,
+    /// Every write goes to the end of the file (SFTP APPEND).
+    append: bool,
     mtime: Option<SystemTime>,
     started: Instant,
     protocol: &'static str,
@@ -294,19 +142,18 @@ pub struct Upload {
 impl Upload {
     /// Starts an upload to `target`. With `keep_existing` (an SFTP open without TRUNC), the
     /// bytes of a file already there stay where the client does not overwrite them.
-    pub fn create(
-        gateway: &Arc<Gateway>,
-        user: &str,
-        area: &UploadArea,
+    /// Called by [`UserArea::upload`], which has checked the jail and the area's limits;
+    /// the temp file goes in `temp_dir` (the area's hidden temp directory).
+    pub(super) fn create(
+        area: UserArea,
+        account: Arc<Account>,
         target: JailedPath,
+        temp_dir: &Path,
         keep_existing: bool,
+        append: bool,
         protocol: &'static str,
     ) -> Result<Upload, UploadError> {
         let view = target.client_view();
-        if target.is_root() {
-            return Err(UploadError::IsDirectory(view));
-        }
-        target.check_no_symlinks(area)?;
         if let Some(parent) = target.parent() {
             match fs::symlink_metadata(parent.full()) {
                 Ok(meta) if meta.is_dir() => {}
@@ -314,29 +161,24 @@ impl Upload {
                 Err(e) => return Err(UploadError::io("open", &parent.client_view(), &e)),
             }
         }
-        let (replaces, base) = match fs::symlink_metadata(target.full()) {
+        let base = match fs::symlink_metadata(target.full()) {
             Ok(meta) if meta.is_dir() => return Err(UploadError::IsDirectory(view)),
-            Ok(meta) => (
-                meta.len(),
-                keep_existing.then(|| Base {
-                    path: target.full().to_path_buf(),
-                    len: meta.len(),
-                }),
-            ),
-            Err(_) => (0, None),
+            Ok(meta) => (keep_existing || append).then(|| Base {
+                path: target.full().to_path_buf(),
+                len: meta.len(),
+            }),
+            Err(_) => None,
         };
-        let account = gateway
-            .quotas
-            .account(area)
-            .map_err(|e| UploadError::io("measure", "your upload area", &e))?;
-        if account.is_full() {
+        let limit = area.areas().config().ssh.quota_bytes;
+        let usage = account.usage();
+        if limit > 0 && usage.bytes() >= limit {
             return Err(UploadError::Quota {
                 file: view,
-                needed: human_size(*account.used()),
-                limit: human_size(account.limit()),
+                needed: human_size(usage.bytes()),
+                limit: human_size(limit),
             });
         }
-        let temp = target.temp_sibling(&unique_suffix());
+        let temp = temp_dir.join(format!("{UPLOAD_TEMP_PREFIX}{}", unique_suffix()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -346,9 +188,7 @@ impl Upload {
             .open(&temp)
             .map_err(|e| UploadError::io("create", &view, &e))?;
         Ok(Upload {
-            gateway: gateway.clone(),
-            user: user.to_string(),
-            area: area.clone(),
+            area,
             target,
             temp,
             file,
@@ -358,7 +198,7 @@ impl Upload {
             head: Vec::new(),
             account,
             counted: 0,
-            replaces,
+            append,
             mtime: None,
             started: Instant::now(),
             protocol,
@@ -389,6 +229,12 @@ impl Upload {
 
     /// Writes `chunks` (consecutive) at `offset`.
     pub async fn write_at(&mut self, offset: u64, chunks: Vec<Bytes>) -> Result<(), UploadError> {
+        // APPEND: the offset is ignored, every write lands at the end of the file.
+        let offset = if self.append {
+            self.len.max(self.base.as_ref().map_or(0, |base| base.len))
+        } else {
+            offset
+        };
         let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let end = offset.saturating_add(total);
         self.check_size(end)?;
@@ -432,11 +278,11 @@ impl Upload {
     /// A writer thread for this upload, when one of the gateway's slots is free; otherwise
     /// (many uploads at once) positional writes without hashes.
     fn start_writer(&self) -> Sink {
-        let Ok(slot) = self.gateway.writer_slots.clone().try_acquire_owned() else {
+        let Ok(slot) = self.area.areas().writer_slots.clone().try_acquire_owned() else {
             tracing::info!(file = %self.target.client_view(), "all upload writer threads are busy; this upload is not hashed on the way in");
             return Sink::Positional;
         };
-        match DiskWriter::start(&self.temp, self.gateway.config().ssh.direct_io, slot) {
+        match DiskWriter::start(&self.temp, self.area.areas().config().ssh.direct_io, slot) {
             Ok(writer) => Sink::Streaming { writer, next: 0 },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");
@@ -458,7 +304,7 @@ impl Upload {
         if RootKind::detect(&self.head).is_none() {
             return Ok(());
         }
-        let seeds = self.gateway.digests.metadata_seeds(self.area.root());
+        let seeds = self.area.areas().digests.metadata_seeds(self.area.root());
         if let (Sink::Streaming { writer, .. }, false) = (&mut self.sink, seeds.is_empty()) {
             let sent = writer.seeds(seeds).await;
             sent.map_err(|e| self.io_error("write", &e))?;
@@ -520,7 +366,9 @@ impl Upload {
             .set_len(size)
             .map_err(|e| self.io_error("resize", &e))?;
         if size < self.counted {
-            self.account.release(self.counted - size);
+            let freed = self.counted - size;
+            self.account
+                .apply(|usage| usage.in_flight = usage.in_flight.saturating_sub(freed));
             self.counted = size;
         }
         self.len = size;
@@ -533,7 +381,7 @@ impl Upload {
     }
 
     fn check_size(&self, size: u64) -> Result<(), UploadError> {
-        let limit = self.gateway.config().ssh.max_file_bytes;
+        let limit = self.area.areas().config().ssh.max_file_bytes;
         if limit > 0 && size > limit {
             return Err(UploadError::TooLarge {
                 file: self.target.client_view(),
@@ -545,8 +393,18 @@ impl Upload {
 
     fn grow_account(&mut self, to: u64) -> Result<(), UploadError> {
         if to > self.counted {
+            let more = to - self.counted;
+            let limit = self.area.areas().config().ssh.quota_bytes;
             self.account
-                .take(to - self.counted, &self.target.client_view())?;
+                .update(
+                    |usage| usage.in_flight = usage.in_flight.saturating_add(more),
+                    |usage| limit == 0 || usage.bytes() <= limit,
+                )
+                .map_err(|refused| UploadError::Quota {
+                    file: self.target.client_view(),
+                    needed: human_size(refused.bytes()),
+                    limit: human_size(limit),
+                })?;
             self.counted = to;
         }
         Ok(())
@@ -603,16 +461,24 @@ impl Upload {
         if let Some(mtime) = self.mtime {
             let _ = self.file.set_modified(mtime);
         }
-        if let Ok(meta) = fs::symlink_metadata(self.target.full())
-            && meta.is_dir()
-        {
-            return Err(UploadError::IsDirectory(view));
-        }
+        let replaced = match fs::symlink_metadata(self.target.full()) {
+            Ok(meta) if meta.is_dir() => return Err(UploadError::IsDirectory(view)),
+            Ok(meta) => Some(meta.len()),
+            Err(_) => None,
+        };
         fs::rename(&self.temp, self.target.full()).map_err(|e| self.io_error("store", &e))?;
         self.finished = true;
-        self.account.release(self.replaces);
+        let (counted, len) = (self.counted, self.len);
+        self.account.apply(|usage| {
+            usage.in_flight = usage.in_flight.saturating_sub(counted);
+            usage.finished = usage.finished.saturating_add(len);
+            match replaced {
+                Some(old) => usage.finished = usage.finished.saturating_sub(old),
+                None => usage.entries += 1,
+            }
+        });
 
-        let digests = &self.gateway.digests;
+        let digests = &self.area.areas().digests;
         let mut combined_with = Vec::new();
         // The identity of the file this upload wrote, as it is now in place.
         let identity = crate::fsutil::FileIdentity::of_file(&self.file).ok();
@@ -655,10 +521,10 @@ impl Upload {
             bytes: self.len,
             sha256,
         };
-        self.gateway.audit.record(
+        self.area.areas().audit.record(
             "upload",
             json!({
-                "user": self.user,
+                "user": self.area.user(),
                 "file": committed.file,
                 "bytes": committed.bytes,
                 "sha256": committed.sha256,
@@ -673,7 +539,7 @@ impl Upload {
 
     /// A small tarball that may be a split image's metadata: its hash state is worth keeping.
     fn is_metadata_candidate(&self) -> bool {
-        let limit = self.gateway.catalog.settings().max_metadata_bytes;
+        let limit = self.area.areas().config().catalog.max_metadata_bytes;
         self.len <= limit
             && !matches!(
                 RootKind::detect(&self.head),
@@ -713,12 +579,21 @@ impl Drop for Upload {
         if self.finished {
             return;
         }
-        let _ = fs::remove_file(&self.temp);
-        self.account.release(self.counted);
-        self.gateway.audit.record(
+        // Bytes are released only once the temp file is really gone.
+        match fs::remove_file(&self.temp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, temp = %self.temp.display(), "cannot remove an unfinished upload's temp file");
+            }
+            _ => {
+                let counted = self.counted;
+                self.account
+                    .apply(|usage| usage.in_flight = usage.in_flight.saturating_sub(counted));
+            }
+        }
+        self.area.areas().audit.record(
             "upload_incomplete",
             json!({
-                "user": self.user,
+                "user": self.area.user(),
                 "file": self.target.client_view(),
                 "bytes": self.len,
                 "ms": self.started.elapsed().as_millis() as u64,
@@ -728,7 +603,7 @@ impl Drop for Upload {
     }
 }
 
-/// A name part no other upload of this process (or a previous one) uses.
+/// A temp file name no other upload of this process (or a previous one) uses.
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
