@@ -119,31 +119,50 @@ pub fn render(info: &RemoteInfoText<'_>) -> String {
             host.to_string()
         };
         format!(
-            "\nPublishers upload and run commands over SSH (their key decides what they may do):\n\
-             scp -P {port} lxd.tar.xz rootfs.squashfs upload@{host}:\n\
-             ssh -p {port} upload@{host} help\n\
-             SSH host key fingerprint: {key}\n",
+            "#\n\
+             # Publishers upload and run commands over SSH (their key decides what they may do):\n\
+             #   scp -P {port} lxd.tar.xz rootfs.squashfs upload@{host}:\n\
+             #   ssh -p {port} upload@{host} help\n\
+             # SSH host key fingerprint: {key}\n",
             port = ssh.port,
             key = ssh.host_key
         )
     });
+    let url = shell_word(url);
     format!(
         "\
-To use this server from LXD or Incus, run this on each client machine. The first lines store
-the server's TLS certificate where the clients look for it (servercerts/{remote}.crt); the
-last lines add the remote.
+# To use this server from LXD or Incus, run this on each client machine, or pipe it to sh
+# (`simplestream-server remote-info | sh`, `ssh host remote-info | sh`). The first lines store
+# the server's TLS certificate where the clients look for it (servercerts/{remote}.crt); the
+# last lines add the remote to each client that is installed.
 
 cat > {remote}.crt <<'EOF'
 {pem}
 EOF
 install -D -m 0644 {remote}.crt \"${{LXD_CONF:-$HOME/.config/lxc}}/servercerts/{remote}.crt\"
 install -D -m 0644 {remote}.crt \"${{INCUS_CONF:-$HOME/.config/incus}}/servercerts/{remote}.crt\"
-lxc remote add {remote} {url} --protocol=simplestreams
-incus remote add {remote} {url} --protocol=simplestreams
+if command -v lxc >/dev/null; then
+    lxc remote add {remote} {url} --protocol=simplestreams
+fi
+if command -v incus >/dev/null; then
+    incus remote add {remote} {url} --protocol=simplestreams
+fi
 
-TLS certificate SHA-256 fingerprint: {fingerprint}
+# TLS certificate SHA-256 fingerprint: {fingerprint}
 {ssh_text}"
     )
+}
+
+/// `text` as one shell word: as is when it holds nothing the shell would read, else quoted.
+fn shell_word(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~:/%@+=,".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Remote names are shell words and file names: letters, digits, `-`, `_`, `.`.
@@ -218,6 +237,20 @@ mod tests {
         assert!(text.contains("SHA-256 fingerprint: ab12\n"));
         assert!(text.contains("ssh -p 2200 upload@h help\n"));
         assert!(text.contains("SSH host key fingerprint: SHA256:xyz\n"));
+        // Prose is comments: the text is shell.
+        for line in text.lines() {
+            let first = line.split_whitespace().next().unwrap_or("#");
+            assert!(
+                first.starts_with('#')
+                    || ["cat", "install", "if", "lxc", "incus", "fi", "EOF"].contains(&first)
+                    || line.starts_with("-----")
+                    || line.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{line:?}"
+            );
+        }
+        assert_eq!(shell_word("https://h:1/lxd"), "https://h:1/lxd");
+        assert_eq!(shell_word("https://h/a?b&c"), "'https://h/a?b&c'");
+        assert_eq!(shell_word("x'y"), "'x'\\''y'");
     }
 
     #[test]

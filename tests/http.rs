@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 use crate::support;
+use crate::support::clients::{Client as ImageClient, Family};
 use crate::support::http::{Client, curl, curl_ok, parse_response, plain};
 use crate::support::server::Server;
 use crate::support::{Meta, TestDir, wait_until};
@@ -612,7 +613,7 @@ fn startup_text_installs_the_certificate_and_matches_remote_info() {
     let block: String = output
         .lines()
         .skip_while(|line| !line.starts_with("cat > lab.crt"))
-        .take_while(|line| !line.starts_with("lxc remote add"))
+        .take_while(|line| !line.starts_with("if command -v lxc"))
         .map(|line| format!("{line}\n"))
         .collect();
     let client_home = t.path().join("client");
@@ -643,13 +644,59 @@ fn startup_text_installs_the_certificate_and_matches_remote_info() {
     // `remote-info` prints the same text (given the port the SSH side really bound).
     let ssh_listen = server.ssh().to_string();
     let info = t.ok(&["remote-info", "--ssh-listen", &ssh_listen]);
-    let start = output.find("To use this server").unwrap();
+    let start = output.find("# To use this server").unwrap();
     let end = output.find("listening https").unwrap();
     assert_eq!(info, &output[start..end]);
     assert!(
         t.ok(&["remote-info", "--remote", "other"])
             .contains("lxc remote add other ")
     );
+}
+
+/// Issue 10 item 21: `remote-info | sh` sets a client up. The whole text is shell (prose as
+/// comments); piped to `sh` with private client directories, `lxc image list` and
+/// `incus image list` then list the server's image.
+#[test]
+fn remote_info_piped_to_sh_sets_up_lxc_and_incus() {
+    let t = TestDir::new();
+    import_container(&t, &Meta::default(), "piped");
+    let (server, _client) = start(&t, &[]);
+    let https = server.https().to_string();
+    let ssh = server.ssh().to_string();
+    let text = t.ok(&[
+        "remote-info",
+        "--https-listen",
+        &https,
+        "--ssh-listen",
+        &ssh,
+    ]);
+    let clients = t.path().join("clients");
+    std::fs::create_dir_all(&clients).unwrap();
+    let lxc = ImageClient::new(Family::Lxd, &clients);
+    let incus = ImageClient::new(Family::Incus, &clients);
+    let mut sh = std::process::Command::new("sh")
+        .current_dir(&clients)
+        .env("HOME", &clients)
+        .env("LXD_CONF", &lxc.conf)
+        .env("INCUS_CONF", &incus.conf)
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sh.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let ran = sh.wait_with_output().unwrap();
+    // (lxc's first run prints its welcome on stderr.)
+    assert!(
+        ran.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    for client in [&lxc, &incus] {
+        let listed = client.ok(&["image", "list", "private:", "--format", "csv"]);
+        assert!(listed.contains("testos/1"), "{:?}: {listed}", client.family);
+    }
 }
 
 /// A self-signed pair for 127.0.0.1, written key first, each by rename.
