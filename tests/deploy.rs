@@ -142,7 +142,7 @@ fn create_container_refuses_bad_options_with_one_line() {
 #[test]
 fn shell_scripts_are_shellcheck_clean() {
     let shellcheck = support::require_tool("shellcheck", "shellcheck");
-    let mut scripts = vec![repo().join(".ci/run")];
+    let mut scripts = vec![repo().join(".ci/run"), repo().join("tests/run")];
     for dir in ["deploy/lxd", "bench"] {
         for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
             let path = entry.unwrap().path();
@@ -161,4 +161,87 @@ fn shell_scripts_are_shellcheck_clean() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// Issue 10 item 20: README's test command is the one `.ci/run` runs, and it is the script
+/// that installs what is missing before `cargo test`.
+#[test]
+fn readme_test_command_is_what_ci_runs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let opening: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| !line.starts_with("```sh"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("```"))
+        .collect();
+    // The second opening command: the first runs the server.
+    let command = opening.get(1).and_then(|line| line.split('#').next());
+    assert_eq!(
+        command.map(str::trim),
+        Some("tests/run"),
+        "README's opening commands: {opening:?}"
+    );
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+    let last = ci
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap();
+    assert_eq!(last, "exec tests/run", "{ci}");
+    let script = std::fs::read_to_string(repo().join("tests/run")).unwrap();
+    assert!(script.contains("apt-get install") && script.trim_end().ends_with("cargo test \"$@\""));
+}
+
+/// Issue 10 item 22: bookworm-backports comes from the archive apt already uses, read from
+/// one-line sources and from deb822 `.sources` files, never a fixed host name.
+#[test]
+fn backports_come_from_the_archive_apt_already_uses() {
+    let t = TestDir::new();
+    let source_for = |apt: &Path| {
+        Command::new(repo().join("tests/run"))
+            .arg("--print-backports-source")
+            .env("APT_DIR", apt)
+            .output()
+            .unwrap()
+    };
+    let one_line = t.path().join("one-line");
+    std::fs::create_dir_all(one_line.join("sources.list.d")).unwrap();
+    std::fs::write(
+        one_line.join("sources.list"),
+        "# a comment\ndeb http://security.debian.org/debian-security bookworm-security main\n\
+         deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n",
+    )
+    .unwrap();
+    let deb822 = t.path().join("deb822");
+    std::fs::create_dir_all(deb822.join("sources.list.d")).unwrap();
+    std::fs::write(
+        deb822.join("sources.list.d/debian.sources"),
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: main\n\n\
+         Types: deb\nURIs: http://proxy.example:3142/debian\nSuites: bookworm bookworm-updates\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+         Types: deb\nURIs: http://security.debian.org/debian-security\nSuites: bookworm-security\n\
+         Components: main\n",
+    )
+    .unwrap();
+    for (apt, archive) in [
+        (&one_line, "http://mirror.example/debian"),
+        (&deb822, "http://proxy.example:3142/debian"),
+    ] {
+        let output = source_for(apt);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains(&format!("URIs: {archive}\n")), "{text}");
+        assert!(text.contains("Suites: bookworm-backports\n"), "{text}");
+    }
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = source_for(&empty);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no apt source for bookworm"), "{stderr}");
 }

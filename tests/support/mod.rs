@@ -24,7 +24,7 @@ pub fn bin() -> PathBuf {
 }
 
 /// Fails the test with an install hint when a tool the tests drive is missing. Never skips:
-/// `.ci/run` installs every tool, and a missing one is a broken machine.
+/// `tests/run` installs every tool, and a missing one is a broken machine.
 pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     for dir in std::env::var("PATH")
         .unwrap_or_default()
@@ -36,7 +36,9 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!("`{tool}` is not installed; run `apt-get install {package}` (.ci/run does)");
+    panic!(
+        "`{tool}` is not installed; run `apt-get install {package}`, or tests/run, which installs what is missing"
+    );
 }
 
 /// Held by tests that must not overlap one another now that every area runs in one process
