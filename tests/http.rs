@@ -12,6 +12,7 @@ use crate::support;
 use crate::support::clients::{Client as ImageClient, Family};
 use crate::support::http::{Client, curl, curl_ok, parse_response, plain};
 use crate::support::server::Server;
+use crate::support::ssh::{Client as SshClient, Key, write_authorized_keys};
 use crate::support::{Meta, TestDir, wait_until};
 
 // ---------------------------------------------------------------------------------------
@@ -660,42 +661,51 @@ fn startup_text_installs_the_certificate_and_matches_remote_info() {
 fn remote_info_piped_to_sh_sets_up_lxc_and_incus() {
     let t = TestDir::new();
     import_container(&t, &Meta::default(), "piped");
+    let key = Key::new(&t, "reader");
+    write_authorized_keys(&t, &[key.line("")]);
     let (server, _client) = start(&t, &[]);
     let https = server.https().to_string();
     let ssh = server.ssh().to_string();
-    let text = t.ok(&[
+    let local = t.ok(&[
         "remote-info",
         "--https-listen",
         &https,
         "--ssh-listen",
         &ssh,
     ]);
-    let clients = t.path().join("clients");
-    std::fs::create_dir_all(&clients).unwrap();
-    let lxc = ImageClient::new(Family::Lxd, &clients);
-    let incus = ImageClient::new(Family::Incus, &clients);
-    let mut sh = std::process::Command::new("sh")
-        .current_dir(&clients)
-        .env("HOME", &clients)
-        .env("LXD_CONF", &lxc.conf)
-        .env("INCUS_CONF", &incus.conf)
-        .env("HTTPS_PROXY", "http://127.0.0.1:9")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut sh.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let ran = sh.wait_with_output().unwrap();
-    // (lxc's first run prints its welcome on stderr.)
-    assert!(
-        ran.status.success(),
-        "{}\n{text}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    for client in [&lxc, &incus] {
-        let listed = client.ok(&["image", "list", "private:", "--format", "csv"]);
-        assert!(listed.contains("testos/1"), "{:?}: {listed}", client.family);
+    let over_ssh = SshClient::new(server.ssh(), &key).ok("remote-info");
+    for (door, text) in [("local", local), ("ssh", over_ssh)] {
+        let clients = t.path().join(door);
+        std::fs::create_dir_all(&clients).unwrap();
+        let lxc = ImageClient::new(Family::Lxd, &clients);
+        let incus = ImageClient::new(Family::Incus, &clients);
+        let mut sh = std::process::Command::new("sh")
+            .current_dir(&clients)
+            .env("HOME", &clients)
+            .env("LXD_CONF", &lxc.conf)
+            .env("INCUS_CONF", &incus.conf)
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut sh.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let ran = sh.wait_with_output().unwrap();
+        // (lxc's first run prints its welcome on stderr.)
+        assert!(
+            ran.status.success(),
+            "{door}: {}\n{text}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        for client in [&lxc, &incus] {
+            let listed = client.ok(&["image", "list", "private:", "--format", "csv"]);
+            assert!(
+                listed.contains("testos/1"),
+                "{door} {:?}: {listed}",
+                client.family
+            );
+        }
     }
 }
 
