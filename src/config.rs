@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::CatalogSettings;
+use crate::image::ScanLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +30,12 @@ pub struct CatalogConfig {
     pub grace_period_secs: i64,
     /// Largest accepted split metadata tarball, in bytes.
     pub max_metadata_bytes: u64,
+    /// Most bytes a metadata tarball (or a unified tarball besides its root filesystem) may
+    /// unpack to: every LXD host that uses the image unpacks it.
+    pub max_metadata_unpacked_bytes: u64,
+    /// Most entries a metadata tarball (or a unified tarball besides its root filesystem)
+    /// may hold.
+    pub max_metadata_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +156,8 @@ impl Default for CatalogConfig {
         CatalogConfig {
             grace_period_secs: settings.grace_period_secs,
             max_metadata_bytes: settings.max_metadata_bytes,
+            max_metadata_unpacked_bytes: settings.scan_limits.unpacked_bytes,
+            max_metadata_entries: settings.scan_limits.entries,
         }
     }
 }
@@ -461,10 +470,16 @@ impl Config {
     }
 
     pub fn catalog_settings(&self) -> CatalogSettings {
+        let defaults = CatalogSettings::default();
         CatalogSettings {
             grace_period_secs: self.catalog.grace_period_secs,
             max_metadata_bytes: self.catalog.max_metadata_bytes,
-            ..CatalogSettings::default()
+            scan_limits: ScanLimits {
+                unpacked_bytes: self.catalog.max_metadata_unpacked_bytes,
+                entries: self.catalog.max_metadata_entries,
+                ..defaults.scan_limits
+            },
+            ..defaults
         }
     }
 }
@@ -475,6 +490,8 @@ impl Config {
 pub const LIVE_KEYS: &[&str] = &[
     "catalog.grace_period_secs",
     "catalog.max_metadata_bytes",
+    "catalog.max_metadata_unpacked_bytes",
+    "catalog.max_metadata_entries",
     "http.plain_http_images",
     "http.public_url",
     "http.remote_name",
@@ -675,5 +692,22 @@ mod tests {
         for key in LIVE_KEYS {
             assert!(all.iter().any(|k| k == key), "{key}");
         }
+    }
+
+    #[test]
+    fn refusals_name_real_settings() {
+        let all: Vec<String> = keys().into_iter().map(|(key, _)| key).collect();
+        for key in [
+            crate::image::tarball::UNPACKED_BYTES_SETTING,
+            crate::image::tarball::ENTRIES_SETTING,
+        ] {
+            assert!(all.iter().any(|k| k == key), "{key}");
+        }
+        let config: Config = toml::from_str(
+            "[catalog]\nmax_metadata_unpacked_bytes = 5\nmax_metadata_entries = 6\n",
+        )
+        .unwrap();
+        let limits = config.catalog_settings().scan_limits;
+        assert_eq!((limits.unpacked_bytes, limits.entries), (5, 6));
     }
 }

@@ -509,3 +509,241 @@ fn the_published_tree_survives_the_whole_corpus() {
     assert!(verify.status.success());
     assert_eq!(support::contract::assert_contract(&c.t.www()).len(), 1);
 }
+
+/// A tar header alone, declaring `size` bytes of data that the caller appends.
+fn header_only(name: &str, size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    header.as_bytes().to_vec()
+}
+
+/// xz streams laid end to end decode as one stream (the format allows it), so a bomb that
+/// inflates to gigabytes is built from one compressed block repeated, not by compressing
+/// gigabytes here.
+fn xz_parts(parts: &[(&[u8], usize)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (data, copies) in parts {
+        out.extend(support::compress(data, "xz").repeat(*copies));
+    }
+    out
+}
+
+/// Regression (issue 10, item 8): a 1.2 MiB metadata tarball that inflated to 8 GiB was
+/// imported (27 CPU s) and published. Each bomb here is about 1.3 MiB of xz that unpacks to
+/// 8 GiB; each is refused after unpacking at most the 64 MiB limit, in well under the time
+/// one pass over its 8 GiB takes.
+#[test]
+fn metadata_bombs_are_refused_before_they_inflate() {
+    const UNIT: usize = 16 << 20;
+    const COPIES: usize = 512; // 8 GiB
+    let c = Corpus::new();
+    let yaml = default_yaml();
+    let root = c.squashfs("root.squashfs");
+    let zeros = vec![0u8; UNIT];
+    let meta_entry = raw_entry(
+        "metadata.yaml",
+        tar::EntryType::Regular,
+        None,
+        yaml.as_bytes(),
+    );
+    let end = vec![0u8; 1024];
+    let refusal = |name: &str| {
+        format!(
+            "{name} unpacks to more than 67108864 bytes besides its root filesystem (metadata, templates); the limit is catalog.max_metadata_unpacked_bytes"
+        )
+    };
+
+    // One template entry of 8 GiB.
+    let big_template = [
+        meta_entry.clone(),
+        header_only("templates/bomb.tpl", (UNIT * COPIES) as u64),
+    ]
+    .concat();
+    let one_entry = c.write(
+        "one-entry.tar.xz",
+        &xz_parts(&[(&big_template, 1), (&zeros, COPIES), (&end, 1)]),
+    );
+    // 512 template entries of 16 MiB.
+    let unit_entry = [
+        header_only("templates/part.tpl", UNIT as u64),
+        zeros.clone(),
+    ]
+    .concat();
+    let many_entries = c.write(
+        "many-entries.tar.xz",
+        &xz_parts(&[(&meta_entry, 1), (&unit_entry, COPIES), (&end, 1)]),
+    );
+    // A small, whole archive followed by 8 GiB of zeros.
+    let whole = raw_tar(&[meta_entry.clone()]);
+    let trailing = c.write(
+        "trailing.tar.xz",
+        &xz_parts(&[(&whole, 1), (&zeros, COPIES)]),
+    );
+    // A unified image whose rootfs/ is fine and whose template is the bomb.
+    let unified_head = [
+        meta_entry.clone(),
+        raw_entry("rootfs/hostname", tar::EntryType::Regular, None, b"bomb\n"),
+        header_only("templates/bomb.tpl", (UNIT * COPIES) as u64),
+    ]
+    .concat();
+    let unified = c.write(
+        "unified.tar.xz",
+        &xz_parts(&[(&unified_head, 1), (&zeros, COPIES), (&end, 1)]),
+    );
+
+    for (bomb, sources) in [
+        (&one_entry, vec![one_entry.as_str(), root.as_str()]),
+        (&many_entries, vec![many_entries.as_str(), root.as_str()]),
+        (&trailing, vec![trailing.as_str(), root.as_str()]),
+        (&unified, vec![unified.as_str()]),
+    ] {
+        let size = std::fs::metadata(c.path(bomb)).unwrap().len();
+        assert!(size < 2 << 20, "{bomb} is {size} bytes");
+        let started = std::time::Instant::now();
+        c.refuses(&sources, &refusal(bomb));
+        let took = started.elapsed();
+        eprintln!("{bomb}: {size} bytes of xz, refused in {took:?}");
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "{bomb} took {took:?}"
+        );
+    }
+}
+
+fn qemu_img(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new(support::require_tool("qemu-img", "qemu-utils"))
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "qemu-img {args:?}");
+}
+
+/// Regression (issue 10, item 9): a qcow2 with garbage after its magic, one truncated to 100
+/// bytes and one naming a backing file on the publisher's disk were all published.
+#[test]
+fn vm_disks_are_checked_like_squashfs() {
+    let c = Corpus::new();
+    let dir = c.t.path();
+    let meta = c.meta("meta.tar.xz", &default_yaml());
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "16M"]);
+    let base = std::fs::read(c.path("base.qcow2")).unwrap();
+    let base_path = c.path("base.qcow2").display().to_string();
+    let ext_path = c.path("external.raw").display().to_string();
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &base_path,
+            "-F",
+            "qcow2",
+            "backed.qcow2",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={ext_path}"),
+            "external.qcow2",
+            "16M",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=sec0,data=abc",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0",
+            "encrypted.qcow2",
+            "16M",
+        ],
+    );
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "empty.qcow2", "0"]);
+    let edited = |name: &str, at: usize, bytes: &[u8]| {
+        let mut disk = base.clone();
+        disk[at..at + bytes.len()].copy_from_slice(bytes);
+        c.write(name, &disk)
+    };
+    let l1_offset = u64::from_be_bytes(base[40..48].try_into().unwrap());
+    let l1_bytes = u32::from_be_bytes(base[36..40].try_into().unwrap()) * 8;
+    let hint = "publish the standalone, unencrypted copy `qemu-img convert -O qcow2 <disk> <new disk>` writes";
+
+    let cases: Vec<(String, String)> = vec![
+        ("backed.qcow2".into(), format!("backed.qcow2 depends on a backing file {base_path:?} that hosts do not have; {hint}")),
+        ("external.qcow2".into(), format!("external.qcow2 keeps its data in an external data file that hosts do not have; {hint}")),
+        ("encrypted.qcow2".into(), format!("encrypted.qcow2 is encrypted (LUKS); hosts cannot start a VM from a disk they have no key for; {hint}")),
+        (edited("unknown.qcow2", 72, &(1u64 << 40).to_be_bytes()), "unknown.qcow2 uses qcow2 features QEMU does not know (incompatible feature bits 0x10000000000); it cannot be opened".into()),
+        (edited("v4.qcow2", 4, &4u32.to_be_bytes()), "v4.qcow2 is qcow2 version 4; QEMU reads only versions 2 and 3 (its header may be damaged)".into()),
+        (edited("clusters.qcow2", 20, &30u32.to_be_bytes()), "clusters.qcow2 has a damaged qcow2 header: cluster_bits is 30, QEMU accepts 9 to 21".into()),
+        ("empty.qcow2".into(), "empty.qcow2 has a damaged qcow2 header: its virtual size is 0 bytes, expected 1 byte to 64 TiB".into()),
+        (c.write("short.qcow2", &base[..100]), "short.qcow2 is truncated: its qcow2 header needs 104 bytes, the file has 100".into()),
+        (c.write("cut.qcow2", &base[..4096]), format!("cut.qcow2 is truncated or damaged: its L1 table ({l1_bytes} bytes at offset {l1_offset}) is not inside the file (4096 bytes)")),
+        (c.write("garbage.qcow2", &[b"QFI\xfb".as_slice(), &[0xab; 4096]].concat()), "garbage.qcow2 is qcow2 version 2880154539; QEMU reads only versions 2 and 3 (its header may be damaged)".into()),
+    ];
+    for (disk, expected) in &cases {
+        c.refuses(&[&meta, disk], expected);
+    }
+    // The same checks hold inside a unified VM tarball.
+    let backed = std::fs::read(c.path("backed.qcow2")).unwrap();
+    let unified = c.tar(
+        "backed-vm.tar.gz",
+        &[
+            ("metadata.yaml", default_yaml().as_bytes()),
+            ("rootfs.img", &backed),
+        ],
+        "gz",
+    );
+    c.refuses(&[&unified], &format!("backed-vm.tar.gz has a rootfs.img that depends on a backing file {base_path:?} that hosts do not have; {hint}"));
+
+    // Sound disks from qemu-img, both versions, still import.
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "v2.qcow2",
+            "16M",
+        ],
+    );
+    for (release, disk) in [("qcow-v2", "v2.qcow2"), ("qcow-v3", "base.qcow2")] {
+        let meta = c.meta(
+            &format!("{release}.tar.xz"),
+            &yaml(&Meta {
+                release,
+                ..Meta::default()
+            }),
+        );
+        let out = c.t.run(&[
+            "import",
+            c.path(&meta).to_str().unwrap(),
+            c.path(disk).to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{disk}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

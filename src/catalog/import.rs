@@ -933,7 +933,15 @@ fn check_root(head: &[u8], size: u64, path: &Path, label: &str) -> Result<RootKi
                 return Err(ImageError::new(label, "is a metadata tarball, not a root; pass the metadata tarball first, then the root").into());
             }
         }
-        RootKind::Qcow2 => {}
+        RootKind::Qcow2 => {
+            let file = File::open(path).map_err(|e| fsutil::with_path(e, "cannot open", path))?;
+            let mut header = Vec::with_capacity(image::qcow2::HEADER_READ_LEN);
+            file.take(image::qcow2::HEADER_READ_LEN as u64)
+                .read_to_end(&mut header)
+                .map_err(|e| fsutil::with_path(e, "cannot read", path))?;
+            image::qcow2::check(&header, size)
+                .map_err(|problem| ImageError::new(label, problem))?;
+        }
     }
     Ok(kind)
 }

@@ -52,7 +52,7 @@ pub fn is_arch_name(name: &str) -> bool {
 /// Earliest accepted `creation_date`: 2000-01-01. Anything earlier is a zeroed or broken field.
 const EARLIEST_CREATION: i64 = 946_684_800;
 /// How far in the future a `creation_date` may lie (clock skew between build host and server).
-const FUTURE_SLACK_SECONDS: i64 = 24 * 3600;
+pub const FUTURE_SLACK_SECONDS: i64 = 24 * 3600;
 
 /// Parses and validates `metadata.yaml`; the error is a sentence about the file's content.
 pub fn parse(yaml: &[u8], now_unix: i64) -> Result<ImageMetadata, String> {

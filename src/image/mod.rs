@@ -2,6 +2,7 @@
 //! Everything here works on bytes and readers; placing files is the catalog's job.
 
 pub mod metadata;
+pub mod qcow2;
 pub mod sniff;
 pub mod tarball;
 

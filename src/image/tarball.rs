@@ -1,10 +1,13 @@
 //! Walks a (compressed) image tarball once: finds `metadata.yaml`, tells a metadata-only tarball
 //! from a unified one, and refuses entries that would escape the directory LXD unpacks into.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::path::{Component, Path};
+use std::rc::Rc;
 
-use super::sniff::{Compression, RootKind, SNIFF_LEN};
+use super::qcow2;
+use super::sniff::{Compression, RootKind};
 
 /// What a tarball holds besides `metadata.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +34,72 @@ pub struct ScanLimits {
     pub metadata_search_bytes: u64,
     /// Largest accepted `metadata.yaml`.
     pub metadata_yaml_bytes: u64,
+    /// Decompressed bytes of everything but the root filesystem (`rootfs/`, `rootfs.img`):
+    /// metadata, templates, their tar headers and whatever follows the archive's end. LXD
+    /// unpacks all of it on every host, so a bomb is refused here instead.
+    pub unpacked_bytes: u64,
+    /// Entries besides the root filesystem's.
+    pub entries: u64,
 }
+
+/// The settings that hold [`ScanLimits::unpacked_bytes`] and [`ScanLimits::entries`], named
+/// in refusals.
+pub const UNPACKED_BYTES_SETTING: &str = "catalog.max_metadata_unpacked_bytes";
+pub const ENTRIES_SETTING: &str = "catalog.max_metadata_entries";
 
 impl Default for ScanLimits {
     fn default() -> Self {
         ScanLimits {
             metadata_search_bytes: 256 << 20,
             metadata_yaml_bytes: 1 << 20,
+            unpacked_bytes: 64 << 20,
+            entries: 10_000,
         }
     }
+}
+
+/// Decompressed bytes read so far, against what may be read: the limit plus every byte that
+/// belongs to the root filesystem (credited when its entry is seen, before its data is read).
+#[derive(Debug, Clone, Copy, Default)]
+struct Budget {
+    read: u64,
+    allowed: u64,
+    exceeded: bool,
+}
+
+/// Reads no further than the budget allows, however well the input compresses.
+struct BudgetReader<R> {
+    inner: R,
+    budget: Rc<Cell<Budget>>,
+}
+
+impl<R: Read> Read for BudgetReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut budget = self.budget.get();
+        let remaining = budget.allowed.saturating_sub(budget.read);
+        if remaining == 0 {
+            // At the limit: only the end of the input is still welcome.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            budget.exceeded = true;
+            self.budget.set(budget);
+            return Err(std::io::Error::other("the unpacked size limit is reached"));
+        }
+        let wanted = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..wanted])?;
+        budget.read += n as u64;
+        self.budget.set(budget);
+        Ok(n)
+    }
+}
+
+/// The end of an entry's data, padded to tar's 512-byte blocks.
+fn padded_end(start: u64, size: u64) -> u64 {
+    start.saturating_add(size.div_ceil(512).saturating_mul(512))
 }
 
 /// Walks every entry of a tarball read from `reader`. The error is a sentence about the
@@ -52,15 +112,41 @@ pub fn scan<R: Read>(
     let decoder = compression
         .decoder(reader)
         .map_err(|e| format!("cannot be decompressed ({e})"))?;
-    let mut archive = tar::Archive::new(decoder);
+    let budget = Rc::new(Cell::new(Budget {
+        allowed: limits.unpacked_bytes,
+        ..Budget::default()
+    }));
+    let too_large = || {
+        format!(
+            "unpacks to more than {} bytes besides its root filesystem (metadata, templates); \
+             the limit is {UNPACKED_BYTES_SETTING}",
+            limits.unpacked_bytes
+        )
+    };
+    // A read that stopped at the budget is the size limit, not a corrupt input.
+    let stream_error = |e: &std::io::Error| {
+        if budget.get().exceeded {
+            too_large()
+        } else {
+            read_error(e)
+        }
+    };
+    let mut archive = tar::Archive::new(BudgetReader {
+        inner: decoder,
+        budget: budget.clone(),
+    });
     let mut metadata_yaml: Option<Vec<u8>> = None;
     let mut has_rootfs_dir = false;
     let mut has_rootfs_img = false;
     let mut entries_seen = 0u64;
+    let mut other_entries = 0u64;
+    // The end of the previous entry's data, and the bytes credited to the root filesystem.
+    let mut previous_end = 0u64;
+    let mut root_bytes = 0u64;
 
-    let entries = archive.entries().map_err(|e| read_error(&e))?;
+    let entries = archive.entries().map_err(|e| stream_error(&e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| read_error(&e))?;
+        let mut entry = entry.map_err(|e| stream_error(&e))?;
         entries_seen += 1;
         let raw_path = entry
             .path()
@@ -69,6 +155,29 @@ pub fn scan<R: Read>(
         let path = check_entry_path(&raw_path)?;
         let kind = entry.header().entry_type();
         let in_rootfs = path == "rootfs" || path.starts_with("rootfs/");
+
+        // Checked before the entry's data is read or skipped, so a bomb never inflates.
+        let data_end = padded_end(entry.raw_file_position(), entry.size());
+        if in_rootfs || path == "rootfs.img" {
+            // This entry's headers and data, from where the previous entry ended.
+            let credit = data_end.saturating_sub(previous_end);
+            root_bytes = root_bytes.saturating_add(credit);
+            let mut current = budget.get();
+            current.allowed = current.allowed.saturating_add(credit);
+            budget.set(current);
+        } else {
+            other_entries += 1;
+            if other_entries > limits.entries {
+                return Err(format!(
+                    "has more than {} entries besides its root filesystem; the limit is {ENTRIES_SETTING}",
+                    limits.entries
+                ));
+            }
+            if data_end.saturating_sub(root_bytes) > limits.unpacked_bytes {
+                return Err(too_large());
+            }
+        }
+        previous_end = data_end;
 
         if kind.is_hard_link() {
             let target = entry
@@ -107,7 +216,7 @@ pub fn scan<R: Read>(
                 .by_ref()
                 .take(limits.metadata_yaml_bytes)
                 .read_to_end(&mut yaml)
-                .map_err(|e| read_error(&e))?;
+                .map_err(|e| stream_error(&e))?;
             metadata_yaml = Some(yaml);
         } else if in_rootfs {
             has_rootfs_dir = true;
@@ -115,18 +224,21 @@ pub fn scan<R: Read>(
             if !kind.is_file() {
                 return Err("has a rootfs.img that is not a regular file".into());
             }
-            let mut head = Vec::with_capacity(SNIFF_LEN);
+            let mut head = Vec::with_capacity(qcow2::HEADER_READ_LEN);
             entry
                 .by_ref()
-                .take(SNIFF_LEN as u64)
+                .take(qcow2::HEADER_READ_LEN as u64)
                 .read_to_end(&mut head)
-                .map_err(|e| read_error(&e))?;
+                .map_err(|e| stream_error(&e))?;
             if RootKind::detect(&head) != Some(RootKind::Qcow2) {
                 return Err(format!(
                     "has a rootfs.img that is {}, not a qcow2 disk (LXD and Incus run only qcow2 VM disks)",
                     super::sniff::describe(&head)
                 ));
             }
+            let size = entry.header().size().unwrap_or(0);
+            qcow2::check(&head, size)
+                .map_err(|problem| format!("has a rootfs.img that {problem}"))?;
             has_rootfs_img = true;
         }
 
@@ -154,9 +266,10 @@ pub fn scan<R: Read>(
             );
         }
     };
-    // Read to the real end so that trailing garbage or truncation is noticed.
+    // Read to the real end so that trailing garbage or truncation is noticed (within the
+    // budget: what follows the archive is not root filesystem either).
     let mut rest = archive.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| read_error(&e))?;
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| stream_error(&e))?;
     Ok(TarballScan {
         metadata_yaml,
         layout,
@@ -305,6 +418,51 @@ mod tests {
             scan(&data[..], Compression::None, limits)
                 .unwrap_err()
                 .contains("no metadata.yaml in its first")
+        );
+    }
+
+    #[test]
+    fn bounds_what_unpacks_besides_the_root_filesystem() {
+        let limits = ScanLimits {
+            unpacked_bytes: 64 << 10,
+            entries: 3,
+            ..ScanLimits::default()
+        };
+        let big = vec![0u8; 128 << 10];
+        let refused = |data: &[u8]| scan(data, Compression::None, limits).unwrap_err();
+
+        let template = tar_with(&[("metadata.yaml", b"a: 1"), ("templates/big.tpl", &big)]);
+        let err = refused(&template);
+        assert!(err.starts_with("unpacks to more than 65536 bytes"), "{err}");
+        assert!(err.contains(UNPACKED_BYTES_SETTING), "{err}");
+
+        let mut trailing = tar_with(&[("metadata.yaml", b"a: 1")]);
+        trailing.extend_from_slice(&big);
+        assert!(refused(&trailing).starts_with("unpacks to more than"));
+
+        let many: Vec<(String, &[u8])> = (0..4)
+            .map(|i| (format!("templates/{i}"), &b""[..]))
+            .collect();
+        let mut entries: Vec<(&str, &[u8])> = vec![("metadata.yaml", b"a: 1")];
+        entries.extend(many.iter().map(|(name, data)| (name.as_str(), *data)));
+        let err = refused(&tar_with(&entries));
+        assert!(
+            err.contains("more than 3 entries") && err.contains(ENTRIES_SETTING),
+            "{err}"
+        );
+
+        // The root filesystem itself is not bounded here.
+        let unified = tar_with(&[
+            ("metadata.yaml", b"a: 1"),
+            ("rootfs/a", &big),
+            ("rootfs/b", &big),
+            ("templates/x.tpl", b"x"),
+        ]);
+        assert_eq!(
+            scan(&unified[..], Compression::None, limits)
+                .unwrap()
+                .layout,
+            Layout::UnifiedContainer
         );
     }
 
