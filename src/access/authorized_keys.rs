@@ -5,8 +5,11 @@
 //! quoted and may hold spaces and commas (`ssh_key::AuthorizedKeys` refuses those, hence this
 //! tokeniser). Understood options:
 //! - `role="reader|publisher|admin"` (default publisher);
-//! - `from="pattern,CIDR,…"` with `*`/`?` wildcards and `!` negation, as OpenSSH matches it
-//!   against the client's address (host names are never looked up);
+//! - `user="name"`: the user name, instead of the one the comment gives; two different keys
+//!   may share a name (an upload area, products) only when every line of that name says so;
+//! - `from="pattern,CIDR,…"` with `*`/`?` wildcards and `!` negation, matched against the
+//!   client's address as OpenSSH does with its default `UseDNS no`: host names are never
+//!   looked up, so a host name pattern (which could never match) makes its line malformed;
 //! - `expiry-time="YYYYMMDD[HHMM[SS]][Z]"`, in the server's time zone unless `Z` says UTC;
 //! - OpenSSH's restrictions (`restrict`, `no-pty`, `no-port-forwarding`, …), which this server
 //!   applies to everyone anyway.
@@ -36,8 +39,23 @@ pub struct AuthorizedKey {
     pub from: Option<FromPatterns>,
     /// Unix seconds after which the key no longer works.
     pub expiry: Option<i64>,
-    /// The comment, sanitised into a user name (see [`sanitize_user_name`]).
+    /// The user name: `user=`, or the comment sanitised (see [`sanitize_user_name`]).
     pub name: String,
+    /// The name came from `user=`: the line agrees to share it with other keys.
+    pub explicit_name: bool,
+    /// The comment as written, for messages.
+    pub comment: String,
+}
+
+impl AuthorizedKey {
+    /// Where the name came from, for messages.
+    fn name_source(&self) -> String {
+        if self.explicit_name {
+            "user=".to_string()
+        } else {
+            format!("the comment {:?}", self.comment)
+        }
+    }
 }
 
 /// A line that was skipped, and why.
@@ -75,7 +93,11 @@ impl AuthorizedKeys {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            match parse_line(trimmed, line) {
+            let checked = parse_line(trimmed, line).and_then(|key| match parsed.name_taken(&key) {
+                Some(message) => Err(message),
+                None => Ok(key),
+            });
+            match checked {
                 Ok(key) => parsed.keys.push(key),
                 // One line, whatever the key's bytes decode to: it goes into the log as is.
                 Err(message) => parsed.problems.push(LineProblem {
@@ -85,6 +107,27 @@ impl AuthorizedKeys {
             }
         }
         parsed
+    }
+
+    /// Why `key` may not have its name: an earlier line gives the same name to another key,
+    /// and the two did not both ask for it with `user=`. The name is an upload area and the
+    /// owner of products, so sharing it is never an accident of how comments are sanitised.
+    fn name_taken(&self, key: &AuthorizedKey) -> Option<String> {
+        let earlier = self.keys.iter().find(|earlier| {
+            earlier.name == key.name
+                && earlier.key.key_data() != key.key.key_data()
+                && !(earlier.explicit_name && key.explicit_name)
+        })?;
+        Some(format!(
+            "user name {:?} (from {}) is already line {}'s (from {}); two keys share a name, \
+             its upload area and its products only when both lines say user=\"{}\": \
+             add that to both, or give this key another comment",
+            key.name,
+            key.name_source(),
+            earlier.line,
+            earlier.name_source(),
+            key.name
+        ))
     }
 
     /// The user name of the first line listing `key`, whatever its conditions: who a refused
@@ -173,6 +216,7 @@ fn parse_line(line_text: &str, line: usize) -> Result<AuthorizedKey, String> {
     let mut role = None;
     let mut from = None;
     let mut expiry = None;
+    let mut user = None;
     for (name, value) in options {
         let lower = name.to_ascii_lowercase();
         let needs_value = |value: Option<String>| {
@@ -190,6 +234,18 @@ fn parse_line(line_text: &str, line: usize) -> Result<AuthorizedKey, String> {
                     return Err("from= is given twice".into());
                 }
                 from = Some(FromPatterns::parse(&needs_value(value)?)?);
+            }
+            "user" => {
+                if user.is_some() {
+                    return Err("user= is given twice".into());
+                }
+                let name = needs_value(value)?;
+                if name.is_empty() || sanitize_user_name(&name, "") != name {
+                    return Err(format!(
+                        "user={name:?} is not a user name (1 to 64 letters, digits, '.', '_', '-', '@'; no leading '.')"
+                    ));
+                }
+                user = Some(name);
             }
             "expiry-time" => {
                 if expiry.is_some() {
@@ -220,7 +276,7 @@ fn parse_line(line_text: &str, line: usize) -> Result<AuthorizedKey, String> {
             }
             _ => {
                 return Err(format!(
-                    "option {name} is not supported (known: role, from, expiry-time, and OpenSSH's no-* restrictions)"
+                    "option {name} is not supported (known: role, user, from, expiry-time, and OpenSSH's no-* restrictions)"
                 ));
             }
         }
@@ -241,7 +297,9 @@ fn parse_line(line_text: &str, line: usize) -> Result<AuthorizedKey, String> {
         role: role.unwrap_or(Role::Publisher),
         from,
         expiry,
-        name: sanitize_user_name(comment, &fallback),
+        explicit_name: user.is_some(),
+        name: user.unwrap_or_else(|| sanitize_user_name(comment, &fallback)),
+        comment: comment.to_string(),
         key,
     })
 }
@@ -397,8 +455,14 @@ impl FromPatterns {
                     ));
                 }
                 AddressPattern::Cidr(addr.to_canonical(), bits)
-            } else {
+            } else if is_address_pattern(pattern) {
                 AddressPattern::Wildcard(pattern.to_ascii_lowercase())
+            } else {
+                return Err(format!(
+                    "from= pattern {pattern:?} is a host name; host names are never looked up \
+                     (as with OpenSSH's default UseDNS no), so it would never match: give \
+                     addresses, address wildcards (192.168.1.*) or CIDR blocks (10.0.0.0/8)"
+                ));
             };
             patterns.push((negated, parsed));
         }
@@ -424,6 +488,20 @@ impl FromPatterns {
         }
         admitted
     }
+}
+
+/// True when a wildcard pattern can match only an address's text: IPv4 (digits and dots)
+/// or IPv6 (hex digits and colons), with `*` and `?`. Anything else names hosts.
+fn is_address_pattern(pattern: &str) -> bool {
+    let wildcard = |c: char| matches!(c, '*' | '?');
+    let ipv4 = pattern
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == '.' || wildcard(c));
+    let ipv6 = pattern.contains(':')
+        && pattern
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.') || wildcard(c));
+    ipv4 || ipv6
 }
 
 fn in_cidr(address: IpAddr, net: IpAddr, bits: u8) -> bool {
@@ -768,6 +846,78 @@ mod tests {
         assert!(FromPatterns::parse("!*").unwrap().patterns[0].0);
         assert!(wildcard_match("1?.*.3", "10.20.3"));
         assert!(!wildcard_match("1?.*.3", "1.20.3"));
+    }
+
+    #[test]
+    fn host_name_patterns_are_refused_with_their_line() {
+        for pattern in [
+            "*.example.com",
+            "localhost",
+            "127.0.0.1,!badhost",
+            "deadbeef",
+        ] {
+            let parsed = AuthorizedKeys::parse(&format!("from=\"{pattern}\" {ED_A} x\n"));
+            assert!(parsed.keys.is_empty(), "{pattern}");
+            assert_eq!(parsed.problems[0].line, 1);
+            assert!(
+                parsed.problems[0].message.contains("is a host name"),
+                "{pattern}: {:?}",
+                parsed.problems
+            );
+        }
+        for pattern in [
+            "192.168.1.*",
+            "10.?.0.1",
+            "*",
+            "fe80::*",
+            "::ffff:10.0.0.1",
+            "::1",
+        ] {
+            assert!(FromPatterns::parse(pattern).is_ok(), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn names_that_collide_are_refused_unless_both_lines_share_explicitly() {
+        const ED_C: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        // Two comments that sanitise to one name: the later line is refused, naming both.
+        let parsed = AuthorizedKeys::parse(&format!(
+            "{ED_A} alice@laptop (CI)\n# note\n{ED_B} alice@laptop_ CI_\n"
+        ));
+        assert_eq!(parsed.keys.len(), 1);
+        assert_eq!(parsed.keys[0].name, "alice@laptop__CI_");
+        assert_eq!(parsed.problems[0].line, 3);
+        let message = &parsed.problems[0].message;
+        assert!(
+            message.contains("already line 1's") && message.contains("user=\"alice@laptop__CI_\""),
+            "{message}"
+        );
+        // The same comment on two keys is no more explicit.
+        let parsed = AuthorizedKeys::parse(&format!("{ED_A} ci\n{ED_B} ci\n"));
+        assert_eq!((parsed.keys.len(), parsed.problems[0].line), (1, 2));
+        // One key on several lines is one person.
+        let parsed = AuthorizedKeys::parse(&format!("from=\"10.0.0.0/8\" {ED_A} ci\n{ED_A} ci\n"));
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        // user= on every line of the name shares it; one line without it is refused.
+        let parsed = AuthorizedKeys::parse(&format!(
+            "user=\"team\" {ED_A} a\nuser=\"team\" {ED_B} b\n{ED_C} team\n"
+        ));
+        let names: Vec<&str> = parsed.keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["team", "team"]);
+        assert_eq!(parsed.problems[0].line, 3);
+        assert!(
+            parsed.problems[0].message.contains("(from user=)"),
+            "{:?}",
+            parsed.problems
+        );
+        for bad in ["", "a b", "../x", ".hidden"] {
+            let parsed = AuthorizedKeys::parse(&format!("user=\"{bad}\" {ED_A} a\n"));
+            assert!(
+                parsed.problems[0].message.contains("not a user name"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
