@@ -15,26 +15,33 @@ pub fn with_path(e: io::Error, action: &str, path: &Path) -> io::Error {
     )
 }
 
-/// A file name fit for a one-line message: names with control characters (a newline could
-/// forge a second message line) or invisible direction marks (which can make `gpj.exe` read
-/// as `exe.jpg`) are shown quoted and escaped.
+/// Characters a terminal acts on or hides: control characters (escape sequences, a newline
+/// that forges a second line) and invisible direction marks (which can make `gpj.exe` read
+/// as `exe.jpg`).
+fn is_tricky(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with every tricky character written as its escape (`\u{1b}`), so that text an
+/// image or a client chose can be printed for people: it shows, it never acts.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if is_tricky(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A file name fit for a one-line message: a name with tricky characters is shown quoted
+/// and escaped.
 pub fn printable_name(name: &str) -> String {
-    let tricky = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
-    if name.chars().any(tricky) {
-        let escaped: String = name
-            .chars()
-            .map(|c| {
-                if tricky(c) {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
-        format!("\"{escaped}\"")
+    if name.chars().any(is_tricky) {
+        format!("\"{}\"", escape_controls(name))
     } else {
         name.to_string()
     }
@@ -317,6 +324,16 @@ pub fn remove_empty_dirs(mut dir: &Path, stop: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_show_what_a_terminal_would_act_on() {
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\u{202e}c"),
+            "a\\u{1b}[2Jb\\u{202e}c"
+        );
+        assert_eq!(escape_controls("plain é"), "plain é");
+        assert_eq!(printable_name("x\ny"), "\"x\\u{a}y\"");
+    }
 
     #[test]
     fn one_line_removes_control_characters() {

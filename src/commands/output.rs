@@ -21,8 +21,14 @@ pub enum TextFormat {
     Json,
 }
 
-/// Writes rows as left-aligned columns under an upper-case header.
+/// Writes rows as left-aligned columns under an upper-case header. Cells are for people:
+/// control characters in them are shown escaped (see [`for_people`]).
 pub fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| for_people(cell)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -45,6 +51,13 @@ pub fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+/// Text that an image or a publisher chose (a description, a requirement value, a file
+/// name), made safe to print on a terminal: escape sequences and other control characters
+/// are shown escaped (`\u{1b}`) instead of acting. JSON and CSV output keep the exact text.
+pub fn for_people(text: &str) -> String {
+    crate::fsutil::escape_controls(text)
 }
 
 /// Writes RFC 4180 CSV: a header, then rows; fields with `,`, `"` or newlines are quoted.
@@ -159,6 +172,16 @@ mod tests {
         let mut out = Vec::new();
         write_table(&mut out, &["A", "BB"], &[vec!["long".into(), "x".into()]]).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn table_cells_cannot_drive_the_terminal() {
+        let mut out = Vec::new();
+        write_table(&mut out, &["A"], &[vec!["x\x1b]0;owned\x07".into()]]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A\nx\\u{1b}]0;owned\\u{7}\n"
+        );
     }
 
     #[test]
