@@ -91,8 +91,32 @@ pub fn check_collisions(
     Ok(())
 }
 
+/// Refuses when `user` (not an admin) gives `product_id` an alias in `added` that a product
+/// they may not publish into carries: an alias is the name hosts launch, so claiming it for
+/// another architecture or image type would take that product's users over too.
+pub fn check_claims(
+    state: &CatalogState,
+    product_id: &str,
+    added: &BTreeSet<String>,
+    user: &str,
+) -> Result<()> {
+    for (other_id, other) in &state.products {
+        if other_id == product_id || other.may_publish(user) {
+            continue;
+        }
+        if let Some(name) = added.intersection(&other.aliases).next() {
+            return Err(CatalogError::Conflict(format!(
+                "alias {name:?} belongs to {other_id}, a product of {}; choose other aliases \
+                 (--alias, --no-default-alias) or ask an admin to share {other_id} with you",
+                other.owner().unwrap_or("an admin")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The product an `alias add` target names: a product id, a fingerprint prefix or an alias.
-fn resolve_product(state: &CatalogState, target: &str) -> Result<String> {
+pub(super) fn resolve_product(state: &CatalogState, target: &str) -> Result<String> {
     if state.products.contains_key(target) {
         return Ok(target.to_string());
     }

@@ -95,7 +95,11 @@ pub struct ImportRequest {
     pub serial: Option<String>,
     pub requirements: BTreeMap<String, String>,
     pub transfer: Transfer,
+    /// The user importing: a new product becomes theirs.
     pub imported_by: String,
+    /// The caller is an admin: may publish into any product and claim any alias. Anyone
+    /// else may publish only into products they own or that are shared with them.
+    pub may_publish_anywhere: bool,
     /// The fingerprint another tree published for these files: refused when they give another.
     pub expected_fingerprint: Option<String>,
 }
@@ -301,6 +305,7 @@ impl Catalog {
         }
         if let Some(serial) = &request.serial {
             validate_serial(serial)?;
+            refuse_future_serial(serial, super::unix_now())?;
         }
         for key in request.requirements.keys() {
             validate_requirement_key(key)?;
@@ -657,27 +662,53 @@ impl Catalog {
             )));
         }
 
-        // The product after this import, checked for alias collisions before anything moves.
-        let mut product = txn
-            .state
-            .products
-            .get(&product_id)
-            .cloned()
-            .unwrap_or_else(|| Product {
-                os: meta.os.clone(),
-                release: meta.release.clone(),
-                arch: meta.arch.to_string(),
-                variant: meta.variant.clone(),
-                aliases: if request.default_aliases {
-                    alias::defaults(meta).into_iter().collect()
-                } else {
-                    BTreeSet::new()
-                },
-                requirements: BTreeMap::new(),
-                versions: BTreeMap::new(),
-            });
+        // The product after this import, checked for ownership and alias collisions before
+        // anything moves.
+        let existing = txn.state.products.get(&product_id);
+        if !request.may_publish_anywhere
+            && let Some(existing) = existing
+            && !existing.may_publish(&request.imported_by)
+        {
+            return Err(CatalogError::Conflict(format!(
+                "product {product_id} belongs to {}; only its owner, the users it is shared with and admins may publish into it (an admin can run `product share {product_id} {}`)",
+                existing.owner().unwrap_or("an admin"),
+                request.imported_by
+            )));
+        }
+        let aliases_before = existing.map(|p| p.aliases.clone()).unwrap_or_default();
+        let mut product = existing.cloned().unwrap_or_else(|| Product {
+            os: meta.os.clone(),
+            release: meta.release.clone(),
+            arch: meta.arch.to_string(),
+            variant: meta.variant.clone(),
+            aliases: if request.default_aliases {
+                alias::defaults(meta).into_iter().collect()
+            } else {
+                BTreeSet::new()
+            },
+            requirements: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            owner: Some(request.imported_by.clone()),
+            shared_with: BTreeSet::new(),
+        });
+        // A product recorded before owners existed gets the owner it was deduced to have.
+        if product.owner.is_none() {
+            product.owner = Some(
+                product
+                    .owner()
+                    .map_or_else(|| request.imported_by.clone(), str::to_string),
+            );
+        }
         product.aliases.extend(request.aliases.iter().cloned());
         product.requirements.extend(request.requirements.clone());
+        if !request.may_publish_anywhere {
+            let added: BTreeSet<String> = product
+                .aliases
+                .difference(&aliases_before)
+                .cloned()
+                .collect();
+            alias::check_claims(&txn.state, &product_id, &added, &request.imported_by)?;
+        }
         let mut types = product.image_types();
         types.insert(image_type);
         alias::check_collisions(&txn.state, &product_id, &product, &types)?;
@@ -989,6 +1020,26 @@ pub fn validate_serial(serial: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a serial dated more than a day after `now_unix` (the slack `creation_date` has):
+/// serials order a product's versions, and a far-future one would stay the newest forever.
+fn refuse_future_serial(serial: &str, now_unix: i64) -> Result<()> {
+    // `YYYYMMDD_hhmm` strings sort in time order: compare the serial's moment as one.
+    let hhmm = serial
+        .get(8..13)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .filter(|hhmm| hhmm.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or("0000");
+    let moment = format!("{}_{hhmm}", &serial[..serial.len().min(8)]);
+    let latest = serial_from_unix(now_unix + crate::image::metadata::FUTURE_SLACK_SECONDS);
+    if moment > latest {
+        return Err(CatalogError::Invalid(format!(
+            "serial {serial:?} is more than a day in the future; give the build time as YYYYMMDD_hhmm in UTC (now it is {})",
+            serial_from_unix(now_unix)
+        )));
+    }
+    Ok(())
+}
+
 fn validate_requirement_key(key: &str) -> Result<()> {
     if key.is_empty()
         || !key
@@ -1023,6 +1074,28 @@ mod tests {
             "20261127 1",
         ] {
             assert!(validate_serial(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serials_more_than_a_day_ahead_are_refused() {
+        let now = 1_764_244_800; // 2025-11-27 12:00 UTC
+        for fine in [
+            "20251127_1200",
+            "20251128_1200",
+            "20251128",
+            "20200101.1",
+            "20251128-x",
+        ] {
+            assert!(refuse_future_serial(fine, now).is_ok(), "{fine}");
+        }
+        for ahead in ["20251128_1201", "20251129", "99991231_2359"] {
+            let Err(err) = refuse_future_serial(ahead, now) else {
+                panic!("{ahead} was accepted");
+            };
+            let err = err.to_string();
+            assert!(err.contains("more than a day in the future"), "{err}");
+            assert!(err.contains("20251127_1200"), "{err}");
         }
     }
 }

@@ -31,6 +31,7 @@
 pub mod alias;
 pub mod hashing;
 pub mod import;
+pub mod ownership;
 pub mod record;
 pub mod remove;
 pub mod stream_files;
@@ -617,6 +618,7 @@ mod tests {
             requirements: Default::default(),
             transfer: Transfer::Copy,
             imported_by: "test".into(),
+            may_publish_anywhere: true,
             expected_fingerprint: None,
         };
         catalog.import(request, &mut Silent)

@@ -47,11 +47,37 @@ pub struct Product {
     pub requirements: BTreeMap<String, String>,
     /// Serial → version; serials sort as strings in time order.
     pub versions: BTreeMap<String, Version>,
+    /// The user who created the product and may publish into it (admins always may). Absent
+    /// in records written before products had owners: see [`Product::owner`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Other users an admin lets publish into the product.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub shared_with: BTreeSet<String>,
 }
 
 impl Product {
     pub fn id(os: &str, release: &str, arch: &str, variant: &str) -> String {
         format!("{os}:{release}:{arch}:{variant}")
+    }
+
+    /// Who owns the product: the recorded owner, or for a product recorded before owners
+    /// existed, whoever imported its earliest image (by import time, not serial, so that a
+    /// far-future serial cannot make anyone the owner).
+    pub fn owner(&self) -> Option<&str> {
+        if let Some(owner) = &self.owner {
+            return Some(owner);
+        }
+        self.versions
+            .values()
+            .flat_map(|version| version.images())
+            .min_by_key(|image| image.imported.at)
+            .map(|image| image.imported.by.as_str())
+    }
+
+    /// True when `user` may publish into the product without being an admin.
+    pub fn may_publish(&self, user: &str) -> bool {
+        self.owner().is_none_or(|owner| owner == user) || self.shared_with.contains(user)
     }
 
     /// The image types any version of this product holds.

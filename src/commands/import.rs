@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::output::{ProgressReporter, TextFormat, write_json};
 use super::{CommandError, Context, parse_key_value};
-use crate::access::Caller;
+use crate::access::{Caller, Role};
 use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer};
 use crate::format::human_size;
 
@@ -99,6 +99,7 @@ impl Import {
             requirements: self.requirements.into_iter().collect::<BTreeMap<_, _>>(),
             transfer,
             imported_by: ctx.caller.name(),
+            may_publish_anywhere: ctx.caller.role() == Role::Admin,
             expected_fingerprint: None,
         };
         let outcome = {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::output::ProgressReporter;
 use super::{CommandError, Context};
-use crate::access::Caller;
+use crate::access::{Caller, Role};
 use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer};
 use crate::catalog::tree::{self, TreeImage};
 
@@ -89,6 +89,7 @@ fn import_one(ctx: &mut Context<'_>, image: TreeImage) -> Result<ImportOutcome, 
         requirements: image.requirements,
         transfer: Transfer::Copy,
         imported_by: ctx.caller.name(),
+        may_publish_anywhere: ctx.caller.role() == Role::Admin,
         expected_fingerprint: image.expected_fingerprint,
     };
     let mut progress = ProgressReporter::new(&mut *ctx.err, ctx.progress);

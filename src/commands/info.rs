@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::output::{TextFormat, write_json};
+use super::output::{TextFormat, for_people, write_json};
 use super::{CommandError, Context};
 use crate::catalog::record::{CatalogState, LocatedImage};
 use crate::catalog::summary::ImageSummary;
@@ -36,6 +36,9 @@ struct ImageDetails<'a> {
     requirements: &'a std::collections::BTreeMap<String, String>,
     imported_by: &'a str,
     imported_at: String,
+    /// Who may publish into the product besides admins.
+    owner: Option<&'a str>,
+    shared_with: &'a std::collections::BTreeSet<String>,
     sources: &'a [String],
     files: Vec<FileInfo<'a>>,
 }
@@ -85,6 +88,8 @@ fn details<'a>(located: &LocatedImage<'a>) -> ImageDetails<'a> {
         requirements: &located.product.requirements,
         imported_by: &image.imported.by,
         imported_at: rfc3339(image.imported.at),
+        owner: located.product.owner(),
+        shared_with: &located.product.shared_with,
         sources: &image.imported.sources,
         files,
     }
@@ -110,18 +115,23 @@ impl Info {
     }
 }
 
+/// The text form. Every string an image or a publisher chose goes through [`for_people`].
 fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> {
     let s = &d.summary;
+    let p = |text: &str| for_people(text);
     writeln!(out, "Fingerprint: {}", s.fingerprint)?;
-    writeln!(out, "Product: {}", s.product)?;
+    writeln!(out, "Product: {}", p(&s.product))?;
     writeln!(out, "Type: {}", s.image_type)?;
     writeln!(
         out,
         "OS: {}  Release: {}  Variant: {}  Architecture: {}",
-        s.os, s.release, s.variant, s.arch
+        p(&s.os),
+        p(&s.release),
+        p(&s.variant),
+        p(&s.arch)
     )?;
-    writeln!(out, "Serial: {}", s.serial)?;
-    writeln!(out, "Description: {}", s.description)?;
+    writeln!(out, "Serial: {}", p(&s.serial))?;
+    writeln!(out, "Description: {}", p(&s.description))?;
     writeln!(out, "Created: {}", s.created)?;
     writeln!(out, "Size: {} ({} bytes)", human_size(s.size), s.size)?;
     writeln!(
@@ -130,14 +140,14 @@ fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> 
         if s.aliases.is_empty() {
             "-".to_string()
         } else {
-            s.aliases.join(", ")
+            p(&s.aliases.join(", "))
         }
     )?;
     if !d.requirements.is_empty() {
         let pairs: Vec<String> = d
             .requirements
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", p(k), p(v)))
             .collect();
         writeln!(out, "Requirements: {}", pairs.join(", "))?;
     }
@@ -145,15 +155,28 @@ fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> 
         out,
         "Imported: {} by {} from {}",
         d.imported_at,
-        d.imported_by,
-        d.sources.join(", ")
+        p(d.imported_by),
+        p(&d.sources.join(", "))
     )?;
+    if let Some(owner) = d.owner {
+        let shared: Vec<String> = d.shared_with.iter().map(|u| p(u)).collect();
+        if shared.is_empty() {
+            writeln!(out, "Owner: {}", p(owner))?;
+        } else {
+            writeln!(
+                out,
+                "Owner: {} (shared with {})",
+                p(owner),
+                shared.join(", ")
+            )?;
+        }
+    }
     writeln!(out, "Files:")?;
     for file in &d.files {
         writeln!(
             out,
             "  {} ({}, {} bytes, sha256 {})",
-            file.path,
+            p(file.path),
             file.ftypes.join(" + "),
             file.size,
             file.sha256

@@ -11,6 +11,7 @@ pub mod import_tree;
 pub mod info;
 pub mod list;
 pub mod output;
+pub mod product;
 pub mod prune;
 pub mod rebuild;
 pub mod remote_info;
@@ -37,6 +38,8 @@ pub enum Command {
     Alias(alias::Alias),
     Remove(remove::Remove),
     Prune(prune::Prune),
+    #[command(subcommand)]
+    Product(product::Product),
     Verify(verify::Verify),
     Rebuild(rebuild::Rebuild),
     RemoteInfo(remote_info::RemoteInfo),
@@ -55,6 +58,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("alias", Role::Admin),
     ("remove", Role::Admin),
     ("prune", Role::Admin),
+    ("product", Role::Admin),
     ("verify", Role::Admin),
     ("rebuild", Role::Admin),
     ("remote-info", Role::Reader),
@@ -82,6 +86,7 @@ impl Command {
             Command::Alias(_) => "alias",
             Command::Remove(_) => "remove",
             Command::Prune(_) => "prune",
+            Command::Product(_) => "product",
             Command::Verify(_) => "verify",
             Command::Rebuild(_) => "rebuild",
             Command::RemoteInfo(_) => "remote-info",
@@ -101,6 +106,7 @@ impl Command {
             Command::Alias(cmd) => cmd.run(ctx),
             Command::Remove(cmd) => cmd.run(ctx),
             Command::Prune(cmd) => cmd.run(ctx),
+            Command::Product(cmd) => cmd.run(ctx),
             Command::Verify(cmd) => cmd.run(ctx),
             Command::Rebuild(cmd) => cmd.run(ctx),
             Command::RemoteInfo(cmd) => cmd.run(ctx),
