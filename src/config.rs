@@ -470,16 +470,14 @@ impl Config {
     }
 
     pub fn catalog_settings(&self) -> CatalogSettings {
-        let defaults = CatalogSettings::default();
         CatalogSettings {
             grace_period_secs: self.catalog.grace_period_secs,
             max_metadata_bytes: self.catalog.max_metadata_bytes,
             scan_limits: ScanLimits {
                 unpacked_bytes: self.catalog.max_metadata_unpacked_bytes,
                 entries: self.catalog.max_metadata_entries,
-                ..defaults.scan_limits
+                ..ScanLimits::default()
             },
-            ..defaults
         }
     }
 }

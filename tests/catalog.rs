@@ -1019,3 +1019,52 @@ fn an_interrupted_change_is_rolled_back_by_the_next_one() {
     assert_contract(&t.www());
     t.ok(&["verify"]);
 }
+
+/// Regression (issue 10, item 12): terminal escapes in a description or a requirement value
+/// were printed raw by `info`. Text output shows them escaped; JSON keeps the exact text.
+#[test]
+fn text_output_shows_image_provided_control_characters_escaped() {
+    let t = TestDir::new();
+    let description = "Evil \u{1b}[2J\u{1b}]0;owned\u{7} image";
+    let yaml = "architecture: x86_64\ncreation_date: 1764244800\nproperties:\n  os: testos\n  release: \"1\"\n  description: \"Evil \\e[2J\\e]0;owned\\a image\"\n";
+    let metadata = t.file("esc.tar.xz");
+    support::tarball(&metadata, &[("metadata.yaml", yaml.as_bytes())], "xz");
+    let root = t.file("esc.squashfs");
+    support::squashfs(&root, "esc");
+    let requirement = "note=\u{1b}[31mred\u{1b}[0m";
+    t.ok(&[
+        "import",
+        p(&metadata),
+        p(&root),
+        "--requirement",
+        requirement,
+    ]);
+
+    let text = t.ok(&["info", "testos/1"]);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("Description: Evil \\u{1b}[2J\\u{1b}]0;owned\\u{7} image"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Requirements: note=\\u{1b}[31mred\\u{1b}[0m"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&t.ok(&["info", "testos/1", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["description"], description);
+    assert_eq!(json[0]["requirements"]["note"], "\u{1b}[31mred\u{1b}[0m");
+    for table in [
+        t.ok(&["list"]),
+        t.ok(&["alias", "list"]),
+        t.ok(&["product", "list"]),
+    ] {
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+    }
+}

@@ -184,3 +184,50 @@ fn the_catalog_uses_the_configured_grace_period() {
     assert!(out.contains("its files are deleted now"), "{out}");
     assert!(!t.www().join("images/testos").exists());
 }
+
+/// The metadata bomb limit (issue 10, item 8) is a setting: lowered, it refuses a tarball the
+/// default lets through, naming the setting.
+#[test]
+fn the_catalog_uses_the_configured_unpacked_metadata_limit() {
+    let t = TestDir::new();
+    let yaml = support::Meta::default().yaml();
+    let meta = t.file("m.tar.xz");
+    let template = vec![b'x'; 256 << 10];
+    support::tarball(
+        &meta,
+        &[
+            ("metadata.yaml", yaml.as_bytes()),
+            ("templates/big.tpl", &template),
+        ],
+        "xz",
+    );
+    let root = t.file("r.squashfs");
+    support::squashfs(&root, "limit");
+    std::fs::create_dir_all(t.data()).unwrap();
+    for (setting, expected) in [
+        (
+            "max_metadata_unpacked_bytes = 65536",
+            "m.tar.xz unpacks to more than 65536 bytes besides its root filesystem (metadata, templates); the limit is catalog.max_metadata_unpacked_bytes",
+        ),
+        (
+            "max_metadata_entries = 1",
+            "m.tar.xz has more than 1 entries besides its root filesystem; the limit is catalog.max_metadata_entries",
+        ),
+    ] {
+        std::fs::write(
+            t.data().join("config.toml"),
+            format!("[catalog]\n{setting}\n"),
+        )
+        .unwrap();
+        let err = t.fails(
+            &["import", meta.to_str().unwrap(), root.to_str().unwrap()],
+            1,
+        );
+        assert_eq!(
+            err,
+            format!("simplestream-server: {}/{expected}", t.path().display())
+        );
+    }
+    std::fs::remove_file(t.data().join("config.toml")).unwrap();
+    t.ok(&["import", meta.to_str().unwrap(), root.to_str().unwrap()]);
+}

@@ -578,7 +578,7 @@ fn metadata_bombs_are_refused_before_they_inflate() {
         &xz_parts(&[(&meta_entry, 1), (&unit_entry, COPIES), (&end, 1)]),
     );
     // A small, whole archive followed by 8 GiB of zeros.
-    let whole = raw_tar(&[meta_entry.clone()]);
+    let whole = raw_tar(std::slice::from_ref(&meta_entry));
     let trailing = c.write(
         "trailing.tar.xz",
         &xz_parts(&[(&whole, 1), (&zeros, COPIES)]),
@@ -614,13 +614,15 @@ fn metadata_bombs_are_refused_before_they_inflate() {
     }
 }
 
-fn qemu_img(dir: &std::path::Path, args: &[&str]) {
+/// `qemu-img create -q -f qcow2 <options…>` in `dir`.
+fn qemu_img_create(dir: &std::path::Path, options: &[&str]) {
     let status = std::process::Command::new(support::require_tool("qemu-img", "qemu-utils"))
-        .args(args)
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(options)
         .current_dir(dir)
         .status()
         .unwrap();
-    assert!(status.success(), "qemu-img {args:?}");
+    assert!(status.success(), "qemu-img create {options:?}");
 }
 
 /// Regression (issue 10, item 9): a qcow2 with garbage after its magic, one truncated to 100
@@ -630,44 +632,23 @@ fn vm_disks_are_checked_like_squashfs() {
     let c = Corpus::new();
     let dir = c.t.path();
     let meta = c.meta("meta.tar.xz", &default_yaml());
-    qemu_img(dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "16M"]);
+    qemu_img_create(dir, &["base.qcow2", "16M"]);
     let base = std::fs::read(c.path("base.qcow2")).unwrap();
     let base_path = c.path("base.qcow2").display().to_string();
     let ext_path = c.path("external.raw").display().to_string();
-    qemu_img(
+    qemu_img_create(dir, &["-b", &base_path, "-F", "qcow2", "backed.qcow2"]);
+    qemu_img_create(
         dir,
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &base_path,
-            "-F",
-            "qcow2",
-            "backed.qcow2",
-        ],
-    );
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
             "-o",
             &format!("data_file={ext_path}"),
             "external.qcow2",
             "16M",
         ],
     );
-    qemu_img(
+    qemu_img_create(
         dir,
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
             "--object",
             "secret,id=sec0,data=abc",
             "-o",
@@ -676,7 +657,7 @@ fn vm_disks_are_checked_like_squashfs() {
             "16M",
         ],
     );
-    qemu_img(dir, &["create", "-q", "-f", "qcow2", "empty.qcow2", "0"]);
+    qemu_img_create(dir, &["empty.qcow2", "0"]);
     let edited = |name: &str, at: usize, bytes: &[u8]| {
         let mut disk = base.clone();
         disk[at..at + bytes.len()].copy_from_slice(bytes);
@@ -714,19 +695,7 @@ fn vm_disks_are_checked_like_squashfs() {
     c.refuses(&[&unified], &format!("backed-vm.tar.gz has a rootfs.img that depends on a backing file {base_path:?} that hosts do not have; {hint}"));
 
     // Sound disks from qemu-img, both versions, still import.
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=0.10",
-            "v2.qcow2",
-            "16M",
-        ],
-    );
+    qemu_img_create(dir, &["-o", "compat=0.10", "v2.qcow2", "16M"]);
     for (release, disk) in [("qcow-v2", "v2.qcow2"), ("qcow-v3", "base.qcow2")] {
         let meta = c.meta(
             &format!("{release}.tar.xz"),

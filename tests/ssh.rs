@@ -1477,3 +1477,206 @@ fn uploads_remove_frees_the_room_forgets_the_digest_and_is_audited() {
         support::sha256_of(&[&second]).as_str()
     );
 }
+
+/// Uploads `files` with scp and asserts it worked.
+fn upload(client: &Client, files: &[&Path]) {
+    let output = client.scp(&[], files, "");
+    assert!(output.status.success(), "scp: {}", stderr(&output));
+}
+
+/// Regression (issue 10, item 10): a publisher importing with `--serial 99991231_2359` made
+/// another publisher's product's newest version and moved its aliases. Now the far-future
+/// serial is refused, the product belongs to its creator, and only an admin shares it or
+/// hands it over.
+#[test]
+fn a_publisher_cannot_take_over_another_publishers_product() {
+    let t = TestDir::new();
+    let keys = [
+        Key::new(&t, "the-admin"),
+        Key::new(&t, "alice"),
+        Key::new(&t, "mallory"),
+    ];
+    write_authorized_keys(
+        &t,
+        &[
+            keys[0].line(r#"role="admin""#),
+            keys[1].line(""),
+            keys[2].line(""),
+        ],
+    );
+    let server = Server::start(&t, &[]);
+    let [admin, alice, mallory] = keys.map(|key| Client::new(server.ssh(), &key));
+    let product = "testos:1:amd64:default";
+
+    let (meta, root) = split_image(&t, "alice-1", &Meta::default());
+    upload(&alice, &[&meta, &root]);
+    alice.ok("import alice-1.tar.xz alice-1.squashfs");
+    let published = t.read_json("streams/v1/images.json");
+
+    // The attack from the issue, then the same with a plausible serial, then alice's alias
+    // claimed for another architecture: each refused with one line, nothing published.
+    let (meta, root) = split_image(&t, "mallory-1", &Meta::default());
+    let arm = Meta {
+        arch: "aarch64",
+        ..Meta::default()
+    };
+    let (arm_meta, arm_root) = split_image(&t, "mallory-arm", &arm);
+    upload(&mallory, &[&meta, &root, &arm_meta, &arm_root]);
+    let err = mallory.fails(
+        "import mallory-1.tar.xz mallory-1.squashfs --serial 99991231_2359",
+        1,
+    );
+    assert!(
+        err.contains("serial \"99991231_2359\" is more than a day in the future"),
+        "{err}"
+    );
+    let err = mallory.fails(
+        "import mallory-1.tar.xz mallory-1.squashfs --serial 20251128_0000",
+        1,
+    );
+    assert!(
+        err.contains(&format!(
+            "product {product} belongs to alice; only its owner, the users it is shared with and admins may publish into it"
+        )),
+        "{err}"
+    );
+    let err = mallory.fails("import mallory-arm.tar.xz mallory-arm.squashfs", 1);
+    assert!(
+        err.contains(&format!(
+            "alias \"testos/1\" belongs to {product}, a product of alice"
+        )),
+        "{err}"
+    );
+    assert_eq!(t.read_json("streams/v1/images.json"), published);
+    assert_eq!(
+        names_in(&area(&t, "mallory")),
+        [
+            "mallory-1.squashfs",
+            "mallory-1.tar.xz",
+            "mallory-arm.squashfs",
+            "mallory-arm.tar.xz"
+        ]
+    );
+    // Publishers cannot change who owns what.
+    assert_eq!(
+        mallory
+            .ssh(&format!("product share {product} mallory"))
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // Shared by an admin: mallory publishes a new version (still not a far-future one).
+    admin.ok(&format!("product share {product} mallory"));
+    mallory.fails(
+        "import mallory-1.tar.xz mallory-1.squashfs --serial 99991231_2359",
+        1,
+    );
+    mallory.ok("import mallory-1.tar.xz mallory-1.squashfs --serial 20251128_0000");
+    let versions = t.read_json("streams/v1/images.json")["products"][product]["versions"].clone();
+    let serials: Vec<&String> = versions.as_object().unwrap().keys().collect();
+    assert_eq!(serials, ["20251127_1200", "20251128_0000"]);
+
+    // Unshared: refused again.
+    admin.ok(&format!("product unshare {product} mallory"));
+    let (meta, root) = split_image(&t, "mallory-2", &Meta::default());
+    upload(&mallory, &[&meta, &root]);
+    let err = mallory.fails(
+        "import mallory-2.tar.xz mallory-2.squashfs --serial 20251128_0100",
+        1,
+    );
+    assert!(err.contains("belongs to alice"), "{err}");
+
+    // Handed over: mallory owns it now, and alice is the one refused.
+    admin.ok("product owner testos/1 mallory");
+    mallory.ok("import mallory-2.tar.xz mallory-2.squashfs --serial 20251128_0100");
+    let (meta, root) = split_image(&t, "alice-2", &Meta::default());
+    upload(&alice, &[&meta, &root]);
+    let err = alice.fails(
+        "import alice-2.tar.xz alice-2.squashfs --serial 20251128_0200",
+        1,
+    );
+    assert!(
+        err.contains(&format!("product {product} belongs to mallory")),
+        "{err}"
+    );
+    let owners = json(&admin.ok("product list --format json"));
+    assert_eq!(
+        owners,
+        serde_json::json!([{"product": product, "owner": "mallory", "shared_with": []}])
+    );
+    assert!(alice.ok("info testos/1").contains("Owner: mallory"));
+}
+
+/// Regression (issue 10, item 11): comments `alice@laptop (CI)` and `alice@laptop_ CI_` both
+/// became `alice@laptop__CI_`, so key B listed and removed key A's uploads. The second line is
+/// refused at load, naming both lines; `user=` on both shares a name on purpose.
+#[test]
+fn keys_whose_names_collide_are_refused_unless_shared_explicitly() {
+    let t = TestDir::new();
+    let a = Key::new(&t, "alice@laptop (CI)");
+    let b = Key::new(&t, "alice@laptop_ CI_");
+    write_authorized_keys(&t, &[a.line(""), "# the second key".into(), b.line("")]);
+    let server = Server::start(&t, &[]);
+    let (a_client, b_client) = (Client::new(server.ssh(), &a), Client::new(server.ssh(), &b));
+    assert!(a_client.ok("whoami").contains("user: alice@laptop__CI_"));
+    let file = t.file("a-upload.bin");
+    random_file(&file, 4096, 11);
+    upload(&a_client, &[&file]);
+    let refused = b_client.ssh("uploads");
+    assert_eq!(refused.status.code(), Some(255), "{}", stderr(&refused));
+    assert!(!stdout(&refused).contains("a-upload.bin"));
+    wait_until(
+        Duration::from_secs(10),
+        "the load-time refusal in the log",
+        || {
+            let log = server.output();
+            log.contains("line 3: user name \"alice@laptop__CI_\" (from the comment \"alice@laptop_ CI_\") is already line 1's (from the comment \"alice@laptop (CI)\")")
+            .then_some(())
+        },
+    );
+
+    // Said explicitly, the two keys share one name and one upload area.
+    write_authorized_keys(
+        &t,
+        &[a.line(r#"user="alice-ci""#), b.line(r#"user="alice-ci""#)],
+    );
+    assert!(b_client.ok("whoami").contains("user: alice-ci"));
+    upload(&a_client, &[&file]);
+    assert!(b_client.ok("uploads").contains("a-upload.bin"));
+}
+
+/// Regression (issue 10, item 17): `from=` host name patterns never matched (host names are
+/// never looked up), so `!localhost` was silently ignored and the key logged in. Such a line
+/// is now refused at load with a clear line; address patterns keep working.
+#[test]
+fn host_name_patterns_in_from_are_refused_at_load() {
+    let t = TestDir::new();
+    let named = Key::new(&t, "by-name");
+    let numeric = Key::new(&t, "by-address");
+    write_authorized_keys(
+        &t,
+        &[
+            named.line(r#"from="127.0.0.1,!localhost""#),
+            numeric.line(r#"from="127.0.0.*,!10.0.0.0/8""#),
+        ],
+    );
+    let server = Server::start(&t, &[]);
+    let refused = Client::new(server.ssh(), &named).ssh("whoami");
+    assert_eq!(refused.status.code(), Some(255), "{}", stdout(&refused));
+    wait_until(
+        Duration::from_secs(10),
+        "the load-time refusal in the log",
+        || {
+            server
+            .output()
+            .contains("line 1: from= pattern \"localhost\" is a host name; host names are never looked up")
+            .then_some(())
+        },
+    );
+    assert!(
+        Client::new(server.ssh(), &numeric)
+            .ok("whoami")
+            .contains("user: by-address")
+    );
+}

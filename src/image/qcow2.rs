@@ -159,7 +159,7 @@ pub fn check(head: &[u8], file_size: u64) -> Result<Qcow2Header, String> {
         ));
     }
     let l1_end = l1_table_offset.checked_add(l1_bytes);
-    if l1_table_offset % cluster_size != 0
+    if !l1_table_offset.is_multiple_of(cluster_size)
         || l1_table_offset == 0
         || l1_end.is_none_or(|end| end > file_size)
     {
