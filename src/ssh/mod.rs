@@ -80,6 +80,9 @@ impl Gateway {
         let dirs = catalog.dirs().clone();
         let host_keys = host_keys::load_or_generate(&dirs, config.ssh.rsa_host_key)?;
         let audit = Arc::new(audit::Audit::open(&config.ssh.audit_log, dirs.root())?);
+        // Handles are budgeted from the descriptor limit: raise it first.
+        let fds = crate::upload_area::raise_fd_limit();
+        tracing::debug!(fds, "file descriptor limit");
         let areas = Arc::new(UploadAreas::new(
             dirs.incoming(),
             live.clone(),

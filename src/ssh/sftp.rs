@@ -40,6 +40,7 @@ use super::Gateway;
 use super::channel_writer::ChannelWriter;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{Caller, JailError, JailedPath};
+use crate::limits::SlotPermit;
 use crate::upload_area::{Upload, UploadError, UserArea};
 
 /// Largest request accepted: the 255 KiB writes `limits@openssh.com` invites, plus headers.
@@ -187,6 +188,8 @@ pub struct SftpSession {
     address: IpAddr,
     area: UserArea,
     handles: HashMap<String, OpenHandle>,
+    /// The user's handle slot for each open handle (same keys as `handles`).
+    slots: HashMap<String, SlotPermit<String>>,
     next_handle: u64,
     /// Lines for the client's stderr, sent after the current reply.
     notices: Vec<String>,
@@ -203,6 +206,7 @@ impl SftpSession {
             address,
             area,
             handles: HashMap::new(),
+            slots: HashMap::new(),
             next_handle: 0,
             notices: Vec::new(),
             refusals_audited: 0,
@@ -249,9 +253,17 @@ impl SftpSession {
                 format!("too many open files (at most {LIMIT_HANDLES}); close some first"),
             ));
         }
+        // Slots of handles closed since go back now.
+        let handles = &self.handles;
+        self.slots.retain(|name, _| handles.contains_key(name));
+        let slot = self
+            .area
+            .take_handle()
+            .map_err(|e| self.told(SftpError::from(e)))?;
         self.next_handle += 1;
         let name = self.next_handle.to_string();
         self.handles.insert(name.clone(), handle);
+        self.slots.insert(name.clone(), slot);
         Ok(name)
     }
 
@@ -993,6 +1005,17 @@ pub async fn run(
     let (mut reader, half) = channel.split();
     let writer = ChannelWriter::new(half, connection_ended, gateway.send_timeout());
     let area = gateway.user_area(&identity.name, &upload_area);
+    let _session_slot = match area.take_session() {
+        Ok(slot) => slot,
+        Err(e) => {
+            gateway
+                .audit
+                .refused(&identity.name, address, "subsystem sftp", &e.to_string());
+            tell(&writer, &e.to_string()).await;
+            writer.finish(1).await;
+            return;
+        }
+    };
     if let Err(e) = area.prepare().await {
         tracing::warn!(user = identity.name, error = %e, "cannot measure an upload area");
     }

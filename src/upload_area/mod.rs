@@ -38,6 +38,7 @@ use crate::audit::Audit;
 use crate::catalog::import::DigestCache;
 use crate::config::{Config, LiveConfig};
 use crate::fsutil::FileIdentity;
+use crate::limits::{SlotPermit, Slots, SlotsFull};
 
 pub use account::Usage;
 use account::{Account, scan};
@@ -50,6 +51,16 @@ pub const TEMP_DIR: &str = ".upload-tmp";
 
 /// Writer threads at once, across all areas.
 const WRITER_THREADS: usize = 32;
+/// SFTP sessions one user may have open at once, over all their connections (each
+/// connection holds at most `ssh::session::MAX_CHANNELS` channels anyway).
+pub const MAX_SESSIONS_PER_USER: usize = 16;
+/// SFTP sessions open at once, in all.
+const MAX_SESSIONS: usize = 1024;
+/// Open files and directories (SFTP handles) one user may hold, over all their sessions.
+pub const MAX_HANDLES_PER_USER: usize = 256;
+/// File descriptors kept out of the handles' budget, for HTTPS and SSH accepts, TLS, the
+/// catalog and upload writers: handles can never starve them.
+const FD_RESERVE: u64 = 1024;
 
 /// What the process shares across every upload area.
 pub struct UploadAreas {
@@ -62,6 +73,28 @@ pub struct UploadAreas {
     /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
     /// written without a thread and not hashed on the way in.
     writer_slots: Arc<tokio::sync::Semaphore>,
+    /// SFTP sessions, in all and per user.
+    sessions: Arc<Slots<String>>,
+    /// Open handles (each one file descriptor), in all (the descriptor budget) and per user.
+    handles: Arc<Slots<String>>,
+}
+
+/// The file descriptors the process may open: the soft limit, raised to the hard one first.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(hard), Some(soft)) = (limit.maximum, limit.current)
+        && soft < hard
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 impl UploadAreas {
@@ -74,6 +107,8 @@ impl UploadAreas {
             digests: UploadDigests::new(),
             audit,
             writer_slots: Arc::new(tokio::sync::Semaphore::new(WRITER_THREADS)),
+            sessions: Slots::new(MAX_SESSIONS, MAX_SESSIONS_PER_USER),
+            handles: Slots::new(handle_budget(), MAX_HANDLES_PER_USER),
         }
     }
 
@@ -240,6 +275,36 @@ impl UserArea {
             .prepare(self.root())
             .await
             .map_err(|e| UploadError::io("measure", "your upload area", &e))
+    }
+
+    /// A slot for one more SFTP session of this user, held while it runs.
+    pub fn take_session(&self) -> Result<SlotPermit<String>, UploadError> {
+        self.areas.sessions.take(self.user.clone()).map_err(|full| {
+            UploadError::Refused(match full {
+                SlotsFull::Key(held) => format!(
+                    "you have {held} SFTP sessions open, the most one user may; close one first"
+                ),
+                SlotsFull::Total(_) => {
+                    "the server has all the SFTP sessions it can take open; try again shortly"
+                        .into()
+                }
+            })
+        })
+    }
+
+    /// A slot for one more open file or directory of this user, held while it is open.
+    pub fn take_handle(&self) -> Result<SlotPermit<String>, UploadError> {
+        self.areas.handles.take(self.user.clone()).map_err(|full| {
+            UploadError::Refused(match full {
+                SlotsFull::Key(held) => format!(
+                    "you have {held} files open over SFTP, the most one user may; close some first"
+                ),
+                SlotsFull::Total(_) => {
+                    "the server has as many files open as it allows; close some and try again"
+                        .into()
+                }
+            })
+        })
     }
 
     /// The directory of this user's temp files, created when missing.
@@ -490,6 +555,16 @@ impl UserArea {
             .loaded_account(self.root())
             .map(|account| account.usage())
     }
+}
+
+/// Handles the whole process may hold: the descriptor limit less [`FD_RESERVE`] (at least
+/// half the limit, and at least 64).
+fn handle_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let budget = limit.saturating_sub(FD_RESERVE).max(limit / 2);
+    usize::try_from(budget).unwrap_or(usize::MAX).max(64)
 }
 
 /// Opens a file for reading without following a final symbolic link.
