@@ -34,6 +34,7 @@ pub mod import;
 pub mod ownership;
 pub mod record;
 pub mod remove;
+mod staging;
 pub mod stream_files;
 pub mod summary;
 pub mod tree;
@@ -308,7 +309,7 @@ impl Transaction<'_> {
     }
 
     /// Places a staged file at `path` under `www/`, recording it in the journal first.
-    pub fn place(&mut self, staged: &import::StagedFile, path: &str) -> Result<()> {
+    pub fn place(&mut self, staged: &staging::StagedFile, path: &str) -> Result<()> {
         self.placed.push(path.to_string());
         self.write_journal()?;
         self.catalog.tree.place(staged.path(), path)?;

@@ -3,6 +3,7 @@
 
 pub mod metadata;
 pub mod qcow2;
+pub mod root;
 pub mod sniff;
 pub mod tarball;
 
