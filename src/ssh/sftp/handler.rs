@@ -1,50 +1,28 @@
-//! The SFTP subsystem, jailed to the caller's upload area.
-//!
-//! Requests are answered by [`SftpSession`], a `russh_sftp::server::Handler`. The loop that
-//! feeds it is ours rather than `russh_sftp::server::run`, for three reasons: it knows when
-//! the session ends (to send exit-status, EOF and close, and to drop unfinished uploads),
-//! it can put a one-line reason on stderr where OpenSSH's client only prints a status code,
-//! and WRITE requests skip the generic decoder: their data goes from the channel's buffers
-//! straight into `pwrite` and the hasher, with no zeroed buffer and no copy per request
-//! (russh-sftp's path costs about a fifth of the server's CPU in an upload).
-//!
-//! What OpenSSH's clients send is answered: STAT "." as a directory, OPEN/WRITE/FSETSTAT/
-//! CLOSE (scp), REALPATH, OPENDIR/READDIR, REMOVE, RENAME and `posix-rename@openssh.com`,
-//! MKDIR/RMDIR, `fsync@openssh.com`, `expand-path@openssh.com` (`~` is the area's root), and
-//! `limits@openssh.com`, whose large write size makes scp send 255 KiB writes instead of
-//! 32 KiB ones. Symbolic and hard links are refused.
-//!
-//! Refusals (a path out of the jail, a link, the quota, …) are audited with the request as the
-//! client sent it; past [`MAX_REFUSALS_AUDITED`] in one session the rest are counted and
-//! audited as one line when it ends, so a client cannot turn a loop of bad requests into a
-//! flood of audit lines.
+//! The request handler: one user's SFTP session, answering each request through their
+//! upload area.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use russh::server::Msg;
-use russh::{Channel, ChannelMsg};
+use bytes::Bytes;
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Packet,
     Status, StatusCode, Version,
 };
-use russh_sftp::server::{Handler, StatusReply};
-use tokio_util::sync::CancellationToken;
+use russh_sftp::server::Handler;
 
-use super::Gateway;
-use super::channel_writer::ChannelWriter;
+use super::error::{SftpError, io_error, ok};
+use super::framing::take_string;
+use crate::access::JailedPath;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
-use crate::access::{Caller, JailError, JailedPath};
 use crate::limits::SlotPermit;
+use crate::ssh::Gateway;
 use crate::upload_area::{Upload, UploadError, UserArea};
 
-/// Largest request accepted: the 255 KiB writes `limits@openssh.com` invites, plus headers.
-const MAX_PACKET: usize = 256 * 1024 + 1024;
 /// What `limits@openssh.com` announces (OpenSSH's own sftp-server values).
 const LIMIT_PACKET: u64 = 256 * 1024;
 const LIMIT_READ_WRITE: u64 = 261_120;
@@ -52,118 +30,8 @@ const LIMIT_HANDLES: u64 = 64;
 /// Directory entries per READDIR reply.
 const DIR_BATCH: usize = 128;
 
-const SSH_FXP_WRITE: u8 = 6;
-
 /// Refusals audited one by one in a session; the rest are counted.
-const MAX_REFUSALS_AUDITED: usize = 32;
-
-/// A failed request: the status the client gets, and its message.
-#[derive(Debug)]
-pub struct SftpError {
-    code: StatusCode,
-    message: String,
-    /// Also say it on stderr (OpenSSH prints only the status code for failed writes).
-    tell: bool,
-    /// Refused by a rule (jail, links, quota), not a plain failure: audited.
-    refused: bool,
-}
-
-impl SftpError {
-    fn new(code: StatusCode, message: impl Into<String>) -> Self {
-        SftpError {
-            code,
-            message: message.into(),
-            tell: false,
-            refused: false,
-        }
-    }
-
-    /// A request a rule forbids: permission denied, and audited.
-    fn refused(message: impl Into<String>) -> Self {
-        SftpError {
-            refused: true,
-            ..SftpError::new(StatusCode::PermissionDenied, message)
-        }
-    }
-
-    fn eof() -> Self {
-        SftpError::new(StatusCode::Eof, "end of file")
-    }
-
-    fn bad_handle() -> Self {
-        SftpError::new(StatusCode::Failure, "the handle is not open")
-    }
-
-    fn status(&self, id: u32) -> Packet {
-        Packet::Status(Status {
-            id,
-            status_code: self.code,
-            error_message: self.message.clone(),
-            language_tag: "en-US".into(),
-        })
-    }
-}
-
-impl From<StatusCode> for SftpError {
-    fn from(code: StatusCode) -> Self {
-        SftpError::new(code, code.to_string())
-    }
-}
-
-impl From<JailError> for SftpError {
-    fn from(e: JailError) -> Self {
-        SftpError::refused(e.to_string())
-    }
-}
-
-impl From<UploadError> for SftpError {
-    fn from(e: UploadError) -> Self {
-        let code = match &e {
-            UploadError::Jail(_) | UploadError::Refused(_) => StatusCode::PermissionDenied,
-            UploadError::NotFound(_) => StatusCode::NoSuchFile,
-            _ => StatusCode::Failure,
-        };
-        let tell = matches!(
-            e,
-            UploadError::Quota { .. }
-                | UploadError::TooLarge { .. }
-                | UploadError::DiskFull(_)
-                | UploadError::Refused(_)
-        );
-        let refused = matches!(
-            e,
-            UploadError::Jail(_)
-                | UploadError::Quota { .. }
-                | UploadError::TooLarge { .. }
-                | UploadError::Refused(_)
-        );
-        SftpError {
-            code,
-            message: e.to_string(),
-            tell,
-            refused,
-        }
-    }
-}
-
-impl From<SftpError> for StatusReply {
-    fn from(e: SftpError) -> Self {
-        e.code.with_message(e.message)
-    }
-}
-
-fn io_error(action: &str, path: &JailedPath, e: &std::io::Error) -> SftpError {
-    UploadError::io(action, &path.client_view(), e).into()
-}
-
-fn ok(id: u32) -> Status {
-    Status {
-        id,
-        status_code: StatusCode::Ok,
-        error_message: "Ok".into(),
-        language_tag: "en-US".into(),
-    }
-}
+pub(super) const MAX_REFUSALS_AUDITED: usize = 32;
 
 enum OpenHandle {
     Upload(Box<Upload>),
@@ -192,7 +60,7 @@ pub struct SftpSession {
     slots: HashMap<String, SlotPermit<String>>,
     next_handle: u64,
     /// Lines for the client's stderr, sent after the current reply.
-    notices: Vec<String>,
+    pub(super) notices: Vec<String>,
     /// Refusals audited, and those only counted past [`MAX_REFUSALS_AUDITED`].
     refusals_audited: usize,
     refusals_counted: usize,
@@ -215,7 +83,7 @@ impl SftpSession {
     }
 
     /// Audits a refused request (`what`, as the client sent it), up to the session's budget.
-    fn audit_refusal(&mut self, what: &str, reason: &str) {
+    pub(super) fn audit_refusal(&mut self, what: &str, reason: &str) {
         if self.refusals_audited < MAX_REFUSALS_AUDITED {
             self.refusals_audited += 1;
             self.gateway
@@ -227,7 +95,7 @@ impl SftpSession {
     }
 
     /// At the end of the session: one line for the refusals that were only counted.
-    fn audit_counted_refusals(&mut self) {
+    pub(super) fn audit_counted_refusals(&mut self) {
         if self.refusals_counted > 0 {
             let count = std::mem::take(&mut self.refusals_counted);
             self.gateway.audit.refused(
@@ -279,7 +147,7 @@ impl SftpSession {
     }
 
     /// The WRITE fast path: `data` is the request's payload as russh delivered it.
-    async fn write_chunks(
+    pub(super) async fn write_chunks(
         &mut self,
         handle: &str,
         offset: u64,
@@ -344,14 +212,6 @@ fn mtime_of(attrs: &FileAttributes) -> Option<SystemTime> {
     attrs
         .mtime
         .map(|secs| UNIX_EPOCH + Duration::from_secs(u64::from(secs)))
-}
-
-/// Reads an SFTP string (u32 length + bytes) from `data` at `*at`.
-fn take_string(data: &[u8], at: &mut usize) -> Option<String> {
-    let len = u32::from_be_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
-    let text = data.get(*at + 4..*at + 4 + len)?;
-    *at += 4 + len;
-    Some(String::from_utf8_lossy(text).into_owned())
 }
 
 impl Handler for SftpSession {
@@ -749,391 +609,5 @@ impl Handler for SftpSession {
                 format!("the extension {other} is not supported here"),
             )),
         }
-    }
-}
-
-/// Requests waiting to be answered: channel data as russh delivered it, framed into packets
-/// without copying.
-#[derive(Default)]
-struct Inbox {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl Inbox {
-    fn push(&mut self, data: Bytes) {
-        if !data.is_empty() {
-            self.len += data.len();
-            self.chunks.push_back(data);
-        }
-    }
-
-    /// Copies the first `n` bytes (`n <= len`).
-    fn peek(&self, n: usize) -> Vec<u8> {
-        copy_front(self.chunks.iter(), n)
-    }
-
-    /// Takes the first `n` bytes (`n <= len`) as pieces.
-    fn take(&mut self, mut n: usize) -> Vec<Bytes> {
-        let mut pieces = Vec::new();
-        while n > 0 {
-            let Some(mut front) = self.chunks.pop_front() else {
-                break;
-            };
-            if front.len() > n {
-                let rest = front.split_off(n);
-                self.chunks.push_front(rest);
-            }
-            n -= front.len();
-            self.len -= front.len();
-            pieces.push(front);
-        }
-        pieces
-    }
-
-    /// The next whole packet without its length prefix, `Ok(None)` until one is complete.
-    fn next_packet(&mut self) -> Result<Option<Vec<Bytes>>, String> {
-        if self.len < 4 {
-            return Ok(None);
-        }
-        let head = self.peek(4);
-        let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if length == 0 || length > MAX_PACKET {
-            return Err(format!(
-                "an SFTP request of {length} bytes is outside the accepted size (at most {MAX_PACKET})"
-            ));
-        }
-        if self.len < 4 + length {
-            return Ok(None);
-        }
-        let mut pieces = self.take(4 + length);
-        skip(&mut pieces, 4);
-        Ok(Some(pieces))
-    }
-}
-
-fn copy_front<'a>(pieces: impl Iterator<Item = &'a Bytes>, n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n);
-    for piece in pieces {
-        let room = n - out.len();
-        if room == 0 {
-            break;
-        }
-        out.extend_from_slice(&piece[..piece.len().min(room)]);
-    }
-    out
-}
-
-/// Drops the first `n` bytes of `pieces`.
-fn skip(pieces: &mut Vec<Bytes>, mut n: usize) {
-    let mut drop_whole = 0;
-    for piece in pieces.iter_mut() {
-        if n == 0 {
-            break;
-        }
-        if piece.len() <= n {
-            n -= piece.len();
-            drop_whole += 1;
-        } else {
-            *piece = piece.slice(n..);
-            n = 0;
-        }
-    }
-    pieces.drain(..drop_whole);
-}
-
-fn concat(pieces: Vec<Bytes>) -> Bytes {
-    if pieces.len() == 1 {
-        return pieces.into_iter().next().unwrap_or_default();
-    }
-    let mut joined = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
-    for piece in pieces {
-        joined.extend_from_slice(&piece);
-    }
-    joined.freeze()
-}
-
-/// A WRITE request's header, read from its first bytes: (id, handle, offset, data length,
-/// header length).
-fn parse_write_header(pieces: &[Bytes]) -> Option<(u32, String, u64, usize, usize)> {
-    const MAX_HANDLE: usize = 256;
-    let head = copy_front(pieces.iter(), 1 + 4 + 4 + MAX_HANDLE + 8 + 4);
-    let id = u32::from_be_bytes(head.get(1..5)?.try_into().ok()?);
-    let handle_len = u32::from_be_bytes(head.get(5..9)?.try_into().ok()?) as usize;
-    if handle_len > MAX_HANDLE {
-        return None;
-    }
-    let handle = String::from_utf8_lossy(head.get(9..9 + handle_len)?).into_owned();
-    let at = 9 + handle_len;
-    let offset = u64::from_be_bytes(head.get(at..at + 8)?.try_into().ok()?);
-    let data_len = u32::from_be_bytes(head.get(at + 8..at + 12)?.try_into().ok()?) as usize;
-    Some((id, handle, offset, data_len, at + 12))
-}
-
-/// Answers one request.
-async fn answer(session: &mut SftpSession, mut pieces: Vec<Bytes>) -> Packet {
-    let total: usize = pieces.iter().map(Bytes::len).sum();
-    if pieces.first().and_then(|p| p.first()) == Some(&SSH_FXP_WRITE) {
-        let Some((id, handle, offset, data_len, header_len)) = parse_write_header(&pieces) else {
-            return SftpError::from(StatusCode::BadMessage).status(0);
-        };
-        if header_len + data_len != total {
-            return SftpError::from(StatusCode::BadMessage).status(id);
-        }
-        skip(&mut pieces, header_len);
-        return match session.write_chunks(&handle, offset, pieces).await {
-            Ok(()) => Packet::Status(ok(id)),
-            Err(e) => e.status(id),
-        };
-    }
-    let mut bytes = concat(pieces);
-    let packet = match Packet::try_from(&mut bytes) {
-        Ok(packet) => packet,
-        Err(e) => {
-            tracing::debug!(error = %e, "undecodable SFTP request");
-            return SftpError::from(StatusCode::BadMessage).status(0);
-        }
-    };
-    let id = packet.get_request_id();
-    let request = describe(&packet);
-    let result: Result<Packet, SftpError> = match packet {
-        Packet::Init(p) => session
-            .init(p.version, p.extensions)
-            .await
-            .map(Packet::from),
-        Packet::Open(p) => session
-            .open(p.id, p.filename, p.pflags, p.attrs)
-            .await
-            .map(Packet::from),
-        Packet::Close(p) => session.close(p.id, p.handle).await.map(Packet::from),
-        Packet::Read(p) => session
-            .read(p.id, p.handle, p.offset, p.len)
-            .await
-            .map(Packet::from),
-        Packet::Write(p) => session
-            .write(p.id, p.handle, p.offset, p.data)
-            .await
-            .map(Packet::from),
-        Packet::Lstat(p) => session.lstat(p.id, p.path).await.map(Packet::from),
-        Packet::Fstat(p) => session.fstat(p.id, p.handle).await.map(Packet::from),
-        Packet::SetStat(p) => session
-            .setstat(p.id, p.path, p.attrs)
-            .await
-            .map(Packet::from),
-        Packet::FSetStat(p) => session
-            .fsetstat(p.id, p.handle, p.attrs)
-            .await
-            .map(Packet::from),
-        Packet::OpenDir(p) => session.opendir(p.id, p.path).await.map(Packet::from),
-        Packet::ReadDir(p) => session.readdir(p.id, p.handle).await.map(Packet::from),
-        Packet::Remove(p) => session.remove(p.id, p.filename).await.map(Packet::from),
-        Packet::MkDir(p) => session.mkdir(p.id, p.path, p.attrs).await.map(Packet::from),
-        Packet::RmDir(p) => session.rmdir(p.id, p.path).await.map(Packet::from),
-        Packet::RealPath(p) => session.realpath(p.id, p.path).await.map(Packet::from),
-        Packet::Stat(p) => session.stat(p.id, p.path).await.map(Packet::from),
-        Packet::Rename(p) => session
-            .rename(p.id, p.oldpath, p.newpath)
-            .await
-            .map(Packet::from),
-        Packet::ReadLink(p) => session.readlink(p.id, p.path).await.map(Packet::from),
-        Packet::Symlink(p) => session
-            .symlink(p.id, p.linkpath, p.targetpath)
-            .await
-            .map(Packet::from),
-        Packet::Extended(p) => session.extended(p.id, p.request, p.data).await,
-        _ => Err(SftpError::new(
-            StatusCode::BadMessage,
-            "this is not a request",
-        )),
-    };
-    result.unwrap_or_else(|e| {
-        if e.refused {
-            session.audit_refusal(&request, &e.message);
-        }
-        e.status(id)
-    })
-}
-
-/// A request as the audit log shows it: `sftp <operation> <path(s) as sent>`.
-fn describe(packet: &Packet) -> String {
-    let (operation, paths): (&str, Vec<&str>) = match packet {
-        Packet::Open(p) => ("open", vec![&p.filename]),
-        Packet::Lstat(p) => ("lstat", vec![&p.path]),
-        Packet::Stat(p) => ("stat", vec![&p.path]),
-        Packet::SetStat(p) => ("setstat", vec![&p.path]),
-        Packet::OpenDir(p) => ("opendir", vec![&p.path]),
-        Packet::Remove(p) => ("remove", vec![&p.filename]),
-        Packet::MkDir(p) => ("mkdir", vec![&p.path]),
-        Packet::RmDir(p) => ("rmdir", vec![&p.path]),
-        Packet::RealPath(p) => ("realpath", vec![&p.path]),
-        Packet::Rename(p) => ("rename", vec![&p.oldpath, &p.newpath]),
-        Packet::ReadLink(p) => ("readlink", vec![&p.path]),
-        Packet::Symlink(p) => ("symlink", vec![&p.linkpath, &p.targetpath]),
-        Packet::Extended(p) => (p.request.as_str(), Vec::new()),
-        Packet::Close(_) => ("close", Vec::new()),
-        Packet::Read(_) => ("read", Vec::new()),
-        Packet::Write(_) => ("write", Vec::new()),
-        Packet::Fstat(_) => ("fstat", Vec::new()),
-        Packet::FSetStat(_) => ("fsetstat", Vec::new()),
-        Packet::ReadDir(_) => ("readdir", Vec::new()),
-        _ => ("request", Vec::new()),
-    };
-    let mut text = format!("sftp {operation}");
-    for path in paths {
-        text.push(' ');
-        text.push_str(&format!("{path:?}"));
-    }
-    text
-}
-
-/// Serves one SFTP channel of a client at `address` until the client ends it, or its
-/// connection ends (`connection_ended`).
-pub async fn run(
-    gateway: Arc<Gateway>,
-    caller: Caller,
-    channel: Channel<Msg>,
-    address: IpAddr,
-    connection_ended: CancellationToken,
-) {
-    let Caller::Remote {
-        identity,
-        upload_area,
-    } = caller
-    else {
-        return;
-    };
-    let (mut reader, half) = channel.split();
-    let writer = ChannelWriter::new(half, connection_ended, gateway.send_timeout());
-    let area = gateway.user_area(&identity.name, &upload_area);
-    let _session_slot = match area.take_session() {
-        Ok(slot) => slot,
-        Err(e) => {
-            gateway
-                .audit
-                .refused(&identity.name, address, "subsystem sftp", &e.to_string());
-            tell(&writer, &e.to_string()).await;
-            writer.finish(1).await;
-            return;
-        }
-    };
-    if let Err(e) = area.prepare().await {
-        tracing::warn!(user = identity.name, error = %e, "cannot measure an upload area");
-    }
-    let mut session = SftpSession::new(gateway, identity.name, address, area);
-    let mut inbox = Inbox::default();
-    let mut status = 0;
-    'session: loop {
-        loop {
-            let pieces = match inbox.next_packet() {
-                Ok(Some(pieces)) => pieces,
-                Ok(None) => break,
-                Err(message) => {
-                    tell(&writer, &message).await;
-                    status = 1;
-                    break 'session;
-                }
-            };
-            let reply = answer(&mut session, pieces).await;
-            let bytes = match Bytes::try_from(reply) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot encode an SFTP reply");
-                    status = 1;
-                    break 'session;
-                }
-            };
-            if writer.data(bytes).await.is_err() {
-                break 'session;
-            }
-            for notice in std::mem::take(&mut session.notices) {
-                tell(&writer, &notice).await;
-            }
-        }
-        match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => inbox.push(data),
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
-            Some(_) => {}
-        }
-    }
-    session.audit_counted_refusals();
-    // Unfinished uploads are dropped here: their temp files go, nothing becomes visible.
-    drop(session);
-    writer.finish(status).await;
-}
-
-async fn tell(writer: &ChannelWriter, message: &str) {
-    super::exec::send_error_line(writer, message).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write_packet(id: u32, handle: &str, offset: u64, data: &[u8]) -> Vec<u8> {
-        let mut body = vec![SSH_FXP_WRITE];
-        body.extend_from_slice(&id.to_be_bytes());
-        body.extend_from_slice(&(handle.len() as u32).to_be_bytes());
-        body.extend_from_slice(handle.as_bytes());
-        body.extend_from_slice(&offset.to_be_bytes());
-        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        body.extend_from_slice(data);
-        let mut packet = (body.len() as u32).to_be_bytes().to_vec();
-        packet.extend(body);
-        packet
-    }
-
-    #[test]
-    fn frames_packets_split_anywhere_without_losing_bytes() {
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        let mut stream = write_packet(7, "12", 1 << 33, &data);
-        stream.extend(write_packet(8, "12", 5, b"tail"));
-        for split in [1usize, 3, 32_768, 50_000] {
-            let mut inbox = Inbox::default();
-            for piece in stream.chunks(split) {
-                inbox.push(Bytes::copy_from_slice(piece));
-            }
-            let mut first = inbox.next_packet().unwrap().unwrap();
-            let (id, handle, offset, len, header) = parse_write_header(&first).unwrap();
-            assert_eq!(
-                (id, handle.as_str(), offset, len),
-                (7, "12", 1 << 33, data.len())
-            );
-            skip(&mut first, header);
-            assert_eq!(concat(first), Bytes::from(data.clone()), "split {split}");
-            let second = inbox.next_packet().unwrap().unwrap();
-            let (id, _, offset, len, header) = parse_write_header(&second).unwrap();
-            assert_eq!((id, offset, len), (8, 5, 4));
-            assert_eq!(&concat(second)[header..], b"tail");
-            assert!(inbox.next_packet().unwrap().is_none());
-            assert_eq!(inbox.len, 0);
-        }
-    }
-
-    #[test]
-    fn refuses_oversized_and_empty_packets() {
-        let mut inbox = Inbox::default();
-        inbox.push(Bytes::from(
-            ((MAX_PACKET + 1) as u32).to_be_bytes().to_vec(),
-        ));
-        assert!(inbox.next_packet().is_err());
-        let mut inbox = Inbox::default();
-        inbox.push(Bytes::from(vec![0, 0, 0, 0]));
-        assert!(inbox.next_packet().is_err());
-        let mut inbox = Inbox::default();
-        inbox.push(Bytes::from(vec![0, 0, 0, 9, 1]));
-        assert!(inbox.next_packet().unwrap().is_none());
-    }
-
-    #[test]
-    fn extension_strings() {
-        let mut data = Vec::new();
-        for s in ["/a", "/b c"] {
-            data.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            data.extend_from_slice(s.as_bytes());
-        }
-        let mut at = 0;
-        assert_eq!(take_string(&data, &mut at).as_deref(), Some("/a"));
-        assert_eq!(take_string(&data, &mut at).as_deref(), Some("/b c"));
-        assert_eq!(take_string(&data, &mut at), None);
     }
 }
