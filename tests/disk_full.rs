@@ -441,12 +441,22 @@ fn disk_full_lines(output: &Output) -> Vec<String> {
         .collect()
 }
 
-/// An `ssh host import` that failed for want of room: exit status 1 and exactly one stderr
+/// An `ssh host import` that failed for want of room: exit status 1 and exactly one error
 /// line, the catalog's, naming the step that ran out. Returns that step.
+///
+/// A retried import may also print its progress line ("reading …"): its first try linked the
+/// root, which changed the root's ctime, so the upload-time digest no longer vouches for the
+/// file and the retry hashes it again (issue 10 item 4: a digest is trusted only for the very
+/// file it was taken of).
 fn import_failed_for_room(output: &Output, context: &str) -> &'static str {
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{context}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{context}: one line: {stderr:?}");
+    let all = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{context}: {all}");
+    let stderr: String = all
+        .lines()
+        .filter(|line| !line.starts_with("reading "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(stderr.lines().count(), 1, "{context}: one line: {all:?}");
     assert!(
         stderr.starts_with("simplestream-server: the disk holding the data directory is full (")
             && stderr
