@@ -591,7 +591,7 @@ fn startup_text_installs_the_certificate_and_matches_remote_info() {
         "[http]\npublic_url = \"https://images.test:8443\"\nremote_name = \"lab\"\n",
     );
     let (server, client) = start(&t, &[]);
-    let output = server.output();
+    let output = server.stdout();
     let served = client.handshake().unwrap().certificate;
 
     assert!(

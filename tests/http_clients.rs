@@ -99,12 +99,13 @@ fn lxc_lists_shows_and_exports_what_the_server_publishes() {
     );
     let server = Server::start(&t, &[]);
 
-    // The start-up text, run as printed: stores the certificate and adds the remote.
-    let output = server.output();
+    // The start-up text, run as printed (all of it is shell): stores the certificate and
+    // adds the remote to each client that is installed.
+    let output = server.stdout();
     let block: String = output
         .lines()
         .skip_while(|line| !line.starts_with("cat > private.crt"))
-        .take_while(|line| !line.starts_with("incus remote add"))
+        .take_while(|line| !line.starts_with("listening https"))
         .map(|line| format!("{line}\n"))
         .collect();
     assert!(
@@ -116,6 +117,7 @@ fn lxc_lists_shows_and_exports_what_the_server_publishes() {
         .arg(&block)
         .current_dir(&lxc.home)
         .env("LXD_CONF", &lxc.conf)
+        .env("INCUS_CONF", lxc.home.join("incus"))
         .env("HOME", &lxc.home)
         .stdin(Stdio::null())
         .status()

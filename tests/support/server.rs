@@ -19,6 +19,9 @@ pub struct Server {
     pub addresses: HashMap<String, SocketAddr>,
     /// Everything the server wrote to stdout and stderr so far.
     pub output: Arc<Mutex<String>>,
+    /// What it wrote to stdout alone: the lines of two pipes interleave in `output` in the
+    /// order the readers got them, so a block printed on stdout is only whole here.
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -43,13 +46,14 @@ impl Server {
             .spawn()
             .expect("spawn serve");
         let output = Arc::new(Mutex::new(String::new()));
+        let stdout_only = Arc::new(Mutex::new(String::new()));
         let (lines_tx, lines_rx) = mpsc::channel::<String>();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         for (stream, tx) in [
             (
                 Box::new(stdout) as Box<dyn std::io::Read + Send>,
-                Some(lines_tx),
+                Some((lines_tx, stdout_only.clone())),
             ),
             (Box::new(stderr), None),
         ] {
@@ -60,7 +64,11 @@ impl Server {
                         .lock()
                         .expect("output lock")
                         .push_str(&format!("{line}\n"));
-                    if let Some(tx) = &tx {
+                    if let Some((tx, stdout_only)) = &tx {
+                        stdout_only
+                            .lock()
+                            .expect("output lock")
+                            .push_str(&format!("{line}\n"));
                         let _ = tx.send(line);
                     }
                 }
@@ -92,6 +100,7 @@ impl Server {
             child,
             addresses,
             output,
+            stdout: stdout_only,
         }
     }
 
@@ -105,6 +114,11 @@ impl Server {
 
     pub fn output(&self) -> String {
         self.output.lock().expect("output lock").clone()
+    }
+
+    /// What the server wrote to stdout so far (the startup protocol and text).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("output lock").clone()
     }
 
     /// Sends SIGTERM and waits for the exit status.
