@@ -322,6 +322,27 @@ fn import_from_standard_input() {
     );
 }
 
+/// Regression (issue 11, one owner for the upload area): `import -` staged any amount from
+/// standard input, past the size an upload of the same bytes may have.
+#[test]
+fn import_from_standard_input_is_held_to_the_upload_file_size_limit() {
+    let s = setup_with_config("[ssh]\nmax_file_bytes = 2000\n");
+    let tarball = s.t.file("unified.tar.gz");
+    support::unified_tarball(&tarball, &Meta::default(), false, "stdin-limit");
+    let bytes = std::fs::read(&tarball).unwrap();
+    assert!(bytes.len() > 2000, "the fixture must be over the limit");
+    let output = s.publisher.ssh_with_stdin("import -", &bytes);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ssh.max_file_bytes"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(names_in(&s.t.data().join("tmp")).is_empty());
+    assert_eq!(s.reader.ok("list --format json").trim(), "[]");
+}
+
 #[test]
 fn import_from_a_stream_cut_off_publishes_nothing() {
     let s = setup();

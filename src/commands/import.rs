@@ -63,9 +63,19 @@ impl Import {
                         .into(),
                 ));
             }
-            let reader = ctx.stdin.take().ok_or_else(|| {
+            let mut reader = ctx.stdin.take().ok_or_else(|| {
                 CommandError::Usage("standard input is not available here".into())
             })?;
+            if let Caller::Remote {
+                identity,
+                upload_area,
+            } = ctx.caller
+            {
+                reader = ctx
+                    .areas
+                    .user(&identity.name, upload_area)
+                    .import_stream(reader);
+            }
             sources.push(ImportSource::Stream {
                 label: "standard input".into(),
                 reader,

@@ -37,6 +37,7 @@ use crate::access::{JailError, JailedPath, UploadArea};
 use crate::audit::Audit;
 use crate::catalog::import::DigestCache;
 use crate::config::{Config, LiveConfig};
+use crate::format::human_size;
 use crate::fsutil::FileIdentity;
 use crate::limits::{SlotPermit, Slots, SlotsFull};
 
@@ -490,6 +491,20 @@ impl UserArea {
         Ok(())
     }
 
+    /// Standard input of `import -`, held to the limit an upload of the same bytes has
+    /// (`ssh.max_file_bytes`), so a stream cannot stage more than the user may upload.
+    pub fn import_stream(&self, reader: Box<dyn io::Read + Send>) -> Box<dyn io::Read + Send> {
+        let limit = self.areas.config().ssh.max_file_bytes;
+        if limit == 0 {
+            return reader;
+        }
+        Box::new(SizeLimited {
+            inner: reader,
+            left: limit,
+            limit,
+        })
+    }
+
     /// After an import moved the file at `path` (of `bytes`) out of the area: its bytes and
     /// its entry are free, its digests forgotten. Nothing when the file is still there.
     pub fn imported(&self, path: &Path, bytes: u64) {
@@ -574,4 +589,57 @@ pub fn open_no_follow(path: &Path) -> io::Result<fs::File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
+}
+
+/// A stream that fails, rather than ends, once it has given `limit` bytes and has more.
+struct SizeLimited {
+    inner: Box<dyn io::Read + Send>,
+    left: u64,
+    limit: u64,
+}
+
+impl io::Read for SizeLimited {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One more byte tells a stream of exactly `limit` bytes from a longer one.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            return Err(io::Error::other(format!(
+                "the stream is larger than {}, the most one file may be (ssh.max_file_bytes)",
+                human_size(self.limit)
+            )));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buf[..want])?;
+        self.left -= read as u64;
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::SizeLimited;
+
+    fn limited(bytes: usize, limit: u64) -> SizeLimited {
+        SizeLimited {
+            inner: Box::new(std::io::Cursor::new(vec![7u8; bytes])),
+            left: limit,
+            limit,
+        }
+    }
+
+    #[test]
+    fn a_stream_up_to_the_limit_reads_whole_and_a_longer_one_fails() {
+        let mut out = Vec::new();
+        limited(1000, 1000).read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 1000);
+        let e = limited(1001, 1000).read_to_end(&mut out).unwrap_err();
+        assert!(e.to_string().contains("ssh.max_file_bytes"), "{e}");
+    }
 }
