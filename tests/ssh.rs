@@ -326,11 +326,11 @@ fn import_from_standard_input() {
 /// standard input, past the size an upload of the same bytes may have.
 #[test]
 fn import_from_standard_input_is_held_to_the_upload_file_size_limit() {
-    let s = setup_with_config("[ssh]\nmax_file_bytes = 2000\n");
+    let s = setup_with_config("[ssh]\nmax_file_bytes = 100\n");
     let tarball = s.t.file("unified.tar.gz");
     support::unified_tarball(&tarball, &Meta::default(), false, "stdin-limit");
     let bytes = std::fs::read(&tarball).unwrap();
-    assert!(bytes.len() > 2000, "the fixture must be over the limit");
+    assert!(bytes.len() > 100, "the fixture must be over the limit");
     let output = s.publisher.ssh_with_stdin("import -", &bytes);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
