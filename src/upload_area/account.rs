@@ -96,12 +96,30 @@ impl Account {
 /// Bytes and entries of finished uploads in an area (temp files and their directory excluded).
 pub fn scan(root: &Path) -> io::Result<Usage> {
     let mut usage = Usage::default();
+    walk(root, |_, meta| {
+        usage.entries += 1;
+        if meta.is_file() {
+            usage.finished += meta.len();
+        }
+    })?;
+    Ok(usage)
+}
+
+/// Visits every entry under `root` (symlinks not followed; temp files skipped), directories
+/// before what they hold. A directory that cannot be read is skipped and the walk goes on;
+/// the first such error (other than one gone meanwhile) is returned at the end.
+pub fn walk(root: &Path, mut visit: impl FnMut(&Path, &fs::Metadata)) -> io::Result<()> {
+    let mut first_error = None;
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
         };
         for entry in entries.flatten() {
             if entry
@@ -112,13 +130,12 @@ pub fn scan(root: &Path) -> io::Result<Usage> {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
-            usage.entries += 1;
+            let path = entry.path();
+            visit(&path, &meta);
             if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
-                usage.finished += meta.len();
+                pending.push(path);
             }
         }
     }
-    Ok(usage)
+    first_error.map_or(Ok(()), Err)
 }

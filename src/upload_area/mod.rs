@@ -523,43 +523,26 @@ impl UserArea {
     /// What the area holds now (temp files, symlinks and directories skipped).
     pub fn list(&self) -> Vec<Listed> {
         let mut rows = Vec::new();
-        let mut pending = vec![self.root().to_path_buf()];
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(UPLOAD_TEMP_PREFIX)
-                {
-                    continue;
-                }
-                let Ok(meta) = fs::symlink_metadata(entry.path()) else {
-                    continue;
-                };
-                let path = entry.path();
-                if meta.is_dir() {
-                    pending.push(path);
-                } else if meta.is_file() {
-                    let name = path
-                        .strip_prefix(self.root())
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    rows.push(Listed {
-                        name,
-                        size: meta.len(),
-                        modified: meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_secs() as i64),
-                        sha256: self.areas.digests.lookup(&path).map(|known| known.sha256),
-                    });
-                }
+        // A directory that cannot be read lists as empty, as before; the rest still lists.
+        let _ = account::walk(self.root(), |path, meta| {
+            if !meta.is_file() {
+                return;
             }
-        }
+            let name = path
+                .strip_prefix(self.root())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            rows.push(Listed {
+                name,
+                size: meta.len(),
+                modified: meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs() as i64),
+                sha256: self.areas.digests.lookup(path).map(|known| known.sha256),
+            });
+        });
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         rows
     }
