@@ -9,7 +9,8 @@
 //!   simplestreams tree over TLS, the plain-HTTP first try, the catalog page, `/metrics`).
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table. Only
 //!   `main.rs`, [`serve`] and `ssh/exec.rs` call it. [`publish`]: export from a local LXD/Incus
-//!   store, upload and import, in one command.
+//!   store, upload and import, in one command. [`mirror`]: a verified pull-mirror of an
+//!   upstream simplestreams server, published through the catalog.
 //! - [`upload_area`]: one owner for each user's upload area (writes, renames, removals,
 //!   quota and entry counts, upload-time digests, audit lines), called by every door;
 //!   [`audit`]: the audit log, one JSON line per event.
@@ -46,6 +47,7 @@ pub mod http;
 pub mod image;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod publish;
 pub mod reload;
 pub mod remote;
