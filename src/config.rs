@@ -36,6 +36,24 @@ pub struct CatalogConfig {
     /// Most entries a metadata tarball (or a unified tarball besides its root filesystem)
     /// may hold.
     pub max_metadata_entries: u64,
+    /// Publish a delta (`squashfs.vcdiff`) from the previous version with each new squashfs
+    /// root, so daemons refresh by the difference.
+    pub deltas: bool,
+    /// A delta larger than this share of its full root is not published (it saves too little).
+    #[serde(deserialize_with = "share")]
+    pub delta_max_ratio: f64,
+}
+
+/// A share: a number above 0 and at most 1.
+fn share<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{value} is not a share: give a number above 0 and at most 1, e.g. 0.5"
+        )))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +176,8 @@ impl Default for CatalogConfig {
             max_metadata_bytes: settings.max_metadata_bytes,
             max_metadata_unpacked_bytes: settings.scan_limits.unpacked_bytes,
             max_metadata_entries: settings.scan_limits.entries,
+            deltas: settings.deltas,
+            delta_max_ratio: settings.delta_max_ratio,
         }
     }
 }
@@ -315,6 +335,13 @@ fn typed_value(default: &Value, text: &str) -> Result<Value, String> {
             .parse::<u64>()
             .map(Value::from)
             .map_err(|_| format!("{text:?} is not a whole number")),
+        Value::Number(n) if n.is_f64() => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{text:?} is not a number")),
         Value::Number(_) => text
             .trim()
             .parse::<i64>()
@@ -473,6 +500,8 @@ impl Config {
         CatalogSettings {
             grace_period_secs: self.catalog.grace_period_secs,
             max_metadata_bytes: self.catalog.max_metadata_bytes,
+            deltas: self.catalog.deltas,
+            delta_max_ratio: self.catalog.delta_max_ratio,
             scan_limits: ScanLimits {
                 unpacked_bytes: self.catalog.max_metadata_unpacked_bytes,
                 entries: self.catalog.max_metadata_entries,
@@ -490,6 +519,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "catalog.max_metadata_bytes",
     "catalog.max_metadata_unpacked_bytes",
     "catalog.max_metadata_entries",
+    "catalog.deltas",
+    "catalog.delta_max_ratio",
     "http.plain_http_images",
     "http.public_url",
     "http.remote_name",
@@ -690,6 +721,31 @@ mod tests {
         for key in LIVE_KEYS {
             assert!(all.iter().any(|k| k == key), "{key}");
         }
+    }
+
+    #[test]
+    fn delta_settings_read_as_a_switch_and_a_share() {
+        let defaults = Config::default().catalog_settings();
+        assert!(defaults.deltas);
+        assert_eq!(defaults.delta_max_ratio, 0.5);
+        let config: Config =
+            toml::from_str("[catalog]\ndeltas = false\ndelta_max_ratio = 0.25\n").unwrap();
+        let settings = config.catalog_settings();
+        assert!(!settings.deltas);
+        assert_eq!(settings.delta_max_ratio, 0.25);
+        for bad in ["0", "1.5", "-0.1"] {
+            let text = format!("[catalog]\ndelta_max_ratio = {bad}\n");
+            let Err(e) = toml::from_str::<Config>(&text) else {
+                panic!("{bad} was accepted");
+            };
+            assert!(e.to_string().contains("is not a share"), "{e}");
+        }
+        let (_, default) = keys()
+            .into_iter()
+            .find(|(key, _)| key == "catalog.delta_max_ratio")
+            .unwrap();
+        assert_eq!(typed_value(&default, "0.3"), Ok(Value::from(0.3)));
+        assert!(typed_value(&default, "half").is_err());
     }
 
     #[test]

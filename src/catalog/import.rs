@@ -331,15 +331,7 @@ impl Catalog {
                 let metadata_file = place(&mut txn, &dir, metadata)?;
                 let root_file = place(&mut txn, &dir, root)?;
                 let mut roots = existing_roots;
-                roots.insert(
-                    image_type,
-                    Root {
-                        kind,
-                        file: root_file,
-                        combined_sha256: combined,
-                        imported: provenance,
-                    },
-                );
+                roots.insert(image_type, Root::new(kind, root_file, combined, provenance));
                 VersionFiles::Split {
                     metadata: metadata_file,
                     roots,
@@ -375,23 +367,42 @@ impl Catalog {
     }
 }
 
-/// Places a staged part in `dir`, reusing an identical file already there (the metadata a
-/// container and a VM share, or a retired file imported again), and never giving an existing
-/// path different content: files under `images/` are served as immutable.
+/// Places a staged part in `dir`; see [`place_file`].
 fn place(txn: &mut Transaction<'_>, dir: &str, part: StagedPart) -> Result<StoredFile> {
-    let sha256 = part.digest.sha256.clone();
+    place_file(
+        txn,
+        dir,
+        &part.file_name,
+        part.staged.path(),
+        part.digest.size,
+        &part.digest.sha256,
+    )
+}
+
+/// Places the staged file `staged` in `dir` as `file_name`, reusing an identical file already
+/// there (the metadata a container and a VM share, or a retired file imported again), and
+/// never giving an existing path different content: files under `images/` are served as
+/// immutable.
+pub(super) fn place_file(
+    txn: &mut Transaction<'_>,
+    dir: &str,
+    file_name: &str,
+    staged: &Path,
+    size: u64,
+    sha256: &str,
+) -> Result<StoredFile> {
     let stored = |path: String| StoredFile {
         path,
-        size: part.digest.size,
-        sha256: sha256.clone(),
+        size,
+        sha256: sha256.to_string(),
     };
-    let (stem, extension) = part
-        .file_name
-        .split_once('.')
-        .unwrap_or((&part.file_name, ""));
+    let (stem, extension) = file_name.split_once('.').unwrap_or((file_name, ""));
     let candidates = [
-        format!("{dir}/{}", part.file_name),
-        format!("{dir}/{stem}-{}.{extension}", &sha256[..12]),
+        format!("{dir}/{file_name}"),
+        format!(
+            "{dir}/{stem}-{}.{extension}",
+            &sha256[..sha256.len().min(12)]
+        ),
     ];
     for path in candidates {
         if let Some(live) = txn.state.live_path(&path) {
@@ -410,12 +421,11 @@ fn place(txn: &mut Transaction<'_>, dir: &str, part: StagedPart) -> Result<Store
         if txn.catalog().tree().stat(&path)?.is_some() {
             continue;
         }
-        txn.place(&part.staged, &path)?;
+        txn.place(staged, &path)?;
         return Ok(stored(path));
     }
     Err(CatalogError::Conflict(format!(
-        "cannot find a free file name for {} in {dir}",
-        part.file_name
+        "cannot find a free file name for {file_name} in {dir}"
     )))
 }
 

@@ -29,6 +29,7 @@
 //! first, so a crash in between cannot leave it behind.
 
 pub mod alias;
+pub mod delta;
 pub mod hashing;
 pub mod import;
 pub mod ownership;
@@ -89,6 +90,10 @@ pub struct CatalogSettings {
     pub scan_limits: ScanLimits,
     /// Largest accepted split metadata tarball.
     pub max_metadata_bytes: u64,
+    /// Make deltas for new squashfs roots ([`delta`]).
+    pub deltas: bool,
+    /// Deltas larger than this share of their root are not published.
+    pub delta_max_ratio: f64,
 }
 
 impl Default for CatalogSettings {
@@ -97,6 +102,8 @@ impl Default for CatalogSettings {
             grace_period_secs: 3600,
             scan_limits: ScanLimits::default(),
             max_metadata_bytes: 64 << 20,
+            deltas: true,
+            delta_max_ratio: 0.5,
         }
     }
 }
@@ -308,11 +315,12 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Places a staged file at `path` under `www/`, recording it in the journal first.
-    pub fn place(&mut self, staged: &staging::StagedFile, path: &str) -> Result<()> {
+    /// Places the staged file `staged` (in `tmp/`) at `path` under `www/`, recording it in the
+    /// journal first.
+    pub fn place(&mut self, staged: &std::path::Path, path: &str) -> Result<()> {
         self.placed.push(path.to_string());
         self.write_journal()?;
-        self.catalog.tree.place(staged.path(), path)?;
+        self.catalog.tree.place(staged, path)?;
         Ok(())
     }
 
@@ -338,6 +346,10 @@ impl Transaction<'_> {
     }
 
     fn commit_returning_retired(mut self) -> Result<usize> {
+        // A delta leaves with its base, whatever took the base out.
+        for file in delta::drop_deltas_without_base(&mut self.state) {
+            self.retire(&file);
+        }
         self.take_expired();
         let changed = self.state != self.original;
         if changed || self.force_publish {

@@ -131,6 +131,33 @@ pub struct Root {
     /// sha256(metadata ‖ root): the image's fingerprint.
     pub combined_sha256: String,
     pub imported: Provenance,
+    /// Deltas (VCDIFF, ftype `squashfs.vcdiff`) that turn an earlier version's squashfs root
+    /// into this one, by that version's serial (`delta_base`). Only squashfs roots have them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deltas: BTreeMap<String, StoredFile>,
+    /// Bases a delta was made from and not published, with the reason (larger than
+    /// `catalog.delta_max_ratio` of the root, or it failed its check): not tried again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deltas_declined: BTreeMap<String, String>,
+}
+
+impl Root {
+    /// A root as imported: no deltas yet.
+    pub fn new(
+        kind: RootKind,
+        file: StoredFile,
+        combined_sha256: String,
+        imported: Provenance,
+    ) -> Root {
+        Root {
+            kind,
+            file,
+            combined_sha256,
+            imported,
+            deltas: BTreeMap::new(),
+            deltas_declined: BTreeMap::new(),
+        }
+    }
 }
 
 /// A published file: its path under `www/`, exact size and lowercase sha256.
@@ -207,13 +234,38 @@ impl Version {
         split.into_iter().flatten().chain(unified)
     }
 
-    /// Every file the version publishes.
+    /// Every file the version publishes, deltas included.
     pub fn stored_files(&self) -> Vec<&StoredFile> {
         match &self.files {
             VersionFiles::Split { metadata, roots } => std::iter::once(metadata)
-                .chain(roots.values().map(|root| &root.file))
+                .chain(
+                    roots
+                        .values()
+                        .flat_map(|root| std::iter::once(&root.file).chain(root.deltas.values())),
+                )
                 .collect(),
             VersionFiles::Unified { tarball, .. } => vec![tarball],
+        }
+    }
+}
+
+impl Version {
+    /// The container's squashfs root, the only root that gets deltas.
+    pub fn squashfs_root(&self) -> Option<&Root> {
+        match &self.files {
+            VersionFiles::Split { roots, .. } => roots
+                .get(&ImageType::Container)
+                .filter(|root| root.kind == RootKind::Squashfs),
+            VersionFiles::Unified { .. } => None,
+        }
+    }
+
+    pub fn squashfs_root_mut(&mut self) -> Option<&mut Root> {
+        match &mut self.files {
+            VersionFiles::Split { roots, .. } => roots
+                .get_mut(&ImageType::Container)
+                .filter(|root| root.kind == RootKind::Squashfs),
+            VersionFiles::Unified { .. } => None,
         }
     }
 }

@@ -72,7 +72,8 @@ fn versions_beyond(state: &CatalogState, keep: usize) -> Vec<RemovedImage> {
 }
 
 /// Takes one image out of the record; a version with no image left goes, and a product with
-/// no version left goes with its aliases. Files no live item uses are retired.
+/// no version left goes with its aliases. Files no live item uses are retired, the image's
+/// deltas with it (deltas based on it leave at commit).
 fn remove_image(txn: &mut Transaction<'_>, image: &RemovedImage) -> Result<()> {
     let not_found =
         || CatalogError::NotFound(format!("image {} is not in the catalog", image.fingerprint));
@@ -90,6 +91,7 @@ fn remove_image(txn: &mut Transaction<'_>, image: &RemovedImage) -> Result<()> {
         VersionFiles::Split { metadata, roots } => {
             let root = roots.remove(&image.image_type).ok_or_else(not_found)?;
             dropped_files.push(root.file);
+            dropped_files.extend(root.deltas.into_values());
             if roots.is_empty() {
                 dropped_files.push(metadata.clone());
                 true

@@ -8,6 +8,9 @@ use super::record::{CatalogState, Product, Version, VersionFiles};
 use crate::image::{ImageType, RootKind};
 use crate::streams::{self, IMAGE_DOWNLOADS, INDEX_FORMAT, PRODUCTS_FORMAT};
 
+/// The ftype of a delta between two squashfs roots.
+pub const DELTA_FTYPE: &str = "squashfs.vcdiff";
+
 /// The two stream files, ready to publish (images.json first, then index.json).
 pub struct Stream {
     pub images_json: Vec<u8>,
@@ -80,15 +83,16 @@ fn stream_product(product: &Product) -> streams::Product {
         versions: product
             .versions
             .iter()
-            .map(|(serial, version)| (serial.clone(), stream_version(version)))
+            .map(|(serial, version)| (serial.clone(), stream_version(product, version)))
             .collect(),
         ..streams::Product::default()
     }
 }
 
 /// Every version publishes twin metadata items, `lxd.*` for LXD and `incus.*` for Incus, on the
-/// same file with the same hashes: each client family reads only its own ftype.
-fn stream_version(version: &Version) -> streams::Version {
+/// same file with the same hashes: each client family reads only its own ftype. A squashfs
+/// root's deltas follow as `squashfs.vcdiff` items naming their base (`delta_base`).
+fn stream_version(product: &Product, version: &Version) -> streams::Version {
     let mut items = BTreeMap::new();
     match &version.files {
         VersionFiles::Split { metadata, roots } => {
@@ -120,6 +124,21 @@ fn stream_version(version: &Version) -> streams::Version {
                     item_key.to_string(),
                     streams::Item::plain(ftype, &root.file.path, root.file.size, &root.file.sha256),
                 );
+            }
+            if let Some(root) = version.squashfs_root() {
+                for (base, delta) in &root.deltas {
+                    // The record drops a delta with its base; a stream never names a missing one.
+                    if product.versions.contains_key(base) {
+                        let mut item = streams::Item::plain(
+                            DELTA_FTYPE,
+                            &delta.path,
+                            delta.size,
+                            &delta.sha256,
+                        );
+                        item.delta_base = Some(base.clone());
+                        items.insert(format!("delta-{base}"), item);
+                    }
+                }
             }
             items.insert("incus.tar.xz".into(), twin(&meta, "incus.tar.xz"));
             items.insert("lxd.tar.xz".into(), meta);

@@ -51,6 +51,9 @@ impl Catalog {
                                     metadata.path, root.file.path, root.combined_sha256
                                 ));
                             }
+                            for delta in root.deltas.values() {
+                                self.check_file(delta, None, &place, &mut report, progress);
+                            }
                         }
                     }
                     VersionFiles::Unified { tarball, .. } => {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::output::{TextFormat, for_people, write_json};
 use super::{CommandError, Context};
 use crate::catalog::record::{CatalogState, LocatedImage};
+use crate::catalog::stream_files::DELTA_FTYPE;
 use crate::catalog::summary::ImageSummary;
 use crate::catalog::{CatalogError, find_by_fingerprint};
 use crate::format::human_size;
@@ -27,6 +28,9 @@ struct FileInfo<'a> {
     path: &'a str,
     size: u64,
     sha256: &'a str,
+    /// On a delta: the serial of the version it applies to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_base: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +78,7 @@ fn details<'a>(located: &LocatedImage<'a>) -> ImageDetails<'a> {
         path: &image.metadata.path,
         size: image.metadata.size,
         sha256: &image.metadata.sha256,
+        delta_base: None,
     }];
     if let Some(root) = image.root {
         files.push(FileInfo {
@@ -81,7 +86,17 @@ fn details<'a>(located: &LocatedImage<'a>) -> ImageDetails<'a> {
             path: &root.file.path,
             size: root.file.size,
             sha256: &root.file.sha256,
+            delta_base: None,
         });
+        for (base, delta) in &root.deltas {
+            files.push(FileInfo {
+                ftypes: vec![DELTA_FTYPE],
+                path: &delta.path,
+                size: delta.size,
+                sha256: &delta.sha256,
+                delta_base: Some(base),
+            });
+        }
     }
     ImageDetails {
         summary: ImageSummary::of(located),
@@ -173,9 +188,13 @@ fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> 
     }
     writeln!(out, "Files:")?;
     for file in &d.files {
+        let from = file
+            .delta_base
+            .map(|base| format!(" from {}", p(base)))
+            .unwrap_or_default();
         writeln!(
             out,
-            "  {} ({}, {} bytes, sha256 {})",
+            "  {} ({}{from}, {} bytes, sha256 {})",
             p(file.path),
             file.ftypes.join(" + "),
             file.size,
