@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::catalog::CatalogSettings;
 use crate::image::ScanLimits;
+use crate::mirror::{Filter, MirrorSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +22,10 @@ pub struct Config {
     pub tls: TlsConfig,
     pub ssh: SshConfig,
     pub log: LogConfig,
+    /// `[[mirror]]` tables: upstreams `serve` mirrors on a schedule. Only the file sets them
+    /// (no environment variable or flag), and a reload applies them.
+    #[serde(rename = "mirror", skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +173,332 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// One `[[mirror]]` table: an upstream simplestreams server that `serve` mirrors every
+/// `interval` and `mirror sync --name NAME` runs at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Names the mirror in commands, status, logs and metrics, and marks the images it brings.
+    pub name: String,
+    /// The upstream's base URL (`https://images.linuxcontainers.org`).
+    pub url: String,
+    /// `key=value`, `key!=value`, `key~regex`, `key!~regex`; all must hold.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// The newest N versions of each product; unset keeps every version upstream has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
+    /// Time from the start of one run to the start of the next: `6h`, `30m`, `1d`, or seconds.
+    #[serde(default = "MirrorInterval::default_interval")]
+    pub interval: MirrorInterval,
+    /// A PEM file of CA certificates that this upstream's certificate must chain to instead of
+    /// the system's (an absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// False keeps the table but `serve` does not run it (`mirror sync --name` still does).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Put before every upstream alias: `mirror/` makes `debian/12` into `mirror/debian/12`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_prefix: Option<String>,
+    /// Files downloaded at once.
+    #[serde(default = "default_mirror_concurrency")]
+    pub concurrency: usize,
+    /// Bytes per second over all of this mirror's downloads: `20MiB`, `500KiB`, or bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<ByteRate>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+fn default_mirror_concurrency() -> usize {
+    MirrorSpec::DEFAULT_CONCURRENCY
+}
+
+/// Most files one mirror downloads at once.
+pub const MAX_MIRROR_CONCURRENCY: usize = 64;
+
+/// A mirror's schedule: seconds between the starts of two runs. Written as `6h`, `30m`,
+/// `90s`, `1d` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorInterval(pub u64);
+
+impl MirrorInterval {
+    fn default_interval() -> MirrorInterval {
+        MirrorInterval(6 * 3600)
+    }
+
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0)
+    }
+}
+
+/// `<number><unit>` with the unit among `units` (factor for each), or a bare number.
+fn number_with_unit(text: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let unit = unit.trim();
+    if unit.is_empty() {
+        return Some(number);
+    }
+    let (_, factor) = units.iter().find(|(name, _)| *name == unit)?;
+    number.checked_mul(*factor)
+}
+
+impl std::str::FromStr for MirrorInterval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MirrorInterval, String> {
+        number_with_unit(text, &[("s", 1), ("m", 60), ("h", 3600), ("d", 86400)])
+            .map(MirrorInterval)
+            .ok_or_else(|| {
+                format!("{text:?} is not an interval: write 6h, 30m, 90s, 1d or seconds")
+            })
+    }
+}
+
+impl std::fmt::Display for MirrorInterval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0;
+        match secs {
+            0 => write!(f, "0s"),
+            _ if secs.is_multiple_of(86400) => write!(f, "{}d", secs / 86400),
+            _ if secs.is_multiple_of(3600) => write!(f, "{}h", secs / 3600),
+            _ if secs.is_multiple_of(60) => write!(f, "{}m", secs / 60),
+            _ => write!(f, "{secs}s"),
+        }
+    }
+}
+
+/// A bandwidth in bytes per second, written `20MiB`, `500KiB`, `1GiB` or a number of bytes
+/// (`/s` may follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRate(pub u64);
+
+impl std::str::FromStr for ByteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ByteRate, String> {
+        let units = [
+            ("B", 1),
+            ("K", 1 << 10),
+            ("KiB", 1 << 10),
+            ("M", 1 << 20),
+            ("MiB", 1 << 20),
+            ("G", 1 << 30),
+            ("GiB", 1 << 30),
+        ];
+        let trimmed = text.trim();
+        number_with_unit(trimmed.strip_suffix("/s").unwrap_or(trimmed), &units)
+            .map(ByteRate)
+            .ok_or_else(|| {
+                format!(
+                    "{text:?} is not a bandwidth: write 20MiB, 500KiB, 1GiB or bytes per second"
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for ByteRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0;
+        match bytes {
+            0 => write!(f, "0B"),
+            _ if bytes.is_multiple_of(1 << 30) => write!(f, "{}GiB", bytes >> 30),
+            _ if bytes.is_multiple_of(1 << 20) => write!(f, "{}MiB", bytes >> 20),
+            _ if bytes.is_multiple_of(1 << 10) => write!(f, "{}KiB", bytes >> 10),
+            _ => write!(f, "{bytes}B"),
+        }
+    }
+}
+
+/// Both take a string with a unit or a bare number, and write the string.
+macro_rules! text_or_number_serde {
+    ($type:ty, $expecting:literal) => {
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = $type;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<$type, E> {
+                        n.to_string().parse().map_err(E::custom)
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<$type, E> {
+                        u64::try_from(n)
+                            .map_err(|_| E::custom(format!("{n} is negative")))
+                            .and_then(|n| self.visit_u64(n))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$type, E> {
+                        text.parse().map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_any(Visit)
+            }
+        }
+    };
+}
+
+text_or_number_serde!(
+    MirrorInterval,
+    "an interval such as \"6h\", \"30m\" or seconds"
+);
+text_or_number_serde!(
+    ByteRate,
+    "a bandwidth such as \"20MiB\" or bytes per second"
+);
+
+impl MirrorConfig {
+    /// The run this table asks for, or one line per problem: what is wrong and what to write.
+    pub fn spec(&self) -> Result<MirrorSpec, Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(why) = check_mirror_name(&self.name) {
+            problems.push(why);
+        }
+        if let Err(why) = check_upstream_url(&self.url) {
+            problems.push(why);
+        }
+        let mut filters = Vec::new();
+        for text in &self.filters {
+            match text.parse::<Filter>() {
+                Ok(filter) => filters.push(filter),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if self.keep == Some(0) {
+            problems.push(
+                "keep = 0 would keep nothing; give 1 or more, or leave keep out to keep every version"
+                    .into(),
+            );
+        }
+        if self.interval.0 == 0 {
+            problems.push("interval is zero; give one such as \"6h\"".into());
+        }
+        if let Some(path) = &self.ca_cert
+            && !path.is_absolute()
+        {
+            problems.push(format!(
+                "ca_cert {:?} is relative; give an absolute path",
+                path.display().to_string()
+            ));
+        }
+        if let Some(prefix) = &self.alias_prefix {
+            // The prefix goes before an alias such as `debian/12`: it must make a valid alias.
+            if let Err(e) = crate::catalog::alias::validate(&format!("{prefix}debian/12")) {
+                problems.push(format!(
+                    "alias_prefix {prefix:?} does not make valid aliases: {e}"
+                ));
+            }
+        }
+        if !(1..=MAX_MIRROR_CONCURRENCY).contains(&self.concurrency) {
+            problems.push(format!(
+                "concurrency = {} is out of range; give 1 to {MAX_MIRROR_CONCURRENCY}",
+                self.concurrency
+            ));
+        }
+        if self.bandwidth_limit == Some(ByteRate(0)) {
+            problems.push(
+                "bandwidth_limit is zero, which would download nothing; leave it out for no limit"
+                    .into(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(MirrorSpec {
+            name: Some(self.name.clone()),
+            url: self.url.trim_end_matches('/').to_string(),
+            ca_cert: self.ca_cert.clone(),
+            filters,
+            keep: self.keep,
+            alias_prefix: self.alias_prefix.clone(),
+            dry_run: false,
+            concurrency: self.concurrency,
+            bandwidth_limit: self.bandwidth_limit.map(|rate| rate.0),
+        })
+    }
+}
+
+/// A mirror's name is part of file names (its lock) and metric labels: letters, digits, `.`,
+/// `_`, `-`, starting with a letter or digit, at most 64 characters.
+pub fn check_mirror_name(name: &str) -> Result<(), String> {
+    let fits = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} is not a mirror name: use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
+        ))
+    }
+}
+
+/// An upstream URL must be `https://host[:port][/path]`: clients only take HTTPS remotes, and
+/// the mirror verifies what it reads against the upstream's TLS certificate.
+fn check_upstream_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("url {url:?} {why}"));
+    let Some(rest) = url.strip_prefix("https://") else {
+        return bad("must start with https://");
+    };
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {}
+        _ => return bad("is not a URL (https://host[:port][/path])"),
+    }
+    if rest.contains(['?', '#']) || rest.contains('@') {
+        return bad("may not hold a query, a fragment or user information");
+    }
+    Ok(())
+}
+
+/// Every configured mirror's spec, or one line per bad table, naming it:
+/// `[[mirror]] "lxc": filter "os" has no operator: …`.
+pub fn mirror_specs(mirrors: &[MirrorConfig]) -> Result<Vec<MirrorSpec>, Vec<String>> {
+    let mut specs = Vec::new();
+    let mut problems = Vec::new();
+    for (index, mirror) in mirrors.iter().enumerate() {
+        let label = if mirror.name.is_empty() {
+            format!("[[mirror]] number {}", index + 1)
+        } else {
+            format!("[[mirror]] {:?}", mirror.name)
+        };
+        if mirrors[..index]
+            .iter()
+            .any(|other| other.name == mirror.name)
+        {
+            problems.push(format!(
+                "{label}: the name is used by an earlier [[mirror]] table; give each mirror its own name"
+            ));
+        }
+        match mirror.spec() {
+            Ok(spec) => specs.push(spec),
+            Err(lines) => problems.extend(lines.into_iter().map(|line| format!("{label}: {line}"))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(specs)
+    } else {
+        Err(problems)
+    }
+}
+
 impl Default for CatalogConfig {
     fn default() -> Self {
         let settings = CatalogSettings::default();
@@ -254,6 +585,22 @@ pub enum ConfigError {
     },
     #[error("{0} is not a setting; `simplestream-server config` lists them")]
     UnknownKey(String),
+    /// `[[mirror]]` tables that cannot run: one line per problem, each naming its table.
+    #[error("{path}: {}", .problems.join("; "))]
+    Mirrors { path: String, problems: Vec<String> },
+}
+
+impl ConfigError {
+    /// The error as lines for people: one per bad `[[mirror]]` entry, else the one message.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Mirrors { path, problems } => problems
+                .iter()
+                .map(|problem| format!("{path}: {problem}"))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 /// Where a setting's value came from.
@@ -284,6 +631,8 @@ pub struct Effective {
     pub file: Option<PathBuf>,
     /// Every key with its value (JSON) and source, in key order.
     pub values: BTreeMap<String, (Value, Source)>,
+    /// For each `[[mirror]]` table, the keys the file gave (the others are defaults).
+    pub mirror_keys_given: Vec<Vec<String>>,
 }
 
 /// Prefix of every setting's environment variable.
@@ -391,14 +740,25 @@ impl Config {
             .map(|(key, value)| (key.clone(), (value.clone(), Source::Default)))
             .collect();
         let path_text = layers.file.display().to_string();
+        let mut mirrors = Vec::new();
+        let mut mirror_keys_given = Vec::new();
         let file = match std::fs::read_to_string(layers.file) {
             Ok(text) => {
                 // Typed first: unknown keys and wrong types are named with their line.
-                parse_file(&text, &path_text)?;
+                mirrors = parse_file(&text, &path_text)?.mirrors;
                 let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path_text.clone(),
                     message: e.message().to_string(),
                 })?;
+                if let Some(toml::Value::Array(tables)) = table.get("mirror") {
+                    mirror_keys_given = tables
+                        .iter()
+                        .map(|t| {
+                            t.as_table()
+                                .map_or_else(Vec::new, |t| t.keys().cloned().collect())
+                        })
+                        .collect();
+                }
                 for (section, entries) in table {
                     let toml::Value::Table(entries) = entries else {
                         continue;
@@ -474,7 +834,7 @@ impl Config {
                 table.insert(name.to_string(), value.clone());
             }
         }
-        let config: Config =
+        let mut config: Config =
             serde_path_to_error::deserialize(Value::Object(tree)).map_err(|e| {
                 let key = e.path().to_string();
                 let origin = match values.get(&key).map(|(_, source)| source) {
@@ -489,10 +849,18 @@ impl Config {
                     message: e.inner().to_string(),
                 }
             })?;
+        // Mirrors come from the file alone; each table is checked whole, so that every bad
+        // entry is named at once.
+        mirror_specs(&mirrors).map_err(|problems| ConfigError::Mirrors {
+            path: path_text.clone(),
+            problems,
+        })?;
+        config.mirrors = mirrors;
         Ok(Effective {
             config,
             file,
             values,
+            mirror_keys_given,
         })
     }
 
@@ -532,6 +900,9 @@ pub const LIVE_KEYS: &[&str] = &[
     "ssh.quota_bytes",
     "ssh.send_timeout_secs",
 ];
+
+/// How a reload names a change to the `[[mirror]]` tables, which applies at once.
+pub const MIRRORS_KEY: &str = "[[mirror]]";
 
 /// The configuration a running server uses; a reload replaces it whole, and readers take
 /// the one in force at that moment.
@@ -580,6 +951,7 @@ pub fn changes(
     read: &Config,
 ) -> Result<ConfigChanges, ConfigError> {
     let as_json = |config: &Config| serde_json::to_value(config).unwrap_or(Value::Null);
+    let baseline_mirrors = &baseline.mirrors;
     let (baseline, read_json) = (as_json(baseline), as_json(read));
     let mut merged = as_json(running);
     let mut applied = Vec::new();
@@ -599,11 +971,16 @@ pub fn changes(
         }
         applied.push(key);
     }
-    let config = serde_json::from_value(merged).map_err(|e| ConfigError::Value {
+    let mut config: Config = serde_json::from_value(merged).map_err(|e| ConfigError::Value {
         origin: "the reloaded configuration".into(),
         key: applied.join(", "),
         message: e.to_string(),
     })?;
+    // Mirrors are live: `serve`'s schedule reads them at each turn.
+    if baseline_mirrors != &read.mirrors {
+        applied.push(MIRRORS_KEY.to_string());
+    }
+    config.mirrors = read.mirrors.clone();
     Ok(ConfigChanges {
         config,
         applied,
@@ -654,7 +1031,43 @@ pub fn render(effective: &Effective) -> String {
         }
         out.push_str(&format!("{line:<width$}  # {origin}\n"));
     }
+    render_mirrors(effective, &mut out);
     out
+}
+
+/// The `[[mirror]]` tables, every field shown, those the file did not give marked as defaults.
+fn render_mirrors(effective: &Effective, out: &mut String) {
+    if effective.config.mirrors.is_empty() {
+        out.push_str("\n# No [[mirror]] tables: mirrors are configured in the file only.\n");
+        return;
+    }
+    for (index, mirror) in effective.config.mirrors.iter().enumerate() {
+        let given = effective.mirror_keys_given.get(index);
+        let Ok(toml::Value::Table(table)) = toml::Value::try_from(mirror) else {
+            continue;
+        };
+        let mut rows: Vec<(String, &str)> = table
+            .iter()
+            .map(|(key, value)| {
+                let origin = if given.is_some_and(|keys| keys.contains(key)) {
+                    "config file"
+                } else {
+                    "default"
+                };
+                (format!("{key} = {value}"), origin)
+            })
+            .collect();
+        for unset in ["keep", "ca_cert", "alias_prefix", "bandwidth_limit"] {
+            if !table.contains_key(unset) {
+                rows.push((format!("# {unset} is unset"), "default"));
+            }
+        }
+        let width = rows.iter().map(|(line, _)| line.len()).max().unwrap_or(0);
+        out.push_str("\n[[mirror]]\n");
+        for (line, origin) in rows {
+            out.push_str(&format!("{line:<width$}  # {origin}\n"));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -763,5 +1176,128 @@ mod tests {
         .unwrap();
         let limits = config.catalog_settings().scan_limits;
         assert_eq!((limits.unpacked_bytes, limits.entries), (5, 6));
+    }
+
+    fn layered_from(text: &str) -> Result<Effective, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::layered(&Layers {
+            file: &file,
+            file_named: true,
+            env: Vec::new(),
+            flags: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn mirror_tables_become_specs() {
+        let effective = layered_from(
+            "[[mirror]]\nname = \"lxc\"\nurl = \"https://images.linuxcontainers.org/\"\n\
+             filters = [\"os=debian\", \"type=container\"]\nkeep = 2\ninterval = \"90m\"\n\
+             alias_prefix = \"mirror/\"\nbandwidth_limit = \"20MiB\"\n\
+             [[mirror]]\nname = \"ubuntu\"\nurl = \"https://cloud-images.ubuntu.com/releases\"\n\
+             enabled = false\ninterval = 3600\n",
+        )
+        .unwrap();
+        let mirrors = &effective.config.mirrors;
+        assert_eq!(mirrors.len(), 2);
+        assert_eq!(mirrors[0].interval, MirrorInterval(5400));
+        assert_eq!(mirrors[1].interval, MirrorInterval(3600));
+        assert!(mirrors[0].enabled && !mirrors[1].enabled);
+        let specs = mirror_specs(mirrors).unwrap();
+        assert_eq!(specs[0].origin(), "lxc");
+        assert_eq!(specs[0].url, "https://images.linuxcontainers.org");
+        assert_eq!(specs[0].filters.len(), 2);
+        assert_eq!(specs[0].keep, Some(2));
+        assert_eq!(specs[0].bandwidth_limit, Some(20 << 20));
+        assert_eq!(specs[0].concurrency, MirrorSpec::DEFAULT_CONCURRENCY);
+        assert_eq!(specs[1].keep, None);
+        // Shown by `config`, each field with its origin, and readable again.
+        let text = render(&effective);
+        assert!(text.contains("[[mirror]]"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("interval = \"90m\"") && l.ends_with("# config file")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("concurrency = 4") && l.ends_with("# default")),
+            "{text}"
+        );
+        let reparsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(&reparsed.mirrors, mirrors);
+    }
+
+    #[test]
+    fn each_bad_mirror_entry_is_one_line() {
+        let error = layered_from(
+            "[[mirror]]\nname = \"lxc\"\nurl = \"http://images.linuxcontainers.org\"\n\
+             filters = [\"os\"]\nkeep = 0\ninterval = 0\n\
+             [[mirror]]\nname = \"lxc\"\nurl = \"https://a.example\"\nconcurrency = 0\n\
+             [[mirror]]\nname = \"../x\"\nurl = \"https://b.example\"\nca_cert = \"ca.pem\"\n",
+        )
+        .unwrap_err();
+        let lines = error.lines();
+        for expected in [
+            "[[mirror]] \"lxc\": url \"http://images.linuxcontainers.org\" must start with https://",
+            "[[mirror]] \"lxc\": filter \"os\" has no operator",
+            "[[mirror]] \"lxc\": keep = 0 would keep nothing",
+            "[[mirror]] \"lxc\": interval is zero",
+            "[[mirror]] \"lxc\": the name is used by an earlier [[mirror]] table",
+            "[[mirror]] \"lxc\": concurrency = 0 is out of range",
+            "[[mirror]] \"../x\": name \"../x\" is not a mirror name",
+            "[[mirror]] \"../x\": ca_cert \"ca.pem\" is relative",
+        ] {
+            assert!(
+                lines.iter().any(|line| line.contains(expected)),
+                "{expected} missing in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), 8, "{lines:#?}");
+        assert!(lines.iter().all(|line| !line.contains('\n')));
+        // A bad interval or an unknown key is named with its line, as for any other table.
+        let error = layered_from(
+            "[[mirror]]\nname = \"a\"\nurl = \"https://a.example\"\ninterval = \"soon\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("line 4") && error.contains("\"soon\" is not an interval"),
+            "{error}"
+        );
+        let error =
+            layered_from("[[mirror]]\nname = \"a\"\nurl = \"https://a.example\"\nschedule = 5\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("schedule"), "{error}");
+    }
+
+    #[test]
+    fn a_reload_applies_changed_mirrors() {
+        let baseline: Config = toml::from_str("").unwrap();
+        let read: Config =
+            toml::from_str("[[mirror]]\nname = \"a\"\nurl = \"https://a.example\"\n").unwrap();
+        let changes = changes(&baseline, &baseline, &read).unwrap();
+        assert_eq!(changes.applied, [MIRRORS_KEY]);
+        assert_eq!(changes.config.mirrors, read.mirrors);
+        let same = super::changes(&read, &read, &read).unwrap();
+        assert!(same.applied.is_empty());
+    }
+
+    #[test]
+    fn intervals_and_rates() {
+        assert_eq!("6h".parse::<MirrorInterval>(), Ok(MirrorInterval(21600)));
+        assert_eq!("1d".parse::<MirrorInterval>(), Ok(MirrorInterval(86400)));
+        assert_eq!("45".parse::<MirrorInterval>(), Ok(MirrorInterval(45)));
+        assert!("6 hours".parse::<MirrorInterval>().is_err());
+        assert!("h".parse::<MirrorInterval>().is_err());
+        assert_eq!(MirrorInterval(5400).to_string(), "90m");
+        assert_eq!(MirrorInterval(61).to_string(), "61s");
+        assert_eq!("500KiB/s".parse::<ByteRate>(), Ok(ByteRate(500 << 10)));
+        assert_eq!("2M".parse::<ByteRate>(), Ok(ByteRate(2 << 20)));
+        assert_eq!(ByteRate(3 << 30).to_string(), "3GiB");
+        assert!("fast".parse::<ByteRate>().is_err());
     }
 }

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
                 print!("{}", config::render(&effective));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => fail_config(&e),
         },
         TopCommand::Serve => match common.open(true) {
             Ok((config, catalog)) => {
@@ -176,7 +176,7 @@ impl Common {
 
     /// Loads the configuration and opens the catalog.
     fn open(&self, serving: bool) -> Result<(Config, Catalog), ExitCode> {
-        let config = self.settings().map_err(|e| fail(&e.to_string()))?.config;
+        let config = self.settings().map_err(|e| fail_config(&e))?.config;
         init_logging(serving, config.log.format);
         let catalog = Catalog::open(DataDir::new(&self.data_dir), config.catalog_settings())
             .map_err(|e| {
@@ -226,6 +226,14 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("{e:#}")),
     }
+}
+
+/// A configuration error: one line per problem (each bad `[[mirror]]` entry has its own).
+fn fail_config(e: &config::ConfigError) -> ExitCode {
+    for line in e.lines() {
+        report_error(&mut std::io::stderr(), &line);
+    }
+    ExitCode::from(1)
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -83,6 +83,69 @@ pub fn record_connection_refused() {
     CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// One mirror's counters since the process started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorCounters {
+    pub runs: u64,
+    /// Runs that stopped with an error or refused a version.
+    pub failures: u64,
+    pub bytes_downloaded: u64,
+    pub versions_published: u64,
+    pub versions_removed: u64,
+    pub versions_refused: u64,
+    /// Unix seconds the last run without a failure ended; 0 before one.
+    pub last_success: i64,
+    /// 1 while a run of the mirror is going on in this process.
+    pub running: u64,
+}
+
+/// What one finished mirror run adds to its mirror's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MirrorRun {
+    pub failed: bool,
+    pub bytes_downloaded: u64,
+    pub versions_published: u64,
+    pub versions_removed: u64,
+    pub versions_refused: u64,
+    pub ended: i64,
+}
+
+/// Mirror name (or a one-off run's URL) → counters. A map behind a mutex: mirrors are few,
+/// named by the configuration, and counted once per run.
+static MIRRORS: std::sync::Mutex<std::collections::BTreeMap<String, MirrorCounters>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn with_mirror(name: &str, change: impl FnOnce(&mut MirrorCounters)) {
+    let mut mirrors = MIRRORS.lock().unwrap_or_else(|p| p.into_inner());
+    change(mirrors.entry(name.to_string()).or_default());
+}
+
+/// A run of the mirror `name` started in this process.
+pub fn record_mirror_start(name: &str) {
+    with_mirror(name, |counters| counters.running = 1);
+}
+
+/// A run of the mirror `name` ended.
+pub fn record_mirror_run(name: &str, run: MirrorRun) {
+    with_mirror(name, |counters| {
+        counters.running = 0;
+        counters.runs += 1;
+        counters.failures += u64::from(run.failed);
+        counters.bytes_downloaded += run.bytes_downloaded;
+        counters.versions_published += run.versions_published;
+        counters.versions_removed += run.versions_removed;
+        counters.versions_refused += run.versions_refused;
+        if !run.failed {
+            counters.last_success = run.ended;
+        }
+    });
+}
+
+/// Makes a configured mirror show in `/metrics` (with zeros) before its first run.
+pub fn register_mirror(name: &str) {
+    with_mirror(name, |_| {});
+}
+
 /// A consistent-enough copy of every counter, for rendering.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -94,6 +157,8 @@ pub struct Snapshot {
     pub tls_handshakes_failed: u64,
     pub imports: u64,
     pub connections_refused: u64,
+    /// (mirror name, counters), by name.
+    pub mirrors: Vec<(String, MirrorCounters)>,
 }
 
 pub fn snapshot() -> Snapshot {
@@ -116,6 +181,12 @@ pub fn snapshot() -> Snapshot {
         tls_handshakes_failed: TLS_HANDSHAKES_FAILED.load(Ordering::Relaxed),
         imports: IMPORTS.load(Ordering::Relaxed),
         connections_refused: CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+        mirrors: MIRRORS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.clone()))
+            .collect(),
     }
 }
 

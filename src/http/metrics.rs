@@ -10,7 +10,7 @@ use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 
 use super::{HttpState, cache_policy};
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, MirrorCounters, Snapshot};
 
 pub async fn handle(State(state): State<Arc<HttpState>>) -> Response {
     let catalog = state.catalog.clone();
@@ -86,6 +86,7 @@ pub fn render(snapshot: &Snapshot, images: Option<usize>) -> String {
         "Imports that published an image in this process (over SSH, or any in-process caller).",
         &[(String::new(), snapshot.imports)],
     );
+    render_mirrors(&snapshot.mirrors, &mut family);
     family(
         "simplestream_catalog_readable",
         "gauge",
@@ -103,6 +104,86 @@ pub fn render(snapshot: &Snapshot, images: Option<usize>) -> String {
     text
 }
 
+/// The mirror counters, one sample per mirror (`mirror="name"`).
+fn render_mirrors(
+    mirrors: &[(String, MirrorCounters)],
+    family: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+) {
+    type Field = fn(&MirrorCounters) -> u64;
+    let families: [(&str, &str, &str, Field); 8] = [
+        (
+            "simplestream_mirror_runs_total",
+            "counter",
+            "Mirror runs that ended, by mirror.",
+            |c| c.runs,
+        ),
+        (
+            "simplestream_mirror_failures_total",
+            "counter",
+            "Mirror runs that stopped with an error or refused a version.",
+            |c| c.failures,
+        ),
+        (
+            "simplestream_mirror_downloaded_bytes_total",
+            "counter",
+            "Image-file bytes mirrors fetched from upstream.",
+            |c| c.bytes_downloaded,
+        ),
+        (
+            "simplestream_mirror_versions_published_total",
+            "counter",
+            "Versions mirrors published.",
+            |c| c.versions_published,
+        ),
+        (
+            "simplestream_mirror_versions_removed_total",
+            "counter",
+            "Versions mirrors took out (gone upstream or past keep).",
+            |c| c.versions_removed,
+        ),
+        (
+            "simplestream_mirror_versions_refused_total",
+            "counter",
+            "Versions mirrors refused (a size or hash that did not match).",
+            |c| c.versions_refused,
+        ),
+        (
+            "simplestream_mirror_running",
+            "gauge",
+            "1 while a run of the mirror is going on in this process.",
+            |c| c.running,
+        ),
+        (
+            "simplestream_mirror_last_success_timestamp_seconds",
+            "gauge",
+            "When the mirror's last run without a failure ended (0: none yet).",
+            |c| c.last_success.max(0) as u64,
+        ),
+    ];
+    if mirrors.is_empty() {
+        return;
+    }
+    for (name, kind, help, field) in families {
+        let samples: Vec<(String, u64)> = mirrors
+            .iter()
+            .map(|(mirror, counters)| {
+                (
+                    format!("{{mirror=\"{}\"}}", label_value(mirror)),
+                    field(counters),
+                )
+            })
+            .collect();
+        family(name, kind, help, &samples);
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +198,15 @@ mod tests {
             tls_handshakes_failed: 1,
             imports: 2,
             connections_refused: 6,
+            mirrors: vec![(
+                "lxc".into(),
+                MirrorCounters {
+                    runs: 3,
+                    failures: 1,
+                    bytes_downloaded: 1000,
+                    ..MirrorCounters::default()
+                },
+            )],
         };
         let text = render(&snapshot, Some(5));
         for line in [
@@ -129,9 +219,14 @@ mod tests {
             "simplestream_https_connections_refused_total 6",
             "simplestream_images_published 5",
             "simplestream_catalog_readable 1",
+            "simplestream_mirror_runs_total{mirror=\"lxc\"} 3",
+            "simplestream_mirror_failures_total{mirror=\"lxc\"} 1",
+            "simplestream_mirror_downloaded_bytes_total{mirror=\"lxc\"} 1000",
+            "simplestream_mirror_versions_published_total{mirror=\"lxc\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(!render(&snapshot, None).contains("simplestream_images_published"));
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub mod filter;
+pub mod run;
+pub mod status;
 
 pub use filter::Filter;
 
