@@ -4,13 +4,13 @@
 //! Top to bottom; each layer uses only those below it (`python3 ../shared/tools/module-graph.py
 //! src` shows the graph).
 //! - Front doors: `main.rs` (the CLI), [`serve`] (HTTPS and SSH in one process; [`reload`] is
-//!   its SIGHUP: keys, configuration and certificate read again), [`ssh`] (the SSH gateway:
+//!   its SIGHUP: keys, configuration and certificate read again; [`mirror_schedule`] runs the
+//!   configured mirrors), [`ssh`] (the SSH gateway:
 //!   key-authenticated uploads over SFTP and `scp -t`, and commands) and [`http`] (the
 //!   simplestreams tree over TLS, the plain-HTTP first try, the catalog page, `/metrics`).
 //! - [`commands`]: one command per file; the local CLI and SSH exec share the name table. Only
 //!   `main.rs`, [`serve`] and `ssh/exec.rs` call it. [`publish`]: export from a local LXD/Incus
-//!   store, upload and import, in one command. [`mirror`]: a verified pull-mirror of an
-//!   upstream simplestreams server, published through the catalog.
+//!   store, upload and import, in one command.
 //! - [`upload_area`]: one owner for each user's upload area (writes, renames, removals,
 //!   quota and entry counts, upload-time digests, audit lines), called by every door;
 //!   [`audit`]: the audit log, one JSON line per event.
@@ -20,6 +20,9 @@
 //!   and the upload-area jail, the one rule layer every front door calls.
 //! - [`config`]: settings with defaults, the config file and flags, turned into each part's
 //!   settings; [`metrics`]: the process-wide counters.
+//! - [`mirror`]: a verified pull-mirror of an upstream simplestreams server, published through
+//!   the catalog; its run lock and status file. [`config`] turns `[[mirror]]` tables into its
+//!   specs, [`mirror_schedule`] (in [`serve`]) runs them on their interval.
 //! - [`catalog`]: the image store: import, remove, aliases, retention, verify, image summaries
 //!   and the record → stream mapping; publishes the stream atomically under a cross-process
 //!   lock.
@@ -48,6 +51,7 @@ pub mod image;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
+pub mod mirror_schedule;
 pub mod publish;
 pub mod reload;
 pub mod remote;

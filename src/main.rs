@@ -198,7 +198,8 @@ fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode
         ProgressStyle::Off
     };
     let mut out = stdout.lock();
-    let mut err = stderr.lock();
+    // Not held locked: a mirror's progress line is drawn from its download threads.
+    let mut err = stderr;
     // The audit log, when it can be opened, also records what local commands do to upload
     // areas (`uploads --remove`).
     let audit = Audit::open(&config.ssh.audit_log, catalog.dirs().root())

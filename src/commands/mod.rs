@@ -10,6 +10,8 @@ pub mod import;
 pub mod import_tree;
 pub mod info;
 pub mod list;
+pub mod mirror_progress;
+pub mod mirror_status;
 pub mod output;
 pub mod product;
 pub mod prune;
