@@ -231,3 +231,50 @@ fn the_catalog_uses_the_configured_unpacked_metadata_limit() {
     std::fs::remove_file(t.data().join("config.toml")).unwrap();
     t.ok(&["import", meta.to_str().unwrap(), root.to_str().unwrap()]);
 }
+
+/// `[[mirror]]` tables: `config` shows each with every field's origin; a bad table stops every
+/// command with one line per problem, each naming its table; the good file before it works.
+#[test]
+fn mirror_tables_are_shown_and_each_bad_entry_is_one_line() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.data()).unwrap();
+    std::fs::write(
+        t.data().join("config.toml"),
+        "[[mirror]]\nname = \"lxc\"\nurl = \"https://images.linuxcontainers.org\"\n\
+         filters = [\"os=debian\", \"type=container\"]\nkeep = 2\ninterval = \"12h\"\n",
+    )
+    .unwrap();
+    let text = t.ok(&["config"]);
+    assert!(text.contains("\n[[mirror]]\n"), "{text}");
+    assert!(line_for(&text, "name = \"lxc\"").ends_with("# config file"));
+    assert!(line_for(&text, "interval = \"12h\"").ends_with("# config file"));
+    assert!(line_for(&text, "enabled = true").ends_with("# default"));
+    assert!(line_for(&text, "# ca_cert is unset").ends_with("# default"));
+    let reparsed: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(reparsed["mirror"][0]["keep"].as_integer(), Some(2));
+
+    std::fs::write(
+        t.data().join("config.toml"),
+        "[[mirror]]\nname = \"lxc\"\nurl = \"https://images.linuxcontainers.org\"\n\
+         filters = [\"distro=debian\"]\ninterval = \"0h\"\n\
+         [[mirror]]\nname = \"lxc\"\nurl = \"ftp://cloud-images.ubuntu.com/releases\"\n",
+    )
+    .unwrap();
+    for command in [&["config"][..], &["list"][..], &["serve"][..]] {
+        let output = t.run(command);
+        assert_eq!(output.status.code(), Some(1), "{command:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 4, "{stderr}");
+        for (line, expected) in lines.iter().zip([
+            "[[mirror]] \"lxc\": filter \"distro=debian\" names an unknown field \"distro\"",
+            "[[mirror]] \"lxc\": interval is zero",
+            "[[mirror]] \"lxc\": the name is used by an earlier [[mirror]] table",
+            "[[mirror]] \"lxc\": url \"ftp://cloud-images.ubuntu.com/releases\" must start with https://",
+        ]) {
+            assert!(line.starts_with("simplestream-server: "), "{line}");
+            assert!(line.contains("config.toml: "), "{line}");
+            assert!(line.contains(expected), "expected {expected:?} in {line:?}");
+        }
+    }
+}
