@@ -21,6 +21,7 @@ mod floods;
 mod http;
 mod http_clients;
 mod import_tree;
+mod mirror;
 mod publish;
 mod reload;
 mod ssh;

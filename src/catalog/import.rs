@@ -291,6 +291,7 @@ impl Catalog {
             by: request.imported_by.clone(),
             at: txn.now,
             sources,
+            origin: None,
         };
         let dir = format!(
             "images/{}/{}/{}/{}/{serial}",
@@ -368,7 +369,7 @@ impl Catalog {
 }
 
 /// Places a staged part in `dir`; see [`place_file`].
-fn place(txn: &mut Transaction<'_>, dir: &str, part: StagedPart) -> Result<StoredFile> {
+pub(super) fn place(txn: &mut Transaction<'_>, dir: &str, part: StagedPart) -> Result<StoredFile> {
     place_file(
         txn,
         dir,

@@ -32,6 +32,7 @@ pub mod alias;
 pub mod delta;
 pub mod hashing;
 pub mod import;
+pub mod mirrored;
 pub mod ownership;
 pub mod record;
 pub mod remove;

@@ -174,6 +174,10 @@ pub struct Provenance {
     pub by: String,
     pub at: i64,
     pub sources: Vec<String>,
+    /// The mirror that brought the image (its name, or its upstream URL for a one-off sync);
+    /// `None` for an import. A mirror only ever removes images of its own origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -74,7 +74,7 @@ fn versions_beyond(state: &CatalogState, keep: usize) -> Vec<RemovedImage> {
 /// Takes one image out of the record; a version with no image left goes, and a product with
 /// no version left goes with its aliases. Files no live item uses are retired, the image's
 /// deltas with it (deltas based on it leave at commit).
-fn remove_image(txn: &mut Transaction<'_>, image: &RemovedImage) -> Result<()> {
+pub(super) fn remove_image(txn: &mut Transaction<'_>, image: &RemovedImage) -> Result<()> {
     let not_found =
         || CatalogError::NotFound(format!("image {} is not in the catalog", image.fingerprint));
     let product = txn

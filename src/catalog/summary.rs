@@ -22,6 +22,9 @@ pub struct ImageSummary {
     pub created: String,
     pub product: String,
     pub description: String,
+    /// The mirror the image came from (its name, or its upstream URL); absent for imports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl ImageSummary {
@@ -43,6 +46,7 @@ impl ImageSummary {
             created: rfc3339(located.version.created),
             product: located.product_id.to_string(),
             description: located.version.description.clone(),
+            origin: located.image.imported.origin.clone(),
         }
     }
 }

@@ -173,6 +173,9 @@ fn write_text(out: &mut dyn Write, d: &ImageDetails<'_>) -> std::io::Result<()> 
         p(d.imported_by),
         p(&d.sources.join(", "))
     )?;
+    if let Some(origin) = &s.origin {
+        writeln!(out, "Mirrored from: {}", p(origin))?;
+    }
     if let Some(owner) = d.owner {
         let shared: Vec<String> = d.shared_with.iter().map(|u| p(u)).collect();
         if shared.is_empty() {

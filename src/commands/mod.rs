@@ -10,6 +10,7 @@ pub mod import;
 pub mod import_tree;
 pub mod info;
 pub mod list;
+pub mod mirror;
 pub mod mirror_progress;
 pub mod mirror_status;
 pub mod output;
@@ -39,6 +40,8 @@ pub enum Command {
     #[command(subcommand)]
     Alias(alias::Alias),
     Remove(remove::Remove),
+    #[command(subcommand)]
+    Mirror(mirror::Mirror),
     Prune(prune::Prune),
     #[command(subcommand)]
     Product(product::Product),
@@ -59,6 +62,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("info", Role::Reader),
     ("alias", Role::Admin),
     ("remove", Role::Admin),
+    ("mirror", Role::Admin),
     ("prune", Role::Admin),
     ("product", Role::Admin),
     ("verify", Role::Admin),
@@ -87,6 +91,7 @@ impl Command {
             Command::Info(_) => "info",
             Command::Alias(_) => "alias",
             Command::Remove(_) => "remove",
+            Command::Mirror(_) => "mirror",
             Command::Prune(_) => "prune",
             Command::Product(_) => "product",
             Command::Verify(_) => "verify",
@@ -107,6 +112,7 @@ impl Command {
             Command::Info(cmd) => cmd.run(ctx),
             Command::Alias(cmd) => cmd.run(ctx),
             Command::Remove(cmd) => cmd.run(ctx),
+            Command::Mirror(cmd) => cmd.run(ctx),
             Command::Prune(cmd) => cmd.run(ctx),
             Command::Product(cmd) => cmd.run(ctx),
             Command::Verify(cmd) => cmd.run(ctx),

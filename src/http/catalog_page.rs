@@ -165,6 +165,7 @@ mod tests {
             created: String::new(),
             product: String::new(),
             description: String::new(),
+            origin: None,
         }
     }
 

@@ -14,11 +14,34 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+mod download;
 pub mod filter;
+mod plan;
 pub mod run;
 pub mod status;
+mod sync;
+pub mod upstream;
 
 pub use filter::Filter;
+pub use sync::sync;
+
+use crate::catalog::CatalogError;
+
+/// Why a run failed as a whole. Each is one line that says what went wrong; nothing was
+/// published by a run that ends in one (versions published before a catalog error stay).
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The spec itself is wrong: the URL, the CA certificate file.
+    #[error("{0}")]
+    Invalid(String),
+    /// The upstream cannot be read, or what it sent is not a simplestreams tree we accept.
+    #[error("{0}")]
+    Upstream(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{}", crate::fsutil::plain_message(.0))]
+    Io(#[from] std::io::Error),
+}
 
 /// What one run mirrors and how.
 #[derive(Debug, Clone)]

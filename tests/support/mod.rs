@@ -12,6 +12,7 @@ pub mod net;
 pub mod raw_ssh;
 pub mod server;
 pub mod ssh;
+pub mod upstream;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

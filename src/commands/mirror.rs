@@ -1,0 +1,191 @@
+//! `mirror sync <URL>`: pull an upstream simplestreams server's images into the catalog.
+
+use std::path::PathBuf;
+
+use super::output::{TextFormat, write_json};
+use super::{CommandError, Context};
+use crate::access::Caller;
+use crate::format::human_size;
+use crate::mirror::{self, Filter, MirrorSpec, NoProgress, SyncReport};
+
+/// Keep a verified copy of an upstream image server's images
+#[derive(Debug, clap::Subcommand)]
+pub enum Mirror {
+    Sync(Sync),
+}
+
+impl Mirror {
+    pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
+        match self {
+            Mirror::Sync(sync) => sync.run(ctx),
+        }
+    }
+}
+
+/// Mirror an upstream now: new versions in, versions gone upstream (or beyond --keep) out
+#[derive(Debug, clap::Args)]
+pub struct Sync {
+    /// The upstream's base URL, e.g. https://images.linuxcontainers.org
+    pub url: String,
+    /// A PEM file of CA certificates to trust for this upstream, besides the system's
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Which products and image types to take: key=value, key!=value, key~regex, key!~regex
+    /// over os, release, arch, variant and type (container|virtual-machine); all must hold
+    #[arg(long = "filter", value_name = "EXPR", value_parser = parse_filter)]
+    pub filters: Vec<Filter>,
+    /// Keep the newest N versions of each product
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: Option<u64>,
+    /// Put this before every upstream alias (mirror/ makes debian/12 into mirror/debian/12)
+    #[arg(long, value_name = "P")]
+    pub alias_prefix: Option<String>,
+    /// Only show what would be done
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Files downloaded at once
+    #[arg(long, value_name = "N", default_value_t = MirrorSpec::DEFAULT_CONCURRENCY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub concurrency: u64,
+    /// Bytes per second over all downloads (K, M and G suffixes: 10M)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bandwidth_limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = TextFormat::Text)]
+    pub format: TextFormat,
+}
+
+impl Sync {
+    pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
+        let ca_cert = match (&self.ca_cert, ctx.caller) {
+            (None, _) => None,
+            (Some(path), Caller::Local) => Some(path.clone()),
+            // Over SSH the PEM comes from the caller's upload area.
+            (Some(path), Caller::Remote { upload_area, .. }) => {
+                let jailed = upload_area.resolve(&path.to_string_lossy())?;
+                jailed.check_no_symlinks(upload_area)?;
+                Some(jailed.full().to_path_buf())
+            }
+        };
+        let spec = MirrorSpec {
+            name: None,
+            url: self.url.clone(),
+            ca_cert,
+            filters: self.filters,
+            keep: self.keep.map(|n| n as usize),
+            alias_prefix: self.alias_prefix,
+            dry_run: self.dry_run,
+            concurrency: self.concurrency as usize,
+            bandwidth_limit: self.bandwidth_limit,
+        };
+        let report = mirror::sync(ctx.catalog, &spec, &NoProgress)
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        print_report(ctx, &spec, &report, self.format)
+    }
+}
+
+/// Prints a run's outcome: refusals and notes, then one summary line (or the JSON report).
+/// Refusals make the exit status 1.
+pub fn print_report(
+    ctx: &mut Context<'_>,
+    spec: &MirrorSpec,
+    report: &SyncReport,
+    format: TextFormat,
+) -> Result<(), CommandError> {
+    match format {
+        TextFormat::Json => write_json(ctx.out, report)?,
+        TextFormat::Text => {
+            for line in report.refused.iter().chain(&report.notes) {
+                writeln!(ctx.out, "{}", super::output::for_people(line))?;
+            }
+            writeln!(ctx.out, "{}", summary_line(spec, report))?;
+        }
+    }
+    if report.succeeded() {
+        Ok(())
+    } else {
+        Err(CommandError::Reported(format!(
+            "{} version(s) of {} refused; see the lines above",
+            report.refused.len(),
+            spec.origin()
+        )))
+    }
+}
+
+/// `mirrored URL: 3 new versions, 1.2 GiB downloaded, 0 files reused, 1 removed, 0 refused`.
+pub fn summary_line(spec: &MirrorSpec, report: &SyncReport) -> String {
+    let (verb, new, removed) = if spec.dry_run {
+        ("would mirror", "to fetch", "to remove")
+    } else {
+        ("mirrored", "new", "removed")
+    };
+    format!(
+        "{verb} {}: {} {new} version(s), {} downloaded, {} file(s) reused, {} {removed}, {} refused",
+        spec.origin(),
+        report.new_versions,
+        human_size(report.bytes_downloaded),
+        report.files_reused,
+        report.removed_versions,
+        report.refused.len()
+    )
+}
+
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    text.parse()
+        .map_err(|e: mirror::filter::FilterError| e.to_string())
+}
+
+/// `10M` → 10 MiB per second.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, factor) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a rate in bytes per second (e.g. 10M)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_take_suffixes() {
+        assert_eq!(parse_rate("100"), Ok(100));
+        assert_eq!(parse_rate("10K"), Ok(10 << 10));
+        assert_eq!(parse_rate("2m"), Ok(2 << 20));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn the_summary_is_one_line() {
+        let spec = MirrorSpec {
+            name: None,
+            url: "https://images.example.com".into(),
+            ca_cert: None,
+            filters: Vec::new(),
+            keep: None,
+            alias_prefix: None,
+            dry_run: false,
+            concurrency: 4,
+            bandwidth_limit: None,
+        };
+        let report = SyncReport {
+            new_versions: 3,
+            bytes_downloaded: 3 << 20,
+            ..SyncReport::default()
+        };
+        assert_eq!(
+            summary_line(&spec, &report),
+            "mirrored https://images.example.com: 3 new version(s), 3.0 MiB downloaded, 0 file(s) reused, 0 removed, 0 refused"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! `mirror sync`: pulling upstream simplestreams servers into the catalog, for LXD and Incus
+//! alike. Upstreams are trees shaped like images.linuxcontainers.org (Incus-only metadata,
+//! squashfs + qcow2 in one version, deltas) and cloud-images.ubuntu.com (its index path,
+//! LXD-only metadata, items that are not images), served over HTTPS by a small static server
+//! with a certificate from a test CA, or by our own `serve`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::support::clients::{Client, Family};
+use crate::support::invariants::assert_whole;
+use crate::support::server::Server;
+use crate::support::upstream::{StaticUpstream, TestCa};
+use crate::support::{self, Meta, TestDir};
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// An upstream tree being written: files under `root`, then index.json and products files.
+struct Tree {
+    root: PathBuf,
+    /// products file path → (content id, products).
+    files: BTreeMap<String, (String, serde_json::Map<String, Value>)>,
+    /// Extra index entries (other datatypes).
+    other_entries: serde_json::Map<String, Value>,
+}
+
+/// A file placed in a tree, as an item names it.
+#[derive(Clone, Debug)]
+struct Placed {
+    path: String,
+    size: u64,
+    sha256: String,
+    local: PathBuf,
+}
+
+impl Placed {
+    fn item(&self, ftype: &str) -> Value {
+        json!({"ftype": ftype, "path": self.path, "size": self.size, "sha256": self.sha256})
+    }
+}
+
+impl Tree {
+    fn new(root: &Path) -> Tree {
+        Tree {
+            root: root.to_path_buf(),
+            files: BTreeMap::new(),
+            other_entries: serde_json::Map::new(),
+        }
+    }
+
+    /// Moves `source` into the tree at `path`.
+    fn place(&self, source: &Path, path: &str) -> Placed {
+        let local = self.root.join(path);
+        std::fs::create_dir_all(local.parent().expect("parent")).expect("tree dirs");
+        std::fs::rename(source, &local).expect("place file");
+        Placed {
+            path: path.to_string(),
+            size: std::fs::metadata(&local).expect("stat").len(),
+            sha256: support::sha256_of(&[&local]),
+            local,
+        }
+    }
+
+    /// Adds a version; `product` holds the product's fields (versions are added here).
+    fn version(
+        &mut self,
+        products_path: &str,
+        content_id: &str,
+        product_id: &str,
+        product: Value,
+        serial: &str,
+        items: Value,
+    ) {
+        let (_, products) = self
+            .files
+            .entry(products_path.to_string())
+            .or_insert_with(|| (content_id.to_string(), serde_json::Map::new()));
+        let entry = products.entry(product_id.to_string()).or_insert_with(|| {
+            let mut product = product.clone();
+            product["versions"] = json!({});
+            product
+        });
+        entry["versions"][serial] = json!({ "items": items });
+    }
+
+    fn write(&self) {
+        let mut index = self.other_entries.clone();
+        for (path, (content_id, products)) in &self.files {
+            let json = json!({
+                "content_id": content_id,
+                "datatype": "image-downloads",
+                "format": "products:1.0",
+                "updated": "Thu, 27 Nov 2025 08:00:00 +0000",
+                "products": products,
+            });
+            let file = self.root.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("streams dir");
+            std::fs::write(&file, serde_json::to_vec_pretty(&json).expect("json"))
+                .expect("products file");
+            index.insert(
+                content_id.clone(),
+                json!({
+                    "datatype": "image-downloads",
+                    "path": path,
+                    "format": "products:1.0",
+                    "updated": "Thu, 27 Nov 2025 08:00:00 +0000",
+                    "products": products.keys().collect::<Vec<_>>(),
+                }),
+            );
+        }
+        let index = json!({"format": "index:1.0", "updated": "Thu, 27 Nov 2025 08:00:00 +0000", "index": index});
+        std::fs::create_dir_all(self.root.join("streams/v1")).expect("streams dir");
+        std::fs::write(
+            self.root.join("streams/v1/index.json"),
+            serde_json::to_vec_pretty(&index).expect("json"),
+        )
+        .expect("index.json");
+    }
+}
+
+/// What a version of an images.linuxcontainers.org-shaped tree holds.
+struct LxcVersion {
+    metadata: Placed,
+    squashfs: Placed,
+    qcow2: Option<Placed>,
+    container_fingerprint: String,
+    vm_fingerprint: Option<String>,
+}
+
+const LXC_PRODUCT: &str = "debian:bookworm:amd64:default";
+
+/// An images.linuxcontainers.org-shaped tree: product `debian:bookworm:amd64:default`, metadata
+/// only as `incus.tar.xz`, serials with a colon, the newer version with a VM disk too.
+fn lxc_ci_tree(root: &Path, scratch: &Path) -> (Tree, Vec<LxcVersion>) {
+    let mut tree = Tree::new(root);
+    let mut versions = Vec::new();
+    for (serial, created, vm) in [
+        ("20251126_07:42", 1_764_142_920, false),
+        ("20251127_07:42", 1_764_229_320, true),
+    ] {
+        let dir = format!("images/debian/bookworm/amd64/default/{serial}");
+        let meta = Meta {
+            os: "debian",
+            release: "bookworm",
+            created,
+            ..Meta::default()
+        };
+        let source = scratch.join(format!("{serial}-incus.tar.xz"));
+        support::metadata_tarball(&source, &meta);
+        let metadata = tree.place(&source, &format!("{dir}/incus.tar.xz"));
+        let source = scratch.join(format!("{serial}.squashfs"));
+        support::squashfs(&source, &format!("debian {serial}"));
+        let squashfs = tree.place(&source, &format!("{dir}/rootfs.squashfs"));
+        let qcow2 = vm.then(|| {
+            let source = scratch.join(format!("{serial}.qcow2"));
+            support::qcow2(&source, &format!("debian vm {serial}"));
+            tree.place(&source, &format!("{dir}/disk.qcow2"))
+        });
+        let container_fingerprint = support::sha256_of(&[&metadata.local, &squashfs.local]);
+        let vm_fingerprint = qcow2
+            .as_ref()
+            .map(|disk| support::sha256_of(&[&metadata.local, &disk.local]));
+        let mut meta_item = metadata.item("incus.tar.xz");
+        meta_item["combined_squashfs_sha256"] = json!(container_fingerprint);
+        let mut items = json!({
+            "incus.tar.xz": meta_item,
+            "root.squashfs": squashfs.item("squashfs"),
+        });
+        if let (Some(disk), Some(fingerprint)) = (&qcow2, &vm_fingerprint) {
+            items["incus.tar.xz"]["combined_disk-kvm-img_sha256"] = json!(fingerprint);
+            items["disk.qcow2"] = disk.item("disk-kvm.img");
+        }
+        tree.version(
+            "streams/v1/images.json",
+            "images",
+            LXC_PRODUCT,
+            json!({
+                "aliases": "debian/bookworm/default,debian/bookworm,debian/12/default,debian/12",
+                "arch": "amd64", "os": "Debian", "release": "bookworm",
+                "release_title": "bookworm", "variant": "default",
+                "requirements": {}
+            }),
+            serial,
+            items,
+        );
+        versions.push(LxcVersion {
+            metadata,
+            squashfs,
+            qcow2,
+            container_fingerprint,
+            vm_fingerprint,
+        });
+    }
+    tree.write();
+    (tree, versions)
+}
+
+/// `list --format json` of a data directory, as (fingerprint, type, aliases, origin).
+fn listed(t: &TestDir) -> Vec<(String, String, Vec<String>)> {
+    let out = t.ok(&["list", "--format", "json"]);
+    let rows: Value = serde_json::from_str(&out).expect("list json");
+    let mut images: Vec<(String, String, Vec<String>)> = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|row| {
+            (
+                row["fingerprint"].as_str().expect("fp").to_string(),
+                row["type"].as_str().expect("type").to_string(),
+                row["aliases"]
+                    .as_array()
+                    .expect("aliases")
+                    .iter()
+                    .map(|a| a.as_str().expect("alias").to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    images.sort();
+    images
+}
+
+fn sync_args<'a>(url: &'a str, ca: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["mirror", "sync", url, "--ca-cert", p(ca)];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The one summary line of a run's output.
+fn summary(out: &str) -> &str {
+    out.lines()
+        .find(|line| line.starts_with("mirrored ") || line.starts_with("would mirror "))
+        .unwrap_or_else(|| panic!("no summary line in {out:?}"))
+}
+
+#[test]
+fn an_incus_only_upstream_is_mirrored_for_lxd_and_incus() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+
+    let t = TestDir::new();
+    let dry = t.ok(&sync_args(&url, &ca.pem, &["--dry-run"]));
+    assert!(summary(&dry).contains("2 to fetch version(s)"), "{dry}");
+    assert!(listed(&t).is_empty(), "a dry run publishes nothing");
+    assert!(
+        upstream.file_requests().is_empty(),
+        "a dry run downloads nothing"
+    );
+
+    let out = t.ok(&sync_args(&url, &ca.pem, &[]));
+    let line = summary(&out);
+    assert!(line.contains("2 new version(s)"), "{out}");
+    assert!(line.contains("0 refused"), "{out}");
+    assert!(
+        out.contains("publishes for Incus only"),
+        "a note about the VM's agent: {out}"
+    );
+
+    // Fingerprints are upstream's; the newest version owns the aliases.
+    let images = listed(&t);
+    let newest = &versions[1];
+    let mut expected = vec![
+        (
+            versions[0].container_fingerprint.clone(),
+            "container".to_string(),
+        ),
+        (
+            newest.container_fingerprint.clone(),
+            "container".to_string(),
+        ),
+        (
+            newest.vm_fingerprint.clone().expect("vm"),
+            "virtual-machine".to_string(),
+        ),
+    ];
+    expected.sort();
+    let got: Vec<(String, String)> = images
+        .iter()
+        .map(|(f, ty, _)| (f.clone(), ty.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    let published = assert_whole(&t.data(), "after the first sync");
+    assert_eq!(published.len(), 3);
+    assert!(published.iter().all(|image| image.product == LXC_PRODUCT));
+    assert!(
+        published
+            .iter()
+            .any(|image| image.serial == "20251127_07:42"),
+        "the upstream serial is kept: {published:?}"
+    );
+
+    // Both twins are there: LXD reads lxd.tar.xz, which upstream never had.
+    let images_json = t.read_json("streams/v1/images.json");
+    let items = &images_json["products"][LXC_PRODUCT]["versions"]["20251127_07:42"]["items"];
+    assert_eq!(items["lxd.tar.xz"]["sha256"], json!(newest.metadata.sha256));
+    assert_eq!(
+        items["incus.tar.xz"]["sha256"],
+        json!(newest.metadata.sha256)
+    );
+    assert_eq!(
+        images_json["products"][LXC_PRODUCT]["aliases"],
+        json!("debian/12,debian/12/default,debian/bookworm,debian/bookworm/default")
+    );
+
+    // The origin is on the record, for `info` and the catalog page.
+    let info = t.ok(&["info", &newest.container_fingerprint, "--format", "json"]);
+    assert!(info.contains(&format!("\"origin\": \"{url}\"")), "{info}");
+
+    // A second run with nothing new downloads no image file.
+    upstream.forget_seen();
+    let again = t.ok(&sync_args(&url, &ca.pem, &[]));
+    assert!(
+        summary(&again).contains("0 new version(s), 0 B downloaded"),
+        "{again}"
+    );
+    assert_eq!(upstream.file_requests(), Vec::new(), "{again}");
+
+    // The real clients list and export the images, LXD included.
+    let server = Server::start(&t, &[]);
+    let cert = t.data().join("tls/server.crt");
+    for family in [Family::Lxd, Family::Incus] {
+        let client_dir = work.file(&format!("{family:?}"));
+        let client = Client::new(family, &client_dir);
+        client.add_remote("m", &format!("https://{}", server.https()), &cert);
+        let seen: Vec<(String, String)> = client
+            .list("m")
+            .into_iter()
+            .map(|(fingerprint, image_type, _)| (fingerprint, image_type))
+            .collect();
+        let mut seen_types: Vec<(String, String)> = seen
+            .into_iter()
+            .map(|(f, ty)| {
+                (
+                    f,
+                    ty.replace("CONTAINER", "container")
+                        .replace("VIRTUAL-MACHINE", "virtual-machine"),
+                )
+            })
+            .collect();
+        seen_types.sort();
+        assert_eq!(
+            seen_types
+                .iter()
+                .map(|(f, _)| f.clone())
+                .collect::<Vec<_>>(),
+            expected.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+            "{family:?} lists every mirrored image"
+        );
+        let exported = client.export_fingerprint("m", "debian/12", &client_dir.join("export"));
+        assert_eq!(exported, newest.container_fingerprint, "{family:?} export");
+    }
+    drop(server);
+    let _ = &newest.squashfs;
+    let _ = &newest.qcow2;
+}
