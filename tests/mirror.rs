@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::support::clients::{Client, Family};
 use crate::support::invariants::assert_whole;
 use crate::support::server::Server;
-use crate::support::upstream::{StaticUpstream, TestCa};
+use crate::support::upstream::{Behaviour, StaticUpstream, TestCa};
 use crate::support::{self, Meta, TestDir};
 
 fn p(path: &Path) -> &str {
@@ -360,4 +360,253 @@ fn an_incus_only_upstream_is_mirrored_for_lxd_and_incus() {
     drop(server);
     let _ = &newest.squashfs;
     let _ = &newest.qcow2;
+}
+
+/// Runs a sync expected to fail as a whole: exit 1, one line on stderr holding `expected`,
+/// nothing published.
+fn fails_whole(t: &TestDir, args: &[&str], expected: &str) -> String {
+    let line = t.fails(args, 1);
+    assert!(line.contains(expected), "{args:?}: {line}");
+    assert!(listed(t).is_empty(), "{args:?}: nothing is published");
+    let images = t.www().join("images");
+    assert!(
+        !images.exists() || support::invariants::files_under(&images).is_empty(),
+        "{args:?}: no image file is written outside tmp/"
+    );
+    line
+}
+
+/// The upstream's products file as JSON, to be changed and served instead.
+fn products_json(tree_root: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(tree_root.join("streams/v1/images.json")).expect("read"))
+        .expect("json")
+}
+
+fn json_body(value: &Value) -> Behaviour {
+    Behaviour::Body(
+        vec![("content-type".into(), "application/json".into())],
+        serde_json::to_vec(value).expect("json"),
+    )
+}
+
+#[test]
+fn hostile_or_broken_upstreams_get_one_line_and_nothing_published() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+    let t = TestDir::new();
+    const IMAGES: &str = "/streams/v1/images.json";
+    const INDEX: &str = "/streams/v1/index.json";
+    let item = |version: usize, key: &str| -> String {
+        format!(
+            "/products/{LXC_PRODUCT}/versions/{}/items/{key}",
+            ["20251126_07:42", "20251127_07:42"][version]
+        )
+    };
+    let with_item = |version: usize, key: &str, field: &str, value: Value| {
+        let mut json = products_json(&tree_root);
+        let pointer = item(version, key);
+        let item = json.pointer_mut(&pointer).expect("item");
+        if value.is_null() {
+            item.as_object_mut().expect("object").remove(field);
+        } else {
+            item[field] = value;
+        }
+        json_body(&json)
+    };
+
+    // Unreachable: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!(
+        "https://127.0.0.1:{}",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    fails_whole(
+        &t,
+        &sync_args(&closed_url, &ca.pem, &[]),
+        "cannot reach 127.0.0.1:",
+    );
+
+    // A certificate no root vouches for: say what failed and how to trust it.
+    let line = fails_whole(&t, &["mirror", "sync", &url], "TLS with 127.0.0.1:");
+    assert!(line.contains("--ca-cert"), "{line}");
+    assert!(
+        line.contains("UnknownIssuer") || line.contains("certificate"),
+        "{line}"
+    );
+
+    // http:// is refused before anything is fetched.
+    fails_whole(
+        &t,
+        &["mirror", "sync", &url.replace("https://", "http://")],
+        "not https://",
+    );
+
+    let cases: Vec<(&str, Behaviour, &str)> = vec![
+        (INDEX, Behaviour::Status(404), "answered 404"),
+        (
+            INDEX,
+            Behaviour::Body(Vec::new(), b"<html>mirror maintenance</html>".to_vec()),
+            "is not JSON",
+        ),
+        (
+            INDEX,
+            json_body(&json!({"index": 5})),
+            "is not a simplestreams index",
+        ),
+        (
+            INDEX,
+            json_body(&json!({"index": {}})),
+            "lists no image-downloads products file",
+        ),
+        (
+            INDEX,
+            json_body(
+                &json!({"index": {"images": {"datatype": "image-downloads", "path": "../../etc/passwd", "products": ["x"]}}}),
+            ),
+            "has a path that has a '.' or '..' part",
+        ),
+        (
+            IMAGES,
+            json_body(&json!({"products": []})),
+            "is not a simplestreams products file",
+        ),
+        (
+            IMAGES,
+            with_item(1, "root.squashfs", "path", Value::Null),
+            "missing field `path`",
+        ),
+        (
+            IMAGES,
+            with_item(1, "root.squashfs", "sha256", Value::Null),
+            "has no valid sha256",
+        ),
+        (
+            IMAGES,
+            with_item(1, "root.squashfs", "size", json!("big")),
+            "invalid type",
+        ),
+        (
+            IMAGES,
+            with_item(1, "root.squashfs", "path", json!("../../../../etc/shadow")),
+            "'.' or '..' part",
+        ),
+        (
+            IMAGES,
+            with_item(1, "root.squashfs", "path", json!("/etc/shadow")),
+            "is absolute",
+        ),
+        (
+            IMAGES,
+            Behaviour::Redirect("http://127.0.0.1:9/images.json".into()),
+            "not https",
+        ),
+        (
+            IMAGES,
+            Behaviour::Redirect("/streams/v1/loop.json".into()),
+            "in a loop",
+        ),
+        (
+            IMAGES,
+            // A compressed bomb: 80 MiB of zeros in well under a MiB of gzip.
+            Behaviour::Body(
+                vec![("content-encoding".into(), "gzip".into())],
+                support::compress(&vec![b' '; 80 << 20], "gz"),
+            ),
+            "larger than 64 MiB",
+        ),
+    ];
+    upstream.set("/streams/v1/loop.json", Behaviour::Redirect(IMAGES.into()));
+    for (path, behaviour, expected) in cases {
+        upstream.set(path, behaviour);
+        fails_whole(&t, &sync_args(&url, &ca.pem, &[]), expected);
+        upstream.clear(path);
+    }
+
+    // An index larger than the cap is refused from its Content-Length, unread.
+    let big = work.file("big-index.json");
+    std::fs::write(&big, vec![b' '; (64 << 20) + 1]).expect("big index");
+    std::fs::rename(&big, tree_root.join("streams/v1/big.json")).expect("place");
+    upstream.set(INDEX, Behaviour::Redirect("/streams/v1/big.json".into()));
+    fails_whole(&t, &sync_args(&url, &ca.pem, &[]), "larger than 64 MiB");
+    upstream.clear(INDEX);
+    let _ = versions;
+}
+
+#[test]
+fn a_file_that_does_not_match_refuses_its_version_alone() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+
+    // The older version's squashfs is not what its item says.
+    let mut json = products_json(&tree_root);
+    let wrong = "0".repeat(64);
+    json["products"][LXC_PRODUCT]["versions"]["20251126_07:42"]["items"]["root.squashfs"]["sha256"] =
+        json!(wrong);
+    upstream.set("/streams/v1/images.json", json_body(&json));
+    // The newer version's disk comes with more bytes than its size.
+    let disk_path = format!("/{}", versions[1].qcow2.as_ref().expect("disk").path);
+    upstream.set(&disk_path, Behaviour::Extra(b"trailing".to_vec()));
+
+    let t = TestDir::new();
+    let output = t.run(&sync_args(&url, &ca.pem, &[]));
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    let refused: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{stdout}");
+    let sha_line = refused
+        .iter()
+        .find(|l| l.contains("20251126_07:42"))
+        .expect("the older version is refused");
+    for part in [
+        LXC_PRODUCT,
+        "rootfs.squashfs",
+        &format!("expected sha256 {wrong}"),
+        &format!("got {}", versions[0].squashfs.sha256),
+    ] {
+        assert!(sha_line.contains(part), "{part} in {sha_line}");
+    }
+    let size_line = refused
+        .iter()
+        .find(|l| l.contains("20251127_07:42"))
+        .expect("the newer version is refused");
+    assert!(
+        size_line.contains("disk.qcow2") && size_line.contains("size lies"),
+        "{size_line}"
+    );
+    assert!(summary(&stdout).contains("0 new version(s)"), "{stdout}");
+    assert!(listed(&t).is_empty());
+
+    // Fixed upstream: the next run publishes both, fetching only what it lacked.
+    upstream.clear("/streams/v1/images.json");
+    upstream.clear(&disk_path);
+    upstream.forget_seen();
+    let out = t.ok(&sync_args(&url, &ca.pem, &[]));
+    assert!(summary(&out).contains("2 new version(s)"), "{out}");
+    let fetched: Vec<String> = upstream
+        .file_requests()
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(
+        fetched.len(),
+        2,
+        "only the refused files are fetched again (the rest stayed in tmp/): {fetched:?}"
+    );
+    assert_eq!(listed(&t).len(), 3);
+    assert_whole(&t.data(), "after the fixed run");
 }

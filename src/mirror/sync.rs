@@ -142,6 +142,8 @@ pub fn sync(
         let ready = match ready_version(version, &results) {
             Ok(ready) => ready,
             Err(line) => {
+                // What did arrive stays for the next run (a mismatching file was deleted).
+                keep_files.extend(version.files().iter().map(|f| f.sha256.clone()));
                 report.refused.push(line);
                 continue;
             }
