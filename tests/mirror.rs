@@ -610,3 +610,243 @@ fn a_file_that_does_not_match_refuses_its_version_alone() {
     assert_eq!(listed(&t).len(), 3);
     assert_whole(&t.data(), "after the fixed run");
 }
+
+const UBUNTU_PRODUCTS: &str = "streams/v1/com.ubuntu.cloud:released:download.json";
+const UBUNTU_PRODUCT: &str = "com.ubuntu.cloud:server:24.04:amd64";
+
+#[test]
+fn an_lxd_only_upstream_shaped_like_ubuntu_is_mirrored_for_incus_too() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let mut tree = Tree::new(&tree_root);
+    let dir = "server/releases/noble/release-20251127";
+    let meta = Meta {
+        os: "ubuntu",
+        release: "noble",
+        variant: None,
+        created: 1_764_201_600,
+        ..Meta::default()
+    };
+    let source = work.file("lxd.tar.xz");
+    support::metadata_tarball(&source, &meta);
+    let metadata = tree.place(
+        &source,
+        &format!("{dir}/ubuntu-24.04-server-cloudimg-amd64-lxd.tar.xz"),
+    );
+    let source = work.file("root.squashfs");
+    support::squashfs(&source, "noble");
+    let squashfs = tree.place(
+        &source,
+        &format!("{dir}/ubuntu-24.04-server-cloudimg-amd64.squashfs"),
+    );
+    let source = work.file("root.tar.xz");
+    support::root_tar_xz(&source, "noble");
+    let root_tar = tree.place(
+        &source,
+        &format!("{dir}/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz"),
+    );
+    let source = work.file("manifest");
+    std::fs::write(&source, b"adduser 3.137ubuntu1\n").expect("manifest");
+    let manifest = tree.place(
+        &source,
+        &format!("{dir}/ubuntu-24.04-server-cloudimg-amd64.manifest"),
+    );
+    let source = work.file("disk1.img");
+    std::fs::write(&source, vec![7u8; 4096]).expect("disk1");
+    let disk1 = tree.place(
+        &source,
+        &format!("{dir}/ubuntu-24.04-server-cloudimg-amd64.img"),
+    );
+    let fingerprint = support::sha256_of(&[&metadata.local, &squashfs.local]);
+    let rootxz_fingerprint = support::sha256_of(&[&metadata.local, &root_tar.local]);
+    let mut meta_item = metadata.item("lxd.tar.xz");
+    meta_item["md5"] = json!("0123456789abcdef0123456789abcdef");
+    meta_item["combined_squashfs_sha256"] = json!(fingerprint);
+    meta_item["combined_rootxz_sha256"] = json!(rootxz_fingerprint);
+    meta_item["combined_sha256"] = json!(rootxz_fingerprint);
+    tree.version(
+        UBUNTU_PRODUCTS,
+        "com.ubuntu.cloud:released:download",
+        UBUNTU_PRODUCT,
+        json!({
+            "aliases": "24.04,default,lts,n,noble,ubuntu",
+            "arch": "amd64", "os": "ubuntu", "release": "noble",
+            "release_codename": "Noble Numbat", "release_title": "24.04 LTS",
+            "support_eol": "2029-05-31", "supported": true, "version": "24.04"
+        }),
+        "20251127",
+        json!({
+            "lxd.tar.xz": meta_item,
+            "squashfs": squashfs.item("squashfs"),
+            "root.tar.xz": root_tar.item("root.tar.xz"),
+            "manifest": manifest.item("manifest"),
+            "disk1.img": disk1.item("disk1.img"),
+        }),
+    );
+    // An index entry of another datatype, whose file does not even exist.
+    tree.other_entries.insert(
+        "com.ubuntu.cloud:released:aws".into(),
+        json!({"datatype": "image-ids", "path": "streams/v1/com.ubuntu.cloud:released:aws.json",
+               "format": "products:1.0", "products": [UBUNTU_PRODUCT]}),
+    );
+    tree.write();
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+
+    let t = TestDir::new();
+    let out = t.ok(&sync_args(
+        &url,
+        &ca.pem,
+        &[
+            "--alias-prefix",
+            "ubuntu/",
+            "--filter",
+            "release=noble",
+            "--format",
+            "json",
+        ],
+    ));
+    let report: Value = serde_json::from_str(&out).expect("json report");
+    assert_eq!(report["new_versions"], json!(1), "{out}");
+    assert_eq!(report["refused"], json!([]), "{out}");
+    let total = metadata.size + squashfs.size;
+    assert_eq!(report["bytes_downloaded"], json!(total), "{out}");
+
+    // The squashfs wins over root.tar.xz (one root per type); what is not an image is skipped.
+    let requested: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    for skipped in [&manifest.path, &disk1.path, &root_tar.path] {
+        assert!(
+            !requested.contains(&format!("/{skipped}")),
+            "{skipped} fetched: {requested:?}"
+        );
+    }
+    assert!(
+        !requested.iter().any(|r| r.contains("aws")),
+        "only image-downloads entries are followed: {requested:?}"
+    );
+
+    let images_json = t.read_json("streams/v1/images.json");
+    let product = &images_json["products"][UBUNTU_PRODUCT];
+    assert_eq!(
+        product["aliases"],
+        json!("ubuntu/24.04,ubuntu/default,ubuntu/lts,ubuntu/n,ubuntu/noble,ubuntu/ubuntu")
+    );
+    let items = &product["versions"]["20251127"]["items"];
+    assert_eq!(
+        items["incus.tar.xz"]["combined_squashfs_sha256"],
+        json!(fingerprint)
+    );
+    assert_whole(&t.data(), "after the sync");
+
+    // Incus, which reads only incus.tar.xz, sees the image upstream published for LXD alone.
+    let server = Server::start(&t, &[]);
+    let cert = t.data().join("tls/server.crt");
+    let client_dir = work.file("incus");
+    let incus = Client::new(Family::Incus, &client_dir);
+    incus.add_remote("m", &format!("https://{}", server.https()), &cert);
+    let images = incus.list("m");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].0, fingerprint);
+    assert!(
+        images[0].2.contains(&"ubuntu/noble".to_string()),
+        "{images:?}"
+    );
+    let exported = incus.export_fingerprint("m", "ubuntu/noble", &client_dir.join("export"));
+    assert_eq!(exported, fingerprint);
+}
+
+/// Our own `serve` as the upstream: what it publishes is mirrored whole; an image removed
+/// there leaves the mirror; --keep keeps the newest; an alias a local product holds is refused
+/// by name, and --alias-prefix gets around it.
+#[test]
+fn our_own_server_as_upstream() {
+    let a = TestDir::new();
+    let mut fingerprints = Vec::new();
+    for (release_created, seed) in [(1_764_100_000, "one"), (1_764_200_000, "two")] {
+        let meta_path = a.file(&format!("{seed}.tar.xz"));
+        support::metadata_tarball(
+            &meta_path,
+            &Meta {
+                created: release_created,
+                ..Meta::default()
+            },
+        );
+        let root = a.file(&format!("{seed}.squashfs"));
+        support::squashfs(&root, seed);
+        a.ok(&["import", p(&meta_path), p(&root)]);
+        fingerprints.push(support::sha256_of(&[&meta_path, &root]));
+    }
+    let upstream = Server::start(&a, &[]);
+    let url = format!("https://{}", upstream.https());
+    let upstream_cert = a.data().join("tls/server.crt");
+
+    let b = TestDir::new();
+    // A local product that already answers to testos/1.
+    let local_meta = b.file("local.tar.xz");
+    support::metadata_tarball(
+        &local_meta,
+        &Meta {
+            release: "local",
+            ..Meta::default()
+        },
+    );
+    let local_root = b.file("local.squashfs");
+    support::squashfs(&local_root, "local");
+    b.ok(&[
+        "import",
+        p(&local_meta),
+        p(&local_root),
+        "--alias",
+        "testos/1",
+    ]);
+    let local_fingerprint = support::sha256_of(&[&local_meta, &local_root]);
+
+    let output = b.run(&sync_args(&url, &upstream_cert, &[]));
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("refused testos:1:amd64:default") && stdout.contains("\"testos/1\""),
+        "the colliding alias is named: {stdout}"
+    );
+
+    let out = b.ok(&sync_args(
+        &url,
+        &upstream_cert,
+        &["--alias-prefix", "up/", "--keep", "1"],
+    ));
+    assert!(summary(&out).contains("1 new version(s)"), "{out}");
+    let images = listed(&b);
+    let fps: Vec<&String> = images.iter().map(|(f, _, _)| f).collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    assert!(
+        fps.contains(&&fingerprints[1]) && fps.contains(&&local_fingerprint),
+        "{images:?}"
+    );
+    assert!(
+        images
+            .iter()
+            .any(|(f, _, aliases)| f == &fingerprints[1]
+                && aliases.contains(&"up/testos/1".to_string())),
+        "{images:?}"
+    );
+
+    // Without --keep, the older version comes too; then its removal upstream takes it out.
+    let out = b.ok(&sync_args(&url, &upstream_cert, &["--alias-prefix", "up/"]));
+    assert!(summary(&out).contains("1 new version(s)"), "{out}");
+    assert_eq!(listed(&b).len(), 3);
+    a.ok(&["remove", &fingerprints[0]]);
+    let out = b.ok(&sync_args(&url, &upstream_cert, &["--alias-prefix", "up/"]));
+    assert!(
+        summary(&out).contains("0 new version(s)") && summary(&out).contains("1 removed"),
+        "{out}"
+    );
+    let images = listed(&b);
+    assert_eq!(images.len(), 2, "{images:?}");
+    assert!(
+        images.iter().any(|(f, _, _)| f == &local_fingerprint),
+        "the local image is never touched: {images:?}"
+    );
+    assert_whole(&b.data(), "after the removal");
+    drop(upstream);
+}
