@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::clients::{Client, Family};
 use crate::support::invariants::assert_whole;
+use crate::support::lxd_daemon::{LxdDaemon, busybox_image, split_busybox_image};
 use crate::support::server::Server;
 use crate::support::upstream::{Behaviour, StaticUpstream, TestCa};
 use crate::support::{self, Meta, TestDir};
@@ -849,4 +850,170 @@ fn our_own_server_as_upstream() {
     );
     assert_whole(&b.data(), "after the removal");
     drop(upstream);
+}
+
+/// The `.part` files a data directory's mirror downloads sit in, with their sizes.
+fn partial_downloads(t: &TestDir) -> Vec<(PathBuf, u64)> {
+    let mirror = t.data().join("tmp/mirror");
+    if !mirror.exists() {
+        return Vec::new();
+    }
+    support::invariants::files_under(&mirror)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "part"))
+        .map(|path| {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            (path, size)
+        })
+        .collect()
+}
+
+/// A sync killed with SIGKILL in the middle of a download: the next run resumes the file with
+/// a Range request, publishes, and the catalog verifies clean.
+#[test]
+fn a_killed_sync_resumes_with_a_range_request_and_ends_whole() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let mut tree = Tree::new(&tree_root);
+    let dir = "images/testos/big/amd64/default/20251127_07:42";
+    let source = work.file("meta.tar.xz");
+    support::metadata_tarball(
+        &source,
+        &Meta {
+            release: "big",
+            ..Meta::default()
+        },
+    );
+    let metadata = tree.place(&source, &format!("{dir}/incus.tar.xz"));
+    let source = work.file("big.squashfs");
+    support::squashfs_with_noise(&source, "big", 8 << 20);
+    let squashfs = tree.place(&source, &format!("{dir}/rootfs.squashfs"));
+    let fingerprint = support::sha256_of(&[&metadata.local, &squashfs.local]);
+    let mut meta_item = metadata.item("incus.tar.xz");
+    meta_item["combined_squashfs_sha256"] = json!(fingerprint);
+    tree.version(
+        "streams/v1/images.json",
+        "images",
+        "testos:big:amd64:default",
+        json!({"aliases": "testos/big", "arch": "amd64", "os": "testos", "release": "big", "variant": "default"}),
+        "20251127_07:42",
+        json!({"incus.tar.xz": meta_item, "root.squashfs": squashfs.item("squashfs")}),
+    );
+    tree.write();
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+    let root_path = format!("/{}", squashfs.path);
+    upstream.set(&root_path, Behaviour::Slow(2 << 20));
+
+    let t = TestDir::new();
+    let mut child = t
+        .command(&sync_args(&url, &ca.pem, &[]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sync");
+    let kept = support::wait_until(
+        std::time::Duration::from_secs(60),
+        "a partial download of 2 MiB",
+        || {
+            partial_downloads(&t)
+                .into_iter()
+                .find(|(path, size)| {
+                    path.to_string_lossy().contains(&squashfs.sha256) && *size >= 2 << 20
+                })
+                .map(|(_, size)| size)
+        },
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert!(kept < squashfs.size, "killed before the end");
+    assert!(listed(&t).is_empty(), "nothing was published");
+
+    upstream.clear(&root_path);
+    upstream.forget_seen();
+    let out = t.ok(&sync_args(&url, &ca.pem, &["--format", "json"]));
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["new_versions"], json!(1), "{out}");
+    let downloaded = report["bytes_downloaded"].as_u64().expect("bytes");
+    assert!(
+        downloaded < squashfs.size,
+        "the rest only: {downloaded} of {}",
+        squashfs.size
+    );
+    let resumed = upstream
+        .file_requests()
+        .into_iter()
+        .find(|seen| seen.path == root_path)
+        .expect("the root was asked for");
+    let from: u64 = resumed
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("a Range request: {resumed:?}"));
+    assert!(from >= kept, "resumed from {from}, {kept} were kept");
+    let images = listed(&t);
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].0, fingerprint);
+    assert_whole(&t.data(), "after the resumed run");
+    assert!(partial_downloads(&t).is_empty(), "tmp/ is cleaned up");
+}
+
+/// The LXD 5.0.2 daemon launches a container mirrored from an upstream that publishes for
+/// Incus alone: it reads the lxd.tar.xz twin the mirror added.
+#[test]
+fn the_lxd_daemon_launches_a_container_mirrored_from_an_incus_only_upstream() {
+    let work = TestDir::new();
+    let daemon = LxdDaemon::start(&work.path().join("lxd"));
+    let ca = TestCa::new(work.path());
+    let unified = busybox_image(work.path(), "bb", 1_764_244_800);
+    let (meta, root) = split_busybox_image(work.path(), &unified, "mirrored");
+    let tree_root = work.file("upstream");
+    let mut tree = Tree::new(&tree_root);
+    let dir = "images/busybox/mirrored/amd64/default/20251127_12:00";
+    let metadata = tree.place(&meta, &format!("{dir}/incus.tar.xz"));
+    let squashfs = tree.place(&root, &format!("{dir}/rootfs.squashfs"));
+    let fingerprint = support::sha256_of(&[&metadata.local, &squashfs.local]);
+    let mut meta_item = metadata.item("incus.tar.xz");
+    meta_item["combined_squashfs_sha256"] = json!(fingerprint);
+    tree.version(
+        "streams/v1/images.json",
+        "images",
+        "busybox:mirrored:amd64:default",
+        json!({"aliases": "busybox/mirrored", "arch": "amd64", "os": "busybox", "release": "mirrored", "variant": "default"}),
+        "20251127_12:00",
+        json!({"incus.tar.xz": meta_item, "root.squashfs": squashfs.item("squashfs")}),
+    );
+    tree.write();
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+
+    let t = TestDir::new();
+    let out = t.ok(&sync_args(&upstream.url(), &ca.pem, &[]));
+    assert!(summary(&out).contains("1 new version(s)"), "{out}");
+    let server = Server::start(&t, &[]);
+    let cert = t.data().join("tls/server.crt");
+    std::fs::create_dir_all(daemon.conf().join("servercerts")).expect("servercerts");
+    std::fs::copy(&cert, daemon.conf().join("servercerts/ours.crt")).expect("pin");
+    daemon.ok(&[
+        "remote",
+        "add",
+        "ours",
+        &format!("https://127.0.0.1:{}", server.https().port()),
+        "--protocol=simplestreams",
+    ]);
+    daemon.ok(&["launch", "ours:busybox/mirrored", "c1"]);
+    let state = daemon.ok(&["list", "c1", "--format", "csv", "-c", "s"]);
+    assert_eq!(state.trim(), "RUNNING");
+    assert_eq!(
+        daemon.ok(&["exec", "c1", "--", "echo", "mirrored"]).trim(),
+        "mirrored"
+    );
+    let info = daemon.ok(&["image", "list", "--format", "csv", "-c", "F"]);
+    assert!(
+        info.contains(&fingerprint),
+        "the daemon holds upstream's fingerprint: {info}"
+    );
 }

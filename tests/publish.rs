@@ -3,12 +3,11 @@
 //! ssh import), removed from the daemon, then launched back from the server over HTTPS (the
 //! daemon downloads it, trying plain HTTP first) and answers `lxc exec`.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::support;
 use crate::support::TestDir;
-use crate::support::lxd_daemon::{LxdDaemon, busybox_image};
+use crate::support::lxd_daemon::{LxdDaemon, busybox_image, split_busybox_image};
 use crate::support::server::Server;
 use crate::support::ssh::{Client, Key, write_authorized_keys};
 
@@ -50,48 +49,6 @@ fn fingerprint_in_daemon(daemon: &LxdDaemon, alias: &str) -> String {
         .to_string()
 }
 
-fn split_busybox_image(t: &TestDir, unified: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    // Unpack the unified image and make it a metadata tarball plus a squashfs root.
-    let tree = t.path().join("split-tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&tree)
-            .arg("-xzf")
-            .arg(unified)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let yaml = std::fs::read_to_string(tree.join("metadata.yaml"))
-        .unwrap()
-        .replace("release: \"unified\"", "release: \"split\"");
-    std::fs::write(tree.join("metadata.yaml"), yaml).unwrap();
-    let meta = t.file("split-meta.tar.xz");
-    assert!(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&tree)
-            .arg("-cJf")
-            .arg(&meta)
-            .arg("metadata.yaml")
-            .status()
-            .unwrap()
-            .success()
-    );
-    let root = t.file("split-root.squashfs");
-    let status = Command::new(support::require_tool("mksquashfs", "squashfs-tools"))
-        .arg(tree.join("rootfs"))
-        .arg(&root)
-        .args(["-noappend", "-quiet", "-no-progress"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    (meta, root)
-}
-
 #[test]
 fn publish_from_lxd_then_launch_back_from_the_server() {
     let t = TestDir::new();
@@ -104,7 +61,7 @@ fn publish_from_lxd_then_launch_back_from_the_server() {
         "--alias",
         "bb-unified",
     ]);
-    let (meta, root) = split_busybox_image(&t, &unified);
+    let (meta, root) = split_busybox_image(t.path(), &unified, "split");
     daemon.ok(&[
         "image",
         "import",

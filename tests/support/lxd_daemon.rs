@@ -172,3 +172,51 @@ pub fn busybox_image(dir: &Path, name: &str, created: i64) -> PathBuf {
     assert!(status.success(), "tar failed");
     image
 }
+
+/// The busybox image `unified` split into a metadata tarball (xz) and a squashfs root, its
+/// release renamed to `release`: (metadata, root), in `dir`.
+pub fn split_busybox_image(dir: &Path, unified: &Path, release: &str) -> (PathBuf, PathBuf) {
+    let tree = dir.join(format!("split-{release}-tree"));
+    std::fs::create_dir_all(&tree).expect("split tree");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-xzf")
+        .arg(unified)
+        .status()
+        .expect("tar -x");
+    assert!(status.success(), "tar -x failed");
+    let yaml = std::fs::read_to_string(tree.join("metadata.yaml")).expect("metadata.yaml");
+    let yaml = yaml
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("release:") {
+                format!("  release: \"{release}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(tree.join("metadata.yaml"), yaml + "\n").expect("metadata.yaml");
+    let meta = dir.join(format!("split-{release}-meta.tar.xz"));
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cJf")
+        .arg(&meta)
+        .arg("metadata.yaml")
+        .status()
+        .expect("tar -c");
+    assert!(status.success(), "tar -c failed");
+    let root = dir.join(format!("split-{release}-root.squashfs"));
+    let status = Command::new(require_tool("mksquashfs", "squashfs-tools"))
+        .arg(tree.join("rootfs"))
+        .arg(&root)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("mksquashfs");
+    assert!(status.success(), "mksquashfs failed");
+    (meta, root)
+}

@@ -292,10 +292,29 @@ pub fn metadata_tarball(path: &Path, meta: &Meta) {
 
 /// A real squashfs built by mksquashfs from a tiny tree; `seed` makes its content unique.
 pub fn squashfs(path: &Path, seed: &str) {
+    squashfs_with_noise(path, seed, 0);
+}
+
+/// [`squashfs`] with a file of `noise` incompressible bytes in it, for an image of some size.
+pub fn squashfs_with_noise(path: &Path, seed: &str, noise: usize) {
     let mksquashfs = require_tool("mksquashfs", "squashfs-tools");
     let tree = tempfile::tempdir().expect("tree");
     std::fs::create_dir_all(tree.path().join("etc")).expect("etc");
     std::fs::write(tree.path().join("etc/hostname"), format!("{seed}\n")).expect("hostname");
+    if noise > 0 {
+        let mut state = seed.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let bytes: Vec<u8> = (0..noise)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        std::fs::write(tree.path().join("etc/noise"), bytes).expect("noise");
+    }
     let status = Command::new(mksquashfs)
         .arg(tree.path())
         .arg(path)
