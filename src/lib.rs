@@ -31,7 +31,8 @@
 //!   is `www/` on the local filesystem.
 //! - [`image`]: reads what publishers hand over (metadata and unified tarballs, roots).
 //!   [`streams`]: the simplestreams model, read and write, tied field by field to the client
-//!   contract.
+//!   contract. [`vcdiff`]: the delta format daemons refresh images with (encode in bounded
+//!   memory, decode to check).
 //! - [`sha256`]: SHA-256 with two streams over the same bytes for the price of one;
 //!   [`direct_file`]: O_DIRECT writes off the caller's thread; [`format`]: sizes and times for
 //!   people; [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
@@ -61,3 +62,4 @@ pub mod ssh;
 pub mod storage;
 pub mod streams;
 pub mod upload_area;
+pub mod vcdiff;
