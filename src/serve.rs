@@ -10,6 +10,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::catalog::delta::DeltaJob;
+use crate::catalog::make_delta::DeltaOutcome;
 use crate::config::{Config, LiveConfig};
 use crate::reload::{ReadConfig, Reloader};
 
@@ -34,6 +36,13 @@ async fn serve(
     let baseline = config.clone();
     let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_retired_files(catalog.clone(), shutdown.clone()));
+    let delta_maker = {
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("deltas".into())
+            .spawn(move || make_deltas(&catalog, &shutdown))
+            .context("cannot start the delta maker")?
+    };
 
     // Each listener prints `listening <https|ssh> <address>` once bound; `ready` follows the
     // last one. Scripts and tests read these lines (with port 0, they carry the real port).
@@ -89,7 +98,68 @@ async fn serve(
         tracing::warn!(error = %e, "the SSH gateway stopped with an error");
     }
     let _ = sweeper.await;
+    let _ = tokio::task::spawn_blocking(move || delta_maker.join()).await;
     Ok(())
+}
+
+/// Makes pending deltas ([`Catalog::make_pending_deltas`]), one at a time at a lower CPU
+/// priority, at start (resuming what a crash or restart left), after every change this
+/// process commits, and every minute (for imports by other processes), until shutdown. A
+/// delta that failed is not tried again until the next start.
+fn make_deltas(catalog: &Catalog, shutdown: &CancellationToken) {
+    // This thread only: setpriority on a thread id.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "cannot lower the delta maker's priority");
+    }
+    let stop = || shutdown.is_cancelled();
+    let mut failed: Vec<DeltaJob> = Vec::new();
+    let mut seen = 0;
+    while !stop() {
+        let wanted = |job: &DeltaJob| !failed.contains(job);
+        let mut newly_failed = Vec::new();
+        let made = catalog.make_pending_deltas(&wanted, &stop, &mut |job, outcome| {
+            log_delta(job, outcome);
+            if outcome.is_err() {
+                newly_failed.push(job.clone());
+            }
+        });
+        if let Err(e) = made {
+            tracing::warn!(error = %e, "cannot read the catalog to make deltas");
+        }
+        failed.extend(newly_failed);
+        for _ in 0..DELTA_RECHECK_SECS {
+            if stop() {
+                return;
+            }
+            let now = catalog.wait_for_change(seen, Duration::from_secs(1));
+            if now != seen {
+                seen = now;
+                break;
+            }
+        }
+    }
+}
+
+/// Seconds between looks for deltas to make when this process changed nothing.
+const DELTA_RECHECK_SECS: u32 = 60;
+
+fn log_delta(job: &DeltaJob, outcome: &crate::catalog::Result<DeltaOutcome>) {
+    let (product, serial, base) = (&job.product_id, &job.serial, &job.base_serial);
+    match outcome {
+        Ok(DeltaOutcome::Published(file)) => tracing::info!(
+            product,
+            serial,
+            base,
+            size = file.size,
+            path = file.path,
+            "published a delta"
+        ),
+        Ok(DeltaOutcome::AlreadyThere(_)) | Ok(DeltaOutcome::Stopped) => {}
+        Ok(DeltaOutcome::Declined(reason)) => {
+            tracing::info!(product, serial, base, reason, "no delta published")
+        }
+        Err(e) => tracing::warn!(product, serial, base, error = %e, "cannot make a delta"),
+    }
 }
 
 /// Deletes files of removed images once their grace period is over.

@@ -14,6 +14,7 @@ mod catalog;
 mod clients;
 mod config;
 mod corpus;
+mod delta;
 mod deploy;
 mod disk_full;
 mod end_to_end;

@@ -226,7 +226,7 @@ pub fn pending(state: &CatalogState) -> Vec<DeltaJob> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use super::*;
@@ -279,6 +279,48 @@ mod tests {
             expected_fingerprint: None,
         };
         catalog.import(request, &mut Silent).unwrap();
+    }
+
+    /// Imports two versions whose squashfs roots share most of their bytes; returns the roots.
+    pub(in crate::catalog) fn two_versions(
+        catalog: &Catalog,
+        dir: &Path,
+    ) -> Vec<std::path::PathBuf> {
+        let mut roots = Vec::new();
+        for (serial, seed) in [("20250101_0000", 1u64), ("20250102_0000", 2)] {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut bytes: Vec<u8> = (0..200_000)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            bytes[..4].copy_from_slice(b"hsqs");
+            bytes[28..30].copy_from_slice(&4u16.to_le_bytes());
+            bytes[40..48].copy_from_slice(&200_000u64.to_le_bytes());
+            bytes[100_000..100_008].copy_from_slice(&seed.to_le_bytes());
+            let root = dir.join(format!("{serial}.squashfs"));
+            std::fs::write(&root, bytes).unwrap();
+            let request = ImportRequest {
+                sources: vec![
+                    ImportSource::file(metadata(dir, &format!("{serial}.tar.gz"))),
+                    ImportSource::file(root.clone()),
+                ],
+                aliases: Vec::new(),
+                default_aliases: true,
+                serial: Some(serial.into()),
+                requirements: Default::default(),
+                transfer: Transfer::Copy,
+                imported_by: "test".into(),
+                may_publish_anywhere: true,
+                expected_fingerprint: None,
+            };
+            catalog.import(request, &mut Silent).unwrap();
+            roots.push(root);
+        }
+        roots
     }
 
     fn delta_items(dirs: &DataDir) -> Vec<streams::Item> {

@@ -32,6 +32,7 @@ pub mod alias;
 pub mod delta;
 pub mod hashing;
 pub mod import;
+pub mod make_delta;
 pub mod mirrored;
 pub mod ownership;
 pub mod record;
@@ -114,6 +115,8 @@ pub struct Catalog {
     tree: Arc<dyn PublishedTree>,
     /// Replaced by a reload (SIGHUP); each operation reads the value in force.
     settings: std::sync::RwLock<CatalogSettings>,
+    /// Counts the changes this process committed, for those waiting on one (the delta maker).
+    changes: (std::sync::Mutex<u64>, std::sync::Condvar),
 }
 
 impl Catalog {
@@ -138,6 +141,7 @@ impl Catalog {
             dirs,
             tree,
             settings: std::sync::RwLock::new(settings),
+            changes: Default::default(),
         };
         // A journal left by a crashed writer is finished now, so that even read-only commands
         // (verify, list) see a consistent tree.
@@ -167,6 +171,24 @@ impl Catalog {
     pub fn set_settings(&self, settings: CatalogSettings) {
         let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
         *current = settings;
+    }
+
+    /// Waits until this process commits a change after the `seen`th (or `timeout` passes);
+    /// returns how many it has committed. Changes by other processes are not counted.
+    pub fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let (count, signal) = &self.changes;
+        let count = count.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, _) = signal
+            .wait_timeout_while(count, timeout, |count| *count == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *count
+    }
+
+    /// Wakes whoever waits for a change ([`Catalog::wait_for_change`]).
+    fn changed(&self) {
+        let (count, signal) = &self.changes;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        signal.notify_all();
     }
 
     /// The published tree and the record, which readers (the HTTP side) share.
@@ -375,6 +397,9 @@ impl Transaction<'_> {
             self.publish_prepared(stream)?;
             for path in &self.deleting {
                 self.catalog.tree.delete(path)?;
+            }
+            if changed {
+                self.catalog.changed();
             }
         }
         remove_if_exists(&self.catalog.journal_path())?;

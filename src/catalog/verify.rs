@@ -23,6 +23,12 @@ pub struct VerifyReport {
 
 impl Catalog {
     pub fn verify(&self, progress: &mut dyn Progress) -> Result<VerifyReport> {
+        self.verify_with(false, progress)
+    }
+
+    /// [`Catalog::verify`]; `deep` also applies every delta to its base and compares the
+    /// result with the root it is meant to rebuild.
+    pub fn verify_with(&self, deep: bool, progress: &mut dyn Progress) -> Result<VerifyReport> {
         let state = self.load()?;
         let mut report = VerifyReport::default();
         for (product_id, product) in &state.products {
@@ -51,8 +57,18 @@ impl Catalog {
                                     metadata.path, root.file.path, root.combined_sha256
                                 ));
                             }
-                            for delta in root.deltas.values() {
+                            for (base, delta) in &root.deltas {
                                 self.check_file(delta, None, &place, &mut report, progress);
+                                if deep {
+                                    let base = product
+                                        .versions
+                                        .get(base)
+                                        .and_then(|version| version.squashfs_root());
+                                    if let Err(problem) = self.check_delta(delta, base, &root.file)
+                                    {
+                                        report.problems.push(format!("{place}: {problem}"));
+                                    }
+                                }
                             }
                         }
                     }
@@ -129,6 +145,29 @@ impl Catalog {
                 report.problems.push(format!("{place}: {e}"));
                 None
             }
+        }
+    }
+
+    /// Applies `delta` to `base` and compares the result with `target`.
+    fn check_delta(
+        &self,
+        delta: &StoredFile,
+        base: Option<&super::record::Root>,
+        target: &StoredFile,
+    ) -> std::result::Result<(), String> {
+        let base =
+            base.ok_or_else(|| format!("the base of {} is not in the record", delta.path))?;
+        let (base, _copy) = self.local_file(&base.file).map_err(|e| e.to_string())?;
+        let (delta_file, _delta_copy) = self.local_file(delta).map_err(|e| e.to_string())?;
+        let mut reader = &delta_file;
+        io::Seek::rewind(&mut reader).map_err(|e| e.to_string())?;
+        match crate::vcdiff::decode::decode(&base, &mut reader, None, target.size, &|| false) {
+            Ok(decoded) if decoded.size == target.size && decoded.sha256 == target.sha256 => Ok(()),
+            Ok(decoded) => Err(format!(
+                "{} applied to its base gives {} bytes with sha256 {}, not {}",
+                delta.path, decoded.size, decoded.sha256, target.path
+            )),
+            Err(e) => Err(format!("{} does not apply to its base: {e}", delta.path)),
         }
     }
 

@@ -10,7 +10,9 @@ use serde::Serialize;
 use super::output::{ProgressReporter, TextFormat, write_json};
 use super::{CommandError, Context, parse_key_value};
 use crate::access::{Caller, Role};
-use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer};
+use crate::catalog::delta::DeltaJob;
+use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, ImportedImage, Transfer};
+use crate::catalog::make_delta::DeltaOutcome;
 use crate::format::human_size;
 
 /// Import an image: a unified tarball, or a metadata tarball and its root
@@ -35,6 +37,9 @@ pub struct Import {
     /// Move the files into the catalog instead of copying them
     #[arg(long = "move")]
     pub move_files: bool,
+    /// Do not wait for the delta from the previous version (the server makes it later)
+    #[arg(long)]
+    pub no_delta: bool,
     #[arg(long, value_enum, default_value_t = TextFormat::Text)]
     pub format: TextFormat,
 }
@@ -49,6 +54,20 @@ struct ImportReport<'a> {
     image_type: &'static str,
     aliases: &'a [String],
     size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaReport>,
+}
+
+/// The delta made for the new version, when the import waited for it.
+#[derive(Serialize)]
+struct DeltaReport {
+    base: String,
+    /// Absent when none was published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    /// Why none was published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    declined: Option<String>,
 }
 
 impl Import {
@@ -126,6 +145,14 @@ impl Import {
                 area.imported(&path, size);
             }
         }
+        // Locally the import waits for its delta (over SSH the server makes it in the
+        // background); a delta that cannot be made does not undo the import.
+        let delta = match (&outcome, ctx.caller) {
+            (ImportOutcome::Published(image), Caller::Local) if !self.no_delta => {
+                wait_for_delta(ctx, image)?
+            }
+            _ => None,
+        };
         let (status, image) = match &outcome {
             ImportOutcome::Published(image) => {
                 crate::metrics::record_import();
@@ -144,6 +171,7 @@ impl Import {
                     image_type: image.image_type.as_str(),
                     aliases: &image.aliases,
                     size: image.size,
+                    delta,
                 },
             )?,
             TextFormat::Text => {
@@ -164,10 +192,66 @@ impl Import {
                 if !image.aliases.is_empty() {
                     writeln!(ctx.out, "aliases: {}", image.aliases.join(", "))?;
                 }
+                match delta {
+                    Some(DeltaReport {
+                        base,
+                        size: Some(size),
+                        ..
+                    }) => writeln!(
+                        ctx.out,
+                        "delta from {base}: {} ({:.1}% of the image)",
+                        human_size(size),
+                        100.0 * size as f64 / image.size.max(1) as f64
+                    )?,
+                    Some(DeltaReport {
+                        base,
+                        declined: Some(reason),
+                        ..
+                    }) => writeln!(ctx.out, "no delta from {base}: {reason}")?,
+                    _ => {}
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Makes the delta of the image just published, if one is pending; says on stderr why none
+/// was made when that failed.
+fn wait_for_delta(
+    ctx: &mut Context<'_>,
+    image: &ImportedImage,
+) -> Result<Option<DeltaReport>, CommandError> {
+    let mut report = None;
+    let wanted = |job: &DeltaJob| job.product_id == image.product_id && job.serial == image.serial;
+    let err = &mut *ctx.err;
+    ctx.catalog
+        .make_pending_deltas(&wanted, &|| false, &mut |job, outcome| {
+            let base = job.base_serial.clone();
+            report = match outcome {
+                Ok(DeltaOutcome::Published(file) | DeltaOutcome::AlreadyThere(file)) => {
+                    Some(DeltaReport {
+                        base,
+                        size: Some(file.size),
+                        declined: None,
+                    })
+                }
+                Ok(DeltaOutcome::Declined(reason)) => Some(DeltaReport {
+                    base,
+                    size: None,
+                    declined: Some(reason.clone()),
+                }),
+                Ok(DeltaOutcome::Stopped) => None,
+                Err(e) => {
+                    let _ = writeln!(
+                        err,
+                        "the image is published, but its delta from {base} was not made: {e}"
+                    );
+                    None
+                }
+            };
+        })?;
+    Ok(report)
 }
 
 /// A local path as given, or a path in the caller's upload area through the jail.

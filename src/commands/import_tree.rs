@@ -7,6 +7,7 @@ use super::output::ProgressReporter;
 use super::{CommandError, Context};
 use crate::access::{Caller, Role};
 use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, Transfer};
+use crate::catalog::make_delta::DeltaOutcome;
 use crate::catalog::tree::{self, TreeImage};
 
 /// Import every image of another server's tree (copies; the tree is left as it is)
@@ -70,6 +71,29 @@ impl ImportTree {
                     writeln!(ctx.out, "refused {location}: {e}")?;
                 }
             }
+        }
+        // Locally, the deltas of the newest versions follow (over SSH the server makes them).
+        if !self.dry_run && matches!(ctx.caller, Caller::Local) {
+            let out = &mut *ctx.out;
+            ctx.catalog
+                .make_pending_deltas(&|_| true, &|| false, &mut |job, outcome| {
+                    let line = match outcome {
+                        Ok(DeltaOutcome::Published(file)) => format!(
+                            "delta for {} version {} from {}: {} bytes",
+                            job.product_id, job.serial, job.base_serial, file.size
+                        ),
+                        Ok(DeltaOutcome::Declined(reason)) => format!(
+                            "no delta for {} version {} from {}: {reason}",
+                            job.product_id, job.serial, job.base_serial
+                        ),
+                        Ok(_) => return,
+                        Err(e) => format!(
+                            "no delta for {} version {}: {e}",
+                            job.product_id, job.serial
+                        ),
+                    };
+                    let _ = writeln!(out, "{line}");
+                })?;
         }
         if refused > 0 {
             return Err(CommandError::Reported(format!(

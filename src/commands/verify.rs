@@ -6,13 +6,17 @@ use crate::format::human_size;
 
 /// Re-hash every published file and report any drift from the record
 #[derive(Debug, clap::Args)]
-pub struct Verify {}
+pub struct Verify {
+    /// Also apply every delta to its base and compare the result with its root
+    #[arg(long)]
+    pub deep: bool,
+}
 
 impl Verify {
     pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
         let report = {
             let mut progress = ProgressReporter::new(&mut *ctx.err, ctx.progress);
-            ctx.catalog.verify(&mut progress)?
+            ctx.catalog.verify_with(self.deep, &mut progress)?
         };
         for problem in &report.problems {
             writeln!(ctx.out, "problem: {problem}")?;
