@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::support;
-use crate::support::lxd_daemon::LxdDaemon;
+use crate::support::lxd_daemon::Daemon;
 use crate::support::server::Server;
 use crate::support::{Meta, TestDir};
 
@@ -298,27 +298,26 @@ fn fetched(server: &Server) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn lxd_refreshes_an_image_by_its_delta() {
+/// Copies version 1 into `daemon` with auto-update, imports version 2 (with its delta), and
+/// refreshes: the daemon reaches version 2 having fetched the delta, not the full root.
+fn refreshes_by_the_delta(t: &TestDir, daemon: &Daemon) {
     support::require_tool("xdelta3", "xdelta3");
-    let t = TestDir::new();
-    let daemon = LxdDaemon::start(&t.path().join("lxd"));
-    let server = Server::start(&t, &[]);
-    let (meta1, root1) = build(&t, "one", 1, CREATED[0]);
-    let (meta2, root2) = build(&t, "two", 2, CREATED[1]);
+    let server = Server::start(t, &[]);
+    let (meta1, root1) = build(t, "one", 1, CREATED[0]);
+    let (meta2, root2) = build(t, "two", 2, CREATED[1]);
     t.ok(&["import", p(&meta1), p(&root1)]);
     let v1 = support::sha256_of(&[&meta1, &root1]);
     let v2 = support::sha256_of(&[&meta2, &root2]);
 
-    add_remote(&|args| daemon.ok(args), &daemon.conf(), &t, &server);
+    add_remote(&|args| daemon.ok(args), &daemon.conf(), t, &server);
     daemon.ok(&["image", "copy", "ours:testos/1", "local:", "--auto-update"]);
     let images = daemon.ok(&["image", "list", "--format", "csv", "-c", "F"]);
     assert_eq!(images.trim(), v1, "{images}");
 
     let out = t.ok(&["import", p(&meta2), p(&root2)]);
     assert!(out.contains("delta from"), "{out}");
-    let delta = delta_items(&t, V2)[0]["path"].as_str().unwrap().to_string();
-    expire_index_cache(&daemon.root.join("lxd/cache"));
+    let delta = delta_items(t, V2)[0]["path"].as_str().unwrap().to_string();
+    expire_index_cache(&daemon.state_dir().join("cache"));
     daemon.ok(&["image", "refresh", &v1]);
 
     let images = daemon.ok(&["image", "list", "--format", "csv", "-c", "F"]);
@@ -333,4 +332,18 @@ fn lxd_refreshes_an_image_by_its_delta() {
         !fetched.iter().any(|path| path.ends_with(&full)),
         "{fetched:?}"
     );
+}
+
+#[test]
+fn lxd_refreshes_an_image_by_its_delta() {
+    let t = TestDir::new();
+    let daemon = Daemon::start(&t.path().join("lxd"));
+    refreshes_by_the_delta(&t, &daemon);
+}
+
+#[test]
+fn incus_refreshes_an_image_by_its_delta() {
+    let t = TestDir::new();
+    let daemon = Daemon::start_incus(&t.path().join("incus"));
+    refreshes_by_the_delta(&t, &daemon);
 }
