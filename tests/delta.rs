@@ -347,3 +347,46 @@ fn incus_refreshes_an_image_by_its_delta() {
     let daemon = Daemon::start_incus(&t.path().join("incus"));
     refreshes_by_the_delta(&t, &daemon);
 }
+
+/// `serve` makes deltas in the background: at start for what was left pending (an import with
+/// `--no-delta`, or one a crash or restart interrupted), and after an import over SSH.
+#[test]
+fn serve_makes_pending_deltas_at_start_and_after_ssh_imports() {
+    use crate::support::ssh::{Client, Key, write_authorized_keys};
+    let t = TestDir::new();
+    let (meta1, root1) = build(&t, "one", 1, CREATED[0]);
+    let (meta2, root2) = build(&t, "two", 2, CREATED[1]);
+    t.ok(&["import", p(&meta1), p(&root1)]);
+    let out = t.ok(&["import", p(&meta2), p(&root2), "--no-delta"]);
+    assert!(!out.contains("delta"), "{out}");
+    assert!(delta_items(&t, V2).is_empty());
+
+    // An admin: the product belongs to the local importer.
+    let key = Key::new(&t, "admin");
+    write_authorized_keys(&t, &[key.line("role=\"admin\"")]);
+    let server = Server::start(&t, &[]);
+    let delta = support::wait_until(
+        std::time::Duration::from_secs(60),
+        "the pending delta to be made at start",
+        || delta_items(&t, V2).pop(),
+    );
+    assert_eq!(delta["delta_base"], V1);
+
+    // An import over SSH returns at once; the server makes its delta afterwards.
+    let (meta3, root3) = build(&t, "three", 3, CREATED[1]);
+    let client = Client::new(server.ssh(), &key);
+    let uploaded = client.scp(&[], &[&meta3, &root3], "");
+    assert!(uploaded.status.success(), "{uploaded:?}");
+    let out = client.ok("import three.tar.xz three.squashfs --serial 20251128_1300");
+    assert!(!out.contains("delta"), "{out}");
+    let delta = support::wait_until(
+        std::time::Duration::from_secs(60),
+        "the delta of the SSH import",
+        || delta_items(&t, "20251128_1300").pop(),
+    );
+    assert_eq!(delta["delta_base"], V2);
+    let log = server.output();
+    assert!(log.contains("published a delta"), "{log}");
+    let verified = t.ok(&["verify", "--deep"]);
+    assert!(verified.ends_with(": 0 problems\n"), "{verified}");
+}
