@@ -4,7 +4,7 @@
 //! leaves with its base.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support;
 use crate::support::lxd_daemon::Daemon;
@@ -52,23 +52,7 @@ fn build(t: &TestDir, name: &str, build: u64, created: i64) -> (PathBuf, PathBuf
     }
     std::fs::write(tree.join("etc/hostname"), format!("{name}\n")).unwrap();
     let root = t.file(&format!("{name}.squashfs"));
-    let status = Command::new(support::require_tool("mksquashfs", "squashfs-tools"))
-        .arg(&tree)
-        .arg(&root)
-        .args([
-            "-noappend",
-            "-quiet",
-            "-no-progress",
-            "-all-root",
-            "-mkfs-time",
-            "0",
-            "-all-time",
-            "0",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .expect("mksquashfs");
-    assert!(status.success(), "mksquashfs failed");
+    support::squashfs_of(&tree, &root);
     let metadata = t.file(&format!("{name}.tar.xz"));
     support::metadata_tarball(
         &metadata,

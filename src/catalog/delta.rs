@@ -264,10 +264,15 @@ pub(super) mod tests {
     }
 
     fn import(catalog: &Catalog, dir: &Path, serial: &str) {
+        import_root(catalog, dir, serial, squashfs(dir, serial));
+    }
+
+    /// Imports `root` with a metadata tarball as version `serial`.
+    fn import_root(catalog: &Catalog, dir: &Path, serial: &str, root: std::path::PathBuf) {
         let request = ImportRequest {
             sources: vec![
                 ImportSource::file(metadata(dir, &format!("{serial}.tar.gz"))),
-                ImportSource::file(squashfs(dir, serial)),
+                ImportSource::file(root),
             ],
             aliases: Vec::new(),
             default_aliases: true,
@@ -303,21 +308,7 @@ pub(super) mod tests {
             bytes[100_000..100_008].copy_from_slice(&seed.to_le_bytes());
             let root = dir.join(format!("{serial}.squashfs"));
             std::fs::write(&root, bytes).unwrap();
-            let request = ImportRequest {
-                sources: vec![
-                    ImportSource::file(metadata(dir, &format!("{serial}.tar.gz"))),
-                    ImportSource::file(root.clone()),
-                ],
-                aliases: Vec::new(),
-                default_aliases: true,
-                serial: Some(serial.into()),
-                requirements: Default::default(),
-                transfer: Transfer::Copy,
-                imported_by: "test".into(),
-                may_publish_anywhere: true,
-                expected_fingerprint: None,
-            };
-            catalog.import(request, &mut Silent).unwrap();
+            import_root(catalog, dir, serial, root.clone());
             roots.push(root);
         }
         roots

@@ -175,9 +175,14 @@ fn read_byte(reader: &mut dyn Read) -> Result<u8, DeltaError> {
 }
 
 fn read_varint(reader: &mut dyn Read) -> Result<u64, DeltaError> {
+    varint(|| read_byte(reader))
+}
+
+/// A VCDIFF integer from the bytes `next` gives: base 128, high bit set on all but the last.
+fn varint(mut next: impl FnMut() -> Result<u8, DeltaError>) -> Result<u64, DeltaError> {
     let mut value = 0u64;
     for _ in 0..10 {
-        let byte = read_byte(reader)?;
+        let byte = next()?;
         value = value
             .checked_mul(128)
             .ok_or_else(|| invalid("an integer overflows 64 bits"))?
@@ -213,18 +218,7 @@ impl<'a> Bytes<'a> {
     }
 
     pub fn varint(&mut self) -> Result<u64, DeltaError> {
-        let mut value = 0u64;
-        for _ in 0..10 {
-            let byte = self.byte()?;
-            value = value
-                .checked_mul(128)
-                .ok_or_else(|| invalid("an integer overflows 64 bits"))?
-                | u64::from(byte & 0x7f);
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(invalid("an integer is longer than 10 bytes"))
+        varint(|| self.byte())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DeltaError> {

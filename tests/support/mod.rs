@@ -297,7 +297,6 @@ pub fn squashfs(path: &Path, seed: &str) {
 
 /// [`squashfs`] with a file of `noise` incompressible bytes in it, for an image of some size.
 pub fn squashfs_with_noise(path: &Path, seed: &str, noise: usize) {
-    let mksquashfs = require_tool("mksquashfs", "squashfs-tools");
     let tree = tempfile::tempdir().expect("tree");
     std::fs::create_dir_all(tree.path().join("etc")).expect("etc");
     std::fs::write(tree.path().join("etc/hostname"), format!("{seed}\n")).expect("hostname");
@@ -315,8 +314,14 @@ pub fn squashfs_with_noise(path: &Path, seed: &str, noise: usize) {
             .collect();
         std::fs::write(tree.path().join("etc/noise"), bytes).expect("noise");
     }
+    squashfs_of(tree.path(), path);
+}
+
+/// The squashfs of `tree`, reproducible: owners and times are fixed.
+pub fn squashfs_of(tree: &Path, path: &Path) {
+    let mksquashfs = require_tool("mksquashfs", "squashfs-tools");
     let status = Command::new(mksquashfs)
-        .arg(tree.path())
+        .arg(tree)
         .arg(path)
         .args([
             "-noappend",
