@@ -3,7 +3,7 @@
 #
 #   bench/delta.sh [SIZE_MIB] [CHANGED_PERCENT]        (defaults: 1024 and 2)
 #
-# Builds a SIZE_MIB directory tree from files under /usr, squashes it (mksquashfs -comp xz,
+# Builds a SIZE_MIB directory tree from files under /usr (hard links where it can), squashes it (mksquashfs -comp xz,
 # as distrobuilder does; COMP=gzip to build faster), changes CHANGED_PERCENT of the files
 # (bytes rewritten in the middle, a tail appended: a package upgrade's shape) and squashes it
 # again. Then:
@@ -28,9 +28,6 @@ for tool in mksquashfs xdelta3 /usr/bin/time python3 tar; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install squashfs-tools xdelta3 time python3)" >&2; exit 1; }
 done
 
-echo "building the release binary..." >&2
-(cd "$here" && cargo build --release --quiet)
-bin="${CARGO_TARGET_DIR:-$here/target}/release/simplestream-server"
 
 # Runs a command under /usr/bin/time; prints "<seconds> <peak RSS KiB>".
 measure() {
@@ -55,7 +52,10 @@ for root, dirs, files in os.walk("/usr"):
             continue
         target = os.path.join(dest, os.path.relpath(src, "/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(src, target)
+        try:
+            os.link(src, target)  # no copy: the disk may be small; changes write new files
+        except OSError:
+            shutil.copyfile(src, target)
         total += size
     if total >= limit * 0.99:
         break
@@ -76,13 +76,15 @@ files = sorted(os.path.join(r, f) for r, _, fs in os.walk(tree) for f in fs)
 rng = random.Random(13)
 chosen = rng.sample(files, max(1, int(len(files) * percent / 100)))
 for path in chosen:
-    with open(path, "r+b") as f:
+    with open(path, "rb") as f:
         data = bytearray(f.read())
-        middle = len(data) // 2
-        data[middle:middle + 512] = rng.randbytes(min(512, len(data) - middle))
-        data += rng.randbytes(rng.randint(16, 4096))
-        f.seek(0)
+    middle = len(data) // 2
+    data[middle:middle + 512] = rng.randbytes(min(512, len(data) - middle))
+    data += rng.randbytes(rng.randint(16, 4096))
+    # A new file renamed over the old one: the tree holds hard links to /usr's files.
+    with open(path + ".new", "wb") as f:
         f.write(data)
+    os.replace(path + ".new", path)
 print(f"{len(chosen)} of {len(files)} files changed", file=sys.stderr)
 EOF
 echo "squashing the second build..." >&2
@@ -102,6 +104,10 @@ properties:
 EOF
     tar -C "$work/meta" -cJf "$work/meta$n.tar.xz" metadata.yaml
 done
+
+echo "building the release binary..." >&2
+(cd "$here" && cargo build --release --quiet)
+bin="${CARGO_TARGET_DIR:-$here/target}/release/simplestream-server"
 
 echo "ours: import of the second build, waiting for its delta..." >&2
 # Imports move hard links of the builds (no copies: the disk may be small); both read every byte.

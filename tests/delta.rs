@@ -374,3 +374,25 @@ fn serve_makes_pending_deltas_at_start_and_after_ssh_imports() {
     let verified = t.ok(&["verify", "--deep"]);
     assert!(verified.ends_with(": 0 problems\n"), "{verified}");
 }
+
+/// `import-tree` run locally makes the deltas of what it imported.
+#[test]
+fn import_tree_makes_the_deltas_of_what_it_imports() {
+    let source = TestDir::new();
+    let (meta1, root1) = build(&source, "one", 1, CREATED[0]);
+    let (meta2, root2) = build(&source, "two", 2, CREATED[1]);
+    for (meta, root) in [(&meta1, &root1), (&meta2, &root2)] {
+        source.ok(&["--catalog-deltas", "false", "import", p(meta), p(root)]);
+    }
+    assert!(delta_items(&source, V2).is_empty());
+
+    let t = TestDir::new();
+    let out = t.ok(&["import-tree", p(&source.www())]);
+    assert!(
+        out.contains(&format!("delta for {PRODUCT} version {V2} from {V1}: ")),
+        "{out}"
+    );
+    let items = delta_items(&t, V2);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["delta_base"], V1);
+}
