@@ -24,8 +24,8 @@ use crate::mirror::SyncReport;
 use crate::mirror::status::StatusBook;
 use crate::{fsutil, metrics};
 
-/// The longest the schedule sleeps between looks at the configuration and the status file: a
-/// reload or a run from the command line is seen within this time.
+/// The longest the schedule sleeps between looks at the status file: a run from the command
+/// line is seen within this time (a reload wakes it at once).
 const LOOK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The least time between the end of a mirror's run and the start of its next here, whatever
@@ -42,6 +42,7 @@ pub async fn run(
     catalog: Arc<Catalog>,
     live: Arc<LiveConfig>,
     run_mirror: RunMirror,
+    mirrors_changed: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let book = StatusBook::new(catalog.dirs());
@@ -96,6 +97,7 @@ pub async fn run(
                     ended_at.insert(name, std::time::Instant::now());
                 }
             }
+            () = mirrors_changed.notified() => {}
             () = tokio::time::sleep(next_look) => {}
         }
     }

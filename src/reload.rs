@@ -29,6 +29,8 @@ pub struct Reloader {
     pub catalog: Arc<Catalog>,
     pub http: Arc<HttpState>,
     pub gateway: Arc<Gateway>,
+    /// Wakes `serve`'s mirror schedule when the `[[mirror]]` tables changed.
+    pub mirrors_changed: Arc<tokio::sync::Notify>,
 }
 
 /// The result of one reload, one clause per part.
@@ -91,6 +93,9 @@ impl Reloader {
             self.http.set_settings(settings);
             self.catalog.set_settings(changes.config.catalog_settings());
             self.live.replace(changes.config);
+            if changes.applied.iter().any(|key| key == config::MIRRORS_KEY) {
+                self.mirrors_changed.notify_one();
+            }
             self.baseline = config::changes(&self.baseline, &self.baseline, &read)?.config;
         }
         Ok(describe(&changes.applied, &changes.need_restart))

@@ -76,6 +76,14 @@ async fn serve(
     announce(&format!(
         "ssh host key {host_key} (clients see this fingerprint on first connection)"
     ));
+    let mirrors_changed = Arc::new(tokio::sync::Notify::new());
+    let mirrors = tokio::spawn(crate::mirror_schedule::run(
+        catalog.clone(),
+        live.clone(),
+        Arc::new(run_configured_mirror),
+        mirrors_changed.clone(),
+        shutdown.clone(),
+    ));
     let reloader = Reloader {
         read_config,
         baseline,
@@ -83,6 +91,7 @@ async fn serve(
         catalog: catalog.clone(),
         http: https.state(),
         gateway: gateway.clone(),
+        mirrors_changed,
     };
     let https_task = tokio::spawn(https.run(shutdown.clone()));
     let ssh_task = crate::ssh::server::spawn(ssh_listener, gateway, shutdown.clone())?;
@@ -99,7 +108,24 @@ async fn serve(
     }
     let _ = sweeper.await;
     let _ = tokio::task::spawn_blocking(move || delta_maker.join()).await;
+    let _ = mirrors.await;
     Ok(())
+}
+
+/// One scheduled run of a configured mirror, recorded and locked as `mirror sync --name` is.
+fn run_configured_mirror(
+    catalog: &Catalog,
+    mirror: &crate::config::MirrorConfig,
+) -> Result<crate::mirror::SyncReport, String> {
+    let spec = mirror.spec().map_err(|problems| problems.join("; "))?;
+    crate::mirror::run::run_recorded(
+        catalog,
+        &spec,
+        Some(mirror.interval.0),
+        &crate::mirror::NoProgress,
+        crate::mirror::sync,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Makes pending deltas ([`Catalog::make_pending_deltas`]), one at a time at a lower CPU

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -1016,4 +1017,379 @@ fn the_lxd_daemon_launches_a_container_mirrored_from_an_incus_only_upstream() {
         info.contains(&fingerprint),
         "the daemon holds upstream's fingerprint: {info}"
     );
+}
+
+// Configured mirrors: `[[mirror]]` tables, `mirror sync --name`, `mirror status`, the run lock,
+// `serve`'s schedule and its counters.
+
+/// The path of the older version's squashfs in [`lxc_ci_tree`]: slowed down to keep a run going.
+const OLDER_SQUASHFS: &str = "/images/debian/bookworm/amd64/default/20251126_07:42/rootfs.squashfs";
+
+/// Writes `config.toml` with one `[[mirror]] "lxc"` table for `url`, plus `extra` lines in it.
+fn configure_mirror(t: &TestDir, url: &str, ca: &Path, extra: &str) {
+    support::ssh::write_config(
+        t,
+        &format!(
+            "[[mirror]]\nname = \"lxc\"\nurl = \"{url}\"\nca_cert = \"{}\"\n{extra}",
+            p(ca)
+        ),
+    );
+}
+
+/// `mirror status --format json`'s row for `name`.
+fn status_of(t: &TestDir, name: &str) -> Value {
+    let out = t.ok(&["mirror", "status", "--format", "json"]);
+    let rows: Value = serde_json::from_str(&out).expect("status json");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .find(|row| row["name"] == json!(name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+#[test]
+fn a_configured_mirror_runs_by_name_and_shows_in_status_and_on_the_catalog_page() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let t = TestDir::new();
+    configure_mirror(&t, &upstream.url(), &ca.pem, "interval = \"2h\"\n");
+
+    let before = status_of(&t, "lxc");
+    assert_eq!(before["result"], Value::Null);
+    assert_eq!(before["configured"], json!(true));
+    assert_eq!(before["scheduled"], json!(true));
+    assert_eq!(before["interval_secs"], json!(7200));
+
+    let unknown = t.fails(&["mirror", "sync", "--name", "nope"], 1);
+    assert!(
+        unknown.contains("no mirror is named \"nope\"; the configured ones are lxc"),
+        "{unknown}"
+    );
+    let both = t.fails(&["mirror", "sync", "--name", "lxc", "--keep", "1"], 2);
+    assert!(both.contains("--keep"), "{both}");
+
+    let out = t.ok(&["mirror", "sync", "--name", "lxc"]);
+    assert!(
+        summary(&out).starts_with("mirrored lxc: 2 new version(s)"),
+        "{out}"
+    );
+    let status = status_of(&t, "lxc");
+    assert_eq!(status["result"], json!("ok"), "{status}");
+    assert_eq!(status["running"], json!(false));
+    assert_eq!(status["new_versions"], json!(2));
+    assert_eq!(status["refused_versions"], json!(0));
+    let downloaded = status["bytes_downloaded"].as_u64().expect("bytes");
+    assert!(downloaded > 0, "{status}");
+    let start = status["last_start"]
+        .as_str()
+        .expect("start")
+        .parse::<jiff::Timestamp>()
+        .expect("rfc3339");
+    let next = status["next_run"]
+        .as_str()
+        .expect("next")
+        .parse::<jiff::Timestamp>()
+        .expect("rfc3339");
+    assert_eq!(next.as_second() - start.as_second(), 7200, "{status}");
+    assert!(
+        status["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .any(|note| note.as_str().is_some_and(|n| n.contains("Incus only"))),
+        "the VM agent note: {status}"
+    );
+    // For people: a row, and the note on its own line.
+    let text = t.ok(&["mirror", "status"]);
+    let row = text
+        .lines()
+        .find(|line| line.starts_with("lxc "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains(" ok ") && row.contains(&upstream.url()),
+        "{row}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("lxc: note: ") && line.contains("Incus only")),
+        "{text}"
+    );
+
+    // The images carry the mirror's name, and the catalog page shows it.
+    let info = t.ok(&[
+        "info",
+        &versions[1].container_fingerprint,
+        "--format",
+        "json",
+    ]);
+    assert!(info.contains("\"origin\": \"lxc\""), "{info}");
+    let server = Server::start(&t, &[]);
+    let page = support::http::Client::new(server.https(), &t.data().join("tls/server.crt"))
+        .get("/")
+        .text();
+    assert!(page.contains("<th>Mirrored from</th>"), "{page}");
+    assert_eq!(
+        page.matches("<td class=\"origin\">lxc</td>").count(),
+        3,
+        "{page}"
+    );
+
+    // A second run brings nothing and says so in status; the notes stay.
+    server.terminate();
+    t.ok(&["mirror", "sync", "--name", "lxc"]);
+    let again = status_of(&t, "lxc");
+    assert_eq!(
+        (
+            again["new_versions"].clone(),
+            again["bytes_downloaded"].clone()
+        ),
+        (json!(0), json!(0)),
+        "{again}"
+    );
+    assert_eq!(again["notes"], status["notes"]);
+}
+
+#[test]
+fn two_runs_of_one_mirror_never_overlap() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, _versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    // About 4 s for this one file: the first run is still going when the others start.
+    upstream.set(OLDER_SQUASHFS, Behaviour::Slow(1024));
+    let t = TestDir::new();
+    configure_mirror(
+        &t,
+        &upstream.url(),
+        &ca.pem,
+        "filters = [\"type=container\"]\n",
+    );
+
+    let first = t
+        .command(&["mirror", "sync", "--name", "lxc"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the first run");
+    support::wait_until(
+        Duration::from_secs(20),
+        "the first run to hold its lock",
+        || (status_of(&t, "lxc")["running"] == json!(true)).then_some(()),
+    );
+    // The same mirror from the command line is refused by name...
+    let second = t.fails(&["mirror", "sync", "--name", "lxc"], 1);
+    assert!(
+        second.contains("mirror lxc is already running (started 20"),
+        "{second}"
+    );
+    // ...and `serve`'s schedule leaves it alone (it would run a never-finished mirror at once).
+    let server = Server::start(&t, &[]);
+    let cert = t.data().join("tls/server.crt");
+    let first = support::ssh::wait_with_deadline(first, Duration::from_secs(60));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(status_of(&t, "lxc")["result"], json!("ok"));
+    // The run from the command line counts as the last one: the schedule waits an interval.
+    let metrics = support::http::Client::new(server.https(), &cert)
+        .get("/metrics")
+        .text();
+    assert!(
+        metrics.contains("simplestream_mirror_runs_total{mirror=\"lxc\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !server.output().contains("mirror run ended"),
+        "{}",
+        server.output()
+    );
+    let files = upstream.file_requests();
+    assert_eq!(
+        files
+            .iter()
+            .filter(|seen| seen.path == OLDER_SQUASHFS)
+            .count(),
+        1,
+        "one download of the slowed file: {files:?}"
+    );
+}
+
+#[test]
+fn serve_runs_enabled_mirrors_on_their_schedule_and_counts_them() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let t = TestDir::new();
+    configure_mirror(
+        &t,
+        &upstream.url(),
+        &ca.pem,
+        &format!(
+            "filters = [\"type=container\"]\ninterval = \"1h\"\n\
+             [[mirror]]\nname = \"off\"\nurl = \"{}\"\nca_cert = \"{}\"\nenabled = false\n",
+            upstream.url(),
+            p(&ca.pem)
+        ),
+    );
+    let server = Server::start(&t, &[]);
+    let cert = t.data().join("tls/server.crt");
+    let status = support::wait_until(Duration::from_secs(60), "the scheduled run", || {
+        let status = status_of(&t, "lxc");
+        (status["result"] == json!("ok")).then_some(status)
+    });
+    assert_eq!(status["new_versions"], json!(2), "{status}");
+    let metrics = support::http::Client::new(server.https(), &cert)
+        .get("/metrics")
+        .text();
+    for line in [
+        "simplestream_mirror_runs_total{mirror=\"lxc\"} 1",
+        "simplestream_mirror_failures_total{mirror=\"lxc\"} 0",
+        "simplestream_mirror_versions_published_total{mirror=\"lxc\"} 2",
+        "simplestream_mirror_running{mirror=\"lxc\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+    let downloaded = format!(
+        "simplestream_mirror_downloaded_bytes_total{{mirror=\"lxc\"}} {}",
+        status["bytes_downloaded"]
+    );
+    assert!(
+        metrics.contains(&downloaded),
+        "{downloaded} missing in\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("mirror=\"off\""),
+        "a disabled mirror never runs: {metrics}"
+    );
+    // One log line for the run.
+    let log = server.output();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("mirror run ended"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("mirror=\"lxc\"") || lines[0].contains("mirror=lxc"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("new_versions=2"), "{}", lines[0]);
+    let off = status_of(&t, "off");
+    assert_eq!(
+        (off["result"].clone(), off["scheduled"].clone()),
+        (Value::Null, json!(false))
+    );
+    assert_eq!(off["next_run"], Value::Null);
+    // Published through the catalog: the images are served.
+    let images = support::http::Client::new(server.https(), &cert)
+        .get("/streams/v1/images.json")
+        .text();
+    assert!(
+        images.contains(&versions[1].container_fingerprint),
+        "{images}"
+    );
+    let (exit, took) = server.terminate_within(Duration::from_secs(10));
+    assert!(exit.success(), "{exit:?} after {took:?}");
+}
+
+#[test]
+fn sigterm_stops_serve_during_a_scheduled_run_and_the_next_run_finishes_it() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, _versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    upstream.set(OLDER_SQUASHFS, Behaviour::Slow(256));
+    let t = TestDir::new();
+    configure_mirror(
+        &t,
+        &upstream.url(),
+        &ca.pem,
+        "filters = [\"type=container\"]\n",
+    );
+    let server = Server::start(&t, &[]);
+    support::wait_until(
+        Duration::from_secs(30),
+        "the scheduled run to start",
+        || (status_of(&t, "lxc")["running"] == json!(true)).then_some(()),
+    );
+    let (exit, took) = server.terminate_within(Duration::from_secs(5));
+    assert!(exit.success(), "{exit:?}");
+    assert!(took < Duration::from_secs(3), "serve took {took:?} to stop");
+    let cut = status_of(&t, "lxc");
+    assert_eq!(cut["running"], json!(false));
+    assert_eq!(cut["last_end"], Value::Null, "{cut}");
+    let text = t.ok(&["mirror", "status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lxc ") && l.contains("interrupted")),
+        "{text}"
+    );
+    // The next run ends whole.
+    upstream.clear(OLDER_SQUASHFS);
+    t.ok(&["mirror", "sync", "--name", "lxc"]);
+    assert_eq!(status_of(&t, "lxc")["result"], json!("ok"));
+    assert_whole(&t.data(), "after the interrupted run was rerun");
+}
+
+#[test]
+fn a_reload_schedules_a_mirror_and_admins_see_its_status_over_ssh() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, _versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let t = TestDir::new();
+    let admin = support::ssh::Key::new(&t, "admin");
+    let reader = support::ssh::Key::new(&t, "reader");
+    support::ssh::write_authorized_keys(
+        &t,
+        &[admin.line("role=\"admin\""), reader.line("role=\"reader\"")],
+    );
+    configure_mirror(&t, &upstream.url(), &ca.pem, "enabled = false\n");
+    let server = Server::start(&t, &[]);
+    let ssh = support::ssh::Client::new(server.ssh(), &admin);
+    let rows: Value =
+        serde_json::from_str(&ssh.ok("mirror status --format json")).expect("status json");
+    assert_eq!(rows[0]["scheduled"], json!(false), "{rows}");
+    assert!(upstream.seen().is_empty(), "a disabled mirror is not read");
+
+    configure_mirror(
+        &t,
+        &upstream.url(),
+        &ca.pem,
+        "filters = [\"type=container\"]\n",
+    );
+    let line = crate::reload::reload(&server, 1);
+    assert!(line.contains("configuration: applied [[mirror]]"), "{line}");
+    support::wait_until(
+        Duration::from_secs(60),
+        "the run the reload scheduled",
+        || {
+            let rows: Value =
+                serde_json::from_str(&ssh.ok("mirror status --format json")).expect("status json");
+            (rows[0]["result"] == json!("ok")).then_some(())
+        },
+    );
+    let text = ssh.ok("mirror status");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lxc ") && l.contains(" ok ")),
+        "{text}"
+    );
+    // Mirrors are an admin's business.
+    let refused = support::ssh::Client::new(server.ssh(), &reader).fails("mirror status", 1);
+    assert!(refused.contains("admin"), "{refused}");
 }

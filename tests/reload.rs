@@ -53,7 +53,7 @@ fn der(pem_file: &Path) -> Vec<u8> {
 }
 
 /// Sends SIGHUP and waits for the reload's log line (the `n`th one); returns it.
-fn reload(server: &Server, n: usize) -> String {
+pub(crate) fn reload(server: &Server, n: usize) -> String {
     let status = Command::new("kill")
         .args(["-HUP", &server.child.id().to_string()])
         .status()

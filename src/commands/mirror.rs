@@ -1,23 +1,30 @@
-//! `mirror sync <URL>`: pull an upstream simplestreams server's images into the catalog.
+//! `mirror sync <URL>` / `mirror sync --name NAME`: pull an upstream simplestreams server's
+//! images into the catalog, once or as a `[[mirror]]` table says; `mirror status` is
+//! [`super::mirror_status`].
 
 use std::path::PathBuf;
 
+use super::mirror_progress::TerminalProgress;
+use super::mirror_status::Status;
 use super::output::{TextFormat, write_json};
-use super::{CommandError, Context};
+use super::{CommandError, Context, ProgressStyle};
 use crate::access::Caller;
 use crate::format::human_size;
-use crate::mirror::{self, Filter, MirrorSpec, NoProgress, SyncReport};
+use crate::mirror::run::run_recorded;
+use crate::mirror::{self, Filter, MirrorSpec, NoProgress, Progress, SyncReport};
 
 /// Keep a verified copy of an upstream image server's images
 #[derive(Debug, clap::Subcommand)]
 pub enum Mirror {
     Sync(Sync),
+    Status(Status),
 }
 
 impl Mirror {
     pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
         match self {
             Mirror::Sync(sync) => sync.run(ctx),
+            Mirror::Status(status) => status.run(ctx),
         }
     }
 }
@@ -26,7 +33,13 @@ impl Mirror {
 #[derive(Debug, clap::Args)]
 pub struct Sync {
     /// The upstream's base URL, e.g. https://images.linuxcontainers.org
-    pub url: String,
+    #[arg(required_unless_present = "name")]
+    pub url: Option<String>,
+    /// Run the configured [[mirror]] table NAME now, with its settings
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "url", "ca_cert", "filters", "keep", "alias_prefix", "concurrency", "bandwidth_limit",
+    ])]
+    pub name: Option<String>,
     /// A PEM file of CA certificates to trust for this upstream, besides the system's
     #[arg(long, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
@@ -56,6 +69,52 @@ pub struct Sync {
 
 impl Sync {
     pub fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
+        let (spec, interval_secs) = match &self.name {
+            Some(name) => self.configured(ctx, name)?,
+            None => (self.one_off(ctx)?, None),
+        };
+        // A line redrawn in place, for a person at a terminal only.
+        let display = (ctx.progress == ProgressStyle::Terminal && self.format == TextFormat::Text)
+            .then(|| TerminalProgress::new(spec.origin()));
+        let progress: &dyn Progress = match &display {
+            Some(display) => display,
+            None => &NoProgress,
+        };
+        let outcome = run_recorded(ctx.catalog, &spec, interval_secs, progress, mirror::sync);
+        if let Some(display) = &display {
+            display.finish();
+        }
+        let report = outcome.map_err(|e| CommandError::Failed(e.to_string()))?;
+        print_report(ctx, &spec, &report, self.format)
+    }
+
+    /// The spec of a `[[mirror]]` table, and its interval when `serve` runs it.
+    fn configured(
+        &self,
+        ctx: &Context<'_>,
+        name: &str,
+    ) -> Result<(MirrorSpec, Option<u64>), CommandError> {
+        let Some(mirror) = ctx.config.mirrors.iter().find(|m| m.name == name) else {
+            let names: Vec<&str> = ctx.config.mirrors.iter().map(|m| m.name.as_str()).collect();
+            return Err(CommandError::Failed(if names.is_empty() {
+                format!("no mirror is named {name:?}: config.toml has no [[mirror]] tables")
+            } else {
+                format!(
+                    "no mirror is named {name:?}; the configured ones are {}",
+                    names.join(", ")
+                )
+            }));
+        };
+        let mut spec = mirror.spec().map_err(|problems| {
+            CommandError::Failed(format!("[[mirror]] {name:?}: {}", problems.join("; ")))
+        })?;
+        spec.dry_run = self.dry_run;
+        Ok((spec, mirror.enabled.then_some(mirror.interval.0)))
+    }
+
+    /// The spec the command line gives.
+    fn one_off(&self, ctx: &Context<'_>) -> Result<MirrorSpec, CommandError> {
+        let url = self.url.clone().unwrap_or_default();
         let ca_cert = match (&self.ca_cert, ctx.caller) {
             (None, _) => None,
             (Some(path), Caller::Local) => Some(path.clone()),
@@ -66,20 +125,17 @@ impl Sync {
                 Some(jailed.full().to_path_buf())
             }
         };
-        let spec = MirrorSpec {
+        Ok(MirrorSpec {
             name: None,
-            url: self.url.clone(),
+            url,
             ca_cert,
-            filters: self.filters,
+            filters: self.filters.clone(),
             keep: self.keep.map(|n| n as usize),
-            alias_prefix: self.alias_prefix,
+            alias_prefix: self.alias_prefix.clone(),
             dry_run: self.dry_run,
             concurrency: self.concurrency as usize,
             bandwidth_limit: self.bandwidth_limit,
-        };
-        let report = mirror::sync(ctx.catalog, &spec, &NoProgress)
-            .map_err(|e| CommandError::Failed(e.to_string()))?;
-        print_report(ctx, &spec, &report, self.format)
+        })
     }
 }
 

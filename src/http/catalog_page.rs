@@ -123,13 +123,13 @@ incus remote add {remote} {url} --protocol=simplestreams</pre>
         );
         html.push_str(
             "<table id=\"images\">\n<thead><tr><th>Alias</th><th>OS</th><th>Release</th><th>Variant</th>\
-             <th>Arch</th><th>Type</th><th>Serial</th><th>Size</th><th>Fingerprint</th></tr></thead>\n<tbody>\n",
+             <th>Arch</th><th>Type</th><th>Serial</th><th>Size</th><th>Mirrored from</th><th>Fingerprint</th></tr></thead>\n<tbody>\n",
         );
         for image in page.images {
             let _ = writeln!(
                 html,
                 "<tr class=\"image\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td class=\"size\">{}</td><td class=\"fingerprint\"><code>{}</code></td></tr>",
+                 <td>{}</td><td class=\"size\">{}</td><td class=\"origin\">{}</td><td class=\"fingerprint\"><code>{}</code></td></tr>",
                 escape(&image.aliases.join(", ")),
                 escape(&image.os),
                 escape(&image.release),
@@ -138,6 +138,8 @@ incus remote add {remote} {url} --protocol=simplestreams</pre>
                 escape(&image.image_type),
                 escape(&image.serial),
                 escape(&human_size(image.size)),
+                // The mirror that brought the image; empty for an upload.
+                escape(image.origin.as_deref().unwrap_or("")),
                 escape(&image.fingerprint),
             );
         }
@@ -171,7 +173,9 @@ mod tests {
 
     #[test]
     fn rows_and_remote_lines_are_escaped() {
-        let images = [image("debian/12"), image("<script>")];
+        let mut mirrored = image("<script>");
+        mirrored.origin = Some("lxc".into());
+        let images = [image("debian/12"), mirrored];
         let html = render(&Page {
             url: "https://h:8443",
             remote: "private",
@@ -185,5 +189,7 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"));
         assert!(!html.contains("<script"));
         assert!(html.contains("2.0 KiB") || html.contains("2 KiB"), "{html}");
+        assert!(html.contains("<td class=\"origin\">lxc</td>"), "{html}");
+        assert!(html.contains("<td class=\"origin\"></td>"), "{html}");
     }
 }
