@@ -126,11 +126,29 @@ impl Tree {
 
 /// What a version of an images.linuxcontainers.org-shaped tree holds.
 struct LxcVersion {
+    serial: &'static str,
     metadata: Placed,
     squashfs: Placed,
     qcow2: Option<Placed>,
     container_fingerprint: String,
     vm_fingerprint: Option<String>,
+    /// A delta from the version before, when there is one.
+    delta: Option<Placed>,
+}
+
+/// `xdelta3 -e`, as lxc-ci makes its deltas (no secondary compression).
+fn xdelta3_encode(base: &Path, target: &Path, out: &Path) {
+    let xdelta3 = support::require_tool("xdelta3", "xdelta3");
+    let output = std::process::Command::new(xdelta3)
+        .args(["-e", "-f", "-S", "none", "-s"])
+        .args([base, target, out])
+        .output()
+        .expect("xdelta3");
+    assert!(
+        output.status.success(),
+        "xdelta3 -e: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 const LXC_PRODUCT: &str = "debian:bookworm:amd64:default";
@@ -176,6 +194,16 @@ fn lxc_ci_tree(root: &Path, scratch: &Path) -> (Tree, Vec<LxcVersion>) {
             items["incus.tar.xz"]["combined_disk-kvm-img_sha256"] = json!(fingerprint);
             items["disk.qcow2"] = disk.item("disk-kvm.img");
         }
+        // As lxc-ci does: a squashfs delta against the previous build, made by xdelta3.
+        let delta = versions.last().map(|previous: &LxcVersion| {
+            let source = scratch.join(format!("{serial}.vcdiff"));
+            xdelta3_encode(&previous.squashfs.local, &squashfs.local, &source);
+            let delta = tree.place(&source, &format!("{dir}/delta-{}.vcdiff", previous.serial));
+            let mut item = delta.item("squashfs.vcdiff");
+            item["delta_base"] = json!(previous.serial);
+            items[format!("delta-{}", previous.serial)] = item;
+            delta
+        });
         tree.version(
             "streams/v1/images.json",
             "images",
@@ -190,11 +218,13 @@ fn lxc_ci_tree(root: &Path, scratch: &Path) -> (Tree, Vec<LxcVersion>) {
             items,
         );
         versions.push(LxcVersion {
+            serial,
             metadata,
             squashfs,
             qcow2,
             container_fingerprint,
             vm_fingerprint,
+            delta,
         });
     }
     tree.write();
@@ -311,6 +341,14 @@ fn an_incus_only_upstream_is_mirrored_for_lxd_and_incus() {
         images_json["products"][LXC_PRODUCT]["aliases"],
         json!("debian/12,debian/12/default,debian/bookworm,debian/bookworm/default")
     );
+
+    // Upstream's delta came too, its base being held: the same file, checked by decoding.
+    let delta = newest.delta.as_ref().expect("a delta upstream");
+    let delta_item = &items["delta-20251126_07:42"];
+    assert_eq!(delta_item["ftype"], json!("squashfs.vcdiff"), "{items}");
+    assert_eq!(delta_item["delta_base"], json!("20251126_07:42"));
+    assert_eq!(delta_item["sha256"], json!(delta.sha256));
+    assert!(out.contains("1 upstream delta(s) mirrored"), "{out}");
 
     // The origin is on the record, for `info` and the catalog page.
     let info = t.ok(&["info", &newest.container_fingerprint, "--format", "json"]);
@@ -609,6 +647,7 @@ fn a_file_that_does_not_match_refuses_its_version_alone() {
         2,
         "only the refused files are fetched again (the rest stayed in tmp/): {fetched:?}"
     );
+    assert!(out.contains("1 upstream delta(s) mirrored"), "{out}");
     assert_eq!(listed(&t).len(), 3);
     assert_whole(&t.data(), "after the fixed run");
 }
@@ -1392,4 +1431,61 @@ fn a_reload_schedules_a_mirror_and_admins_see_its_status_over_ssh() {
     // Mirrors are an admin's business.
     let refused = support::ssh::Client::new(server.ssh(), &reader).fails("mirror status", 1);
     assert!(refused.contains("admin"), "{refused}");
+}
+
+/// Upstream deltas come only with their base, and only once they rebuild their root.
+#[test]
+fn upstream_deltas_come_with_their_base_and_only_checked() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let url = upstream.url();
+    let delta = versions[1].delta.clone().expect("delta");
+    let delta_request = format!("/{}", delta.path);
+
+    // With --keep 1 the base is not held: the delta is not even fetched.
+    let t = TestDir::new();
+    let out = t.ok(&sync_args(&url, &ca.pem, &["--keep", "1"]));
+    assert!(summary(&out).contains("1 new version(s)"), "{out}");
+    let asked: Vec<String> = upstream
+        .file_requests()
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert!(!asked.contains(&delta_request), "{asked:?}");
+    let images = t.read_json("streams/v1/images.json").to_string();
+    assert!(!images.contains("squashfs.vcdiff"), "{images}");
+
+    // Once the base is held too, the delta of the version held already follows.
+    let out = t.ok(&sync_args(&url, &ca.pem, &[]));
+    assert!(out.contains("1 upstream delta(s) mirrored"), "{out}");
+    let images = t.read_json("streams/v1/images.json");
+    let item = &images["products"][LXC_PRODUCT]["versions"][versions[1].serial]["items"]["delta-20251126_07:42"];
+    assert_eq!(item["sha256"], json!(delta.sha256), "{images}");
+    assert_whole(&t.data(), "with the delta");
+
+    // A delta that does not rebuild its root is never published, and not fetched again.
+    let garbage = work.file("garbage.vcdiff");
+    std::fs::write(&garbage, b"\xd6\xc3\xc4\x00\x00not a delta").expect("garbage");
+    let bad = tree.place(&garbage, "images/bad.vcdiff");
+    let mut json = products_json(&tree_root);
+    let items = &mut json["products"][LXC_PRODUCT]["versions"][versions[1].serial]["items"];
+    items["delta-20251126_07:42"]["path"] = json!(bad.path);
+    items["delta-20251126_07:42"]["size"] = json!(bad.size);
+    items["delta-20251126_07:42"]["sha256"] = json!(bad.sha256);
+    upstream.set("/streams/v1/images.json", json_body(&json));
+    let fresh = TestDir::new();
+    let out = fresh.ok(&sync_args(&url, &ca.pem, &[]));
+    assert!(
+        out.contains("not mirrored") && out.contains("failed its check"),
+        "{out}"
+    );
+    let images = fresh.read_json("streams/v1/images.json").to_string();
+    assert!(!images.contains("squashfs.vcdiff"), "{images}");
+    upstream.forget_seen();
+    let again = fresh.ok(&sync_args(&url, &ca.pem, &[]));
+    assert_eq!(upstream.file_requests(), Vec::new(), "{again}");
+    assert_whole(&fresh.data(), "with the delta declined");
 }

@@ -12,14 +12,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use super::delta::{Attached, VerifiedDelta};
 use super::hashing::Silent;
 use super::import::{ImportSource, ImportedImage, KnownDigest, Transfer, place, validate_serial};
 use super::record::{CatalogState, Product, Provenance, Root, Version, VersionFiles};
 use super::remove::{RemovedImage, remove_image};
 use super::staging::{Input, StagedContent, StagedImage};
 use super::{Catalog, CatalogError, Result, alias, short};
-use crate::fsutil::FileIdentity;
+use crate::fsutil::{self, FileIdentity};
 use crate::image::ImageType;
+use crate::vcdiff::{DeltaError, decode};
 
 /// The upstream product a version belongs to, as the mirror publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,28 @@ pub struct MirroredVersion {
     pub product: MirroredProduct,
     pub serial: String,
     pub files: MirroredFiles,
+}
+
+/// An upstream delta (`squashfs.vcdiff`), downloaded and checked against its item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirroredDelta {
+    pub product_id: String,
+    /// The version whose squashfs root the delta produces.
+    pub serial: String,
+    /// The version it applies to (`delta_base`).
+    pub base_serial: String,
+    pub file: DownloadedFile,
+}
+
+/// What became of an upstream delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirroredDeltaOutcome {
+    /// Checked and published.
+    Published,
+    /// The root has a delta from that base already (ours, or an earlier run's).
+    AlreadyThere,
+    /// Applied to the base it does not rebuild the root: declined for that base, for good.
+    Declined(String),
 }
 
 /// Who a mirror's images are recorded as imported by.
@@ -341,6 +365,80 @@ impl Catalog {
             }
         }
         Ok(staged)
+    }
+
+    /// Publishes an upstream delta once it is checked as a delta we made is: applied to the
+    /// base version's squashfs root, it must give the target's root, byte for byte (clients
+    /// do not fall back to the full file when a delta fails). One that does not is declined
+    /// for that base, so it is not fetched again.
+    pub fn attach_mirrored_delta(
+        &self,
+        origin: &str,
+        delta: &MirroredDelta,
+    ) -> Result<MirroredDeltaOutcome> {
+        let where_ = format!("{} version {}", delta.product_id, delta.serial);
+        let state = self.load()?;
+        let product = state
+            .products
+            .get(&delta.product_id)
+            .filter(|product| product_is_from(product, origin))
+            .ok_or_else(|| CatalogError::NotFound(format!("{where_} is not from this mirror")))?;
+        let root = |serial: &str| {
+            product
+                .versions
+                .get(serial)
+                .and_then(|version| version.squashfs_root())
+                .ok_or_else(|| {
+                    CatalogError::NotFound(format!(
+                        "{} version {serial} has no squashfs root",
+                        delta.product_id
+                    ))
+                })
+        };
+        let target = root(&delta.serial)?;
+        if target.deltas.contains_key(&delta.base_serial) {
+            return Ok(MirroredDeltaOutcome::AlreadyThere);
+        }
+        let base = root(&delta.base_serial)?;
+        let (base_file, _copy) = self.local_file(&base.file)?;
+        let mut delta_file = std::fs::File::open(&delta.file.path)
+            .map_err(|e| fsutil::with_path(e, "cannot open", &delta.file.path))?;
+        let problem =
+            match decode::decode(&base_file, &mut delta_file, None, target.file.size, &|| {
+                false
+            }) {
+                Ok(decoded)
+                    if decoded.size == target.file.size && decoded.sha256 == target.file.sha256 =>
+                {
+                    None
+                }
+                Ok(_) => Some("upstream's delta does not rebuild the root".to_string()),
+                Err(DeltaError::Io(e)) => {
+                    return Err(fsutil::with_path(e, "cannot check", &delta.file.path).into());
+                }
+                Err(e) => Some(format!("upstream's delta failed its check ({e})")),
+            };
+        if let Some(reason) = problem {
+            self.decline_delta(
+                &delta.product_id,
+                &delta.serial,
+                &delta.base_serial,
+                &reason,
+            )?;
+            return Ok(MirroredDeltaOutcome::Declined(reason));
+        }
+        let verified = VerifiedDelta {
+            product_id: delta.product_id.clone(),
+            serial: delta.serial.clone(),
+            base_serial: delta.base_serial.clone(),
+            staged: delta.file.path.clone(),
+            size: delta.file.size,
+            sha256: delta.file.sha256.clone(),
+        };
+        Ok(match self.attach_delta(&verified)? {
+            Attached::Published(_) => MirroredDeltaOutcome::Published,
+            Attached::AlreadyThere(_) => MirroredDeltaOutcome::AlreadyThere,
+        })
     }
 
     /// Takes out every version `origin` brought for which `wanted` is false, as `remove` does

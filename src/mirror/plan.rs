@@ -97,6 +97,10 @@ pub struct Plan {
     pub listed: BTreeMap<String, Vec<String>>,
     /// Versions to download and publish.
     pub to_fetch: Vec<PlannedVersion>,
+    /// Every version the filters and `keep` take (held or to fetch), by (product id, serial).
+    pub kept: BTreeSet<(String, String)>,
+    /// The upstream deltas of those versions: (product id, serial, delta).
+    pub deltas: Vec<(String, String, PlannedDelta)>,
     /// One line per version refused before any download.
     pub refused: Vec<String>,
     pub notes: Vec<String>,
@@ -164,7 +168,13 @@ pub fn plan(
                 {
                     *one_client_vms.entry(client).or_default() += 1;
                 }
-                if !held.contains(&(product_id.clone(), planned.serial.clone())) {
+                let key = (product_id.clone(), planned.serial.clone());
+                for delta in &planned.deltas {
+                    plan.deltas
+                        .push((key.0.clone(), key.1.clone(), delta.clone()));
+                }
+                plan.kept.insert(key.clone());
+                if !held.contains(&key) {
                     plan.to_fetch.push(planned);
                 }
             }

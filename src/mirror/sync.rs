@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::download::{self, Downloader, FileDone, FileJob, Pace};
-use super::plan::{self, PlannedFiles, PlannedVersion, UpstreamProducts};
+use super::plan::{self, PlannedDelta, PlannedFiles, PlannedVersion, UpstreamProducts};
 use super::upstream::{Upstream, check_relative_path};
 use super::{MirrorError, MirrorSpec, Progress, SyncReport};
 use crate::catalog::Catalog;
 use crate::catalog::mirrored::{
-    DownloadedFile, MirroredFiles, MirroredRoot, MirroredVersion, versions_from,
+    DownloadedFile, MirroredDelta, MirroredDeltaOutcome, MirroredFiles, MirroredRoot,
+    MirroredVersion, versions_from,
 };
 use crate::catalog::record::CatalogState;
 use crate::catalog::remove::RemovedImage;
@@ -72,6 +73,7 @@ pub fn sync(
     std::fs::create_dir_all(&downloader.dir)
         .map_err(|e| crate::fsutil::with_path(e, "cannot create", &downloader.dir))?;
     let held = held_files(&state);
+    let deltas = deltas_to_fetch(&plan, &state, origin);
 
     // Metadata first: the roots' combined hashes continue from its hasher.
     let mut jobs_meta = BTreeMap::new();
@@ -94,6 +96,11 @@ pub fn sync(
                     .or_insert(tarball.clone());
             }
         }
+    }
+    for (_, _, delta) in &deltas {
+        jobs_rest
+            .entry(delta.file.sha256.clone())
+            .or_insert(delta.file.clone());
     }
     let all_files = jobs_meta.values().chain(jobs_rest.values());
     let (count, bytes) = all_files.fold((0u64, 0u64), |(count, bytes), file| {
@@ -137,29 +144,40 @@ pub fn sync(
         report.files_reused += u64::from(done.reused);
     }
 
+    // What did arrive for a refused version stays for the next run (a mismatching file was
+    // deleted already), its deltas included.
     let mut keep_files = BTreeSet::new();
+    let mut refused_versions = BTreeSet::new();
     for version in &plan.to_fetch {
-        let ready = match ready_version(version, &results) {
-            Ok(ready) => ready,
-            Err(line) => {
-                // What did arrive stays for the next run (a mismatching file was deleted).
-                keep_files.extend(version.files().iter().map(|f| f.sha256.clone()));
-                report.refused.push(line);
-                continue;
-            }
-        };
-        match catalog.publish_mirrored(origin, &ready) {
-            Ok(_) => report.new_versions += 1,
-            Err(e) => {
-                // Kept: the next run publishes them without fetching again.
-                keep_files.extend(version.files().iter().map(|f| f.sha256.clone()));
-                report.refused.push(format!(
+        let outcome = ready_version(version, &results).and_then(|ready| {
+            catalog.publish_mirrored(origin, &ready).map_err(|e| {
+                format!(
                     "refused {} version {}: {e}",
                     version.product.id, version.serial
-                ));
+                )
+            })
+        });
+        match outcome {
+            Ok(_) => report.new_versions += 1,
+            Err(line) => {
+                keep_files.extend(version.files().iter().map(|f| f.sha256.clone()));
+                refused_versions.insert((version.product.id.clone(), version.serial.clone()));
+                report.refused.push(line);
             }
         }
     }
+    let (deltas, waiting): (Vec<_>, Vec<_>) =
+        deltas.into_iter().partition(|(product, serial, _)| {
+            !refused_versions.contains(&(product.clone(), serial.clone()))
+        });
+    keep_files.extend(
+        waiting
+            .iter()
+            .map(|(_, _, delta)| delta.file.sha256.clone()),
+    );
+    report
+        .notes
+        .extend(attach_deltas(catalog, origin, &deltas, &results));
 
     let state = catalog.load()?;
     let wanted = wanted_after(&plan.listed, &versions_from(&state, origin), &plan, spec);
@@ -297,6 +315,96 @@ fn ready_version(
         serial: version.serial.clone(),
         files,
     })
+}
+
+/// The upstream deltas worth fetching: their version and their base are both kept (held, or
+/// arriving in this run), and the root has no delta from that base yet, nor declined one.
+fn deltas_to_fetch(
+    plan: &plan::Plan,
+    state: &CatalogState,
+    origin: &str,
+) -> Vec<(String, String, PlannedDelta)> {
+    let held = versions_from(state, origin);
+    let arriving: BTreeSet<(String, String)> = plan
+        .to_fetch
+        .iter()
+        .map(|v| (v.product.id.clone(), v.serial.clone()))
+        .collect();
+    let have = |key: &(String, String)| {
+        plan.kept.contains(key) && (held.contains(key) || arriving.contains(key))
+    };
+    plan.deltas
+        .iter()
+        .filter(|(product, serial, delta)| {
+            if delta.base >= *serial
+                || !have(&(product.clone(), serial.clone()))
+                || !have(&(product.clone(), delta.base.clone()))
+            {
+                return false;
+            }
+            let root = state
+                .products
+                .get(product)
+                .and_then(|p| p.versions.get(serial))
+                .and_then(|v| v.squashfs_root());
+            !root.is_some_and(|root| {
+                root.deltas.contains_key(&delta.base)
+                    || root.deltas_declined.contains_key(&delta.base)
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Checks and publishes the downloaded deltas whose versions are published; returns notes.
+fn attach_deltas(
+    catalog: &Catalog,
+    origin: &str,
+    deltas: &[(String, String, PlannedDelta)],
+    results: &BTreeMap<String, Result<FileDone, String>>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut published = 0;
+    for (product_id, serial, delta) in deltas {
+        let what = format!(
+            "upstream delta of {product_id} version {serial} from {}",
+            delta.base
+        );
+        let done = match results.get(&delta.file.sha256) {
+            Some(Ok(done)) => done,
+            Some(Err(problem)) => {
+                notes.push(format!(
+                    "{what} not mirrored: {}: {problem}",
+                    delta.file.path
+                ));
+                continue;
+            }
+            None => continue,
+        };
+        let mirrored = MirroredDelta {
+            product_id: product_id.clone(),
+            serial: serial.clone(),
+            base_serial: delta.base.clone(),
+            file: DownloadedFile {
+                path: done.path.clone(),
+                label: delta.file.path.clone(),
+                size: delta.file.size,
+                sha256: delta.file.sha256.clone(),
+            },
+        };
+        match catalog.attach_mirrored_delta(origin, &mirrored) {
+            Ok(MirroredDeltaOutcome::Published) => published += 1,
+            Ok(MirroredDeltaOutcome::AlreadyThere) => {}
+            Ok(MirroredDeltaOutcome::Declined(reason)) => {
+                notes.push(format!("{what} not mirrored: {reason}"));
+            }
+            Err(e) => notes.push(format!("{what} not mirrored: {e}")),
+        }
+    }
+    if published > 0 {
+        notes.push(format!("{published} upstream delta(s) mirrored"));
+    }
+    notes
 }
 
 /// The (product, serial) pairs a mirror keeps: upstream still lists them (filters allowing)
