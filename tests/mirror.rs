@@ -1499,3 +1499,122 @@ fn upstream_deltas_come_with_their_base_and_only_checked() {
     assert_eq!(upstream.file_requests(), Vec::new(), "{again}");
     assert_whole(&fresh.data(), "with the delta declined");
 }
+
+/// A file the catalog already holds (same sha256 and size) is copied from it, never fetched.
+#[test]
+fn files_the_catalog_holds_are_copied_not_fetched() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+
+    // A local image whose root is the very file upstream's older version has.
+    let t = TestDir::new();
+    let local_meta = work.file("local.tar.xz");
+    support::metadata_tarball(
+        &local_meta,
+        &Meta {
+            release: "local",
+            ..Meta::default()
+        },
+    );
+    t.ok(&["import", p(&local_meta), p(&versions[0].squashfs.local)]);
+
+    let out = t.ok(&sync_args(&upstream.url(), &ca.pem, &["--format", "json"]));
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["new_versions"], json!(2), "{out}");
+    assert_eq!(report["files_reused"], json!(1), "{out}");
+    let fetched: Vec<String> = upstream
+        .file_requests()
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert!(
+        !fetched.contains(&format!("/{}", versions[0].squashfs.path)),
+        "{fetched:?}"
+    );
+    assert_eq!(listed(&t).len(), 4);
+    assert_whole(&t.data(), "after a sync that reused a file");
+}
+
+/// A tree of `count` products, one version each, whose squashfs holds `noise` random bytes.
+fn many_products_tree(root: &Path, scratch: &Path, count: usize, noise: usize) -> Vec<Placed> {
+    let mut tree = Tree::new(root);
+    let mut roots = Vec::new();
+    for n in 0..count {
+        let release: &'static str = Box::leak(format!("r{n}").into_boxed_str());
+        let dir = format!("images/testos/{release}/amd64/default/20251127_07:42");
+        let source = scratch.join(format!("{release}.tar.xz"));
+        support::metadata_tarball(
+            &source,
+            &Meta {
+                release,
+                ..Meta::default()
+            },
+        );
+        let metadata = tree.place(&source, &format!("{dir}/incus.tar.xz"));
+        let source = scratch.join(format!("{release}.squashfs"));
+        support::squashfs_with_noise(&source, release, noise);
+        let squashfs = tree.place(&source, &format!("{dir}/rootfs.squashfs"));
+        let mut meta_item = metadata.item("incus.tar.xz");
+        meta_item["combined_squashfs_sha256"] =
+            json!(support::sha256_of(&[&metadata.local, &squashfs.local]));
+        tree.version(
+            "streams/v1/images.json",
+            "images",
+            &format!("testos:{release}:amd64:default"),
+            json!({"aliases": format!("testos/{release}"), "arch": "amd64", "os": "testos",
+                   "release": release, "variant": "default"}),
+            "20251127_07:42",
+            json!({"incus.tar.xz": meta_item, "root.squashfs": squashfs.item("squashfs")}),
+        );
+        roots.push(squashfs);
+    }
+    tree.write();
+    roots
+}
+
+/// `--concurrency` bounds the files in flight; `--bandwidth-limit` bounds the rate over all.
+#[test]
+fn downloads_are_bounded_in_number_and_rate() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let roots = many_products_tree(&tree_root, work.path(), 4, 256 << 10);
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    for root in &roots {
+        upstream.set(&format!("/{}", root.path), Behaviour::Slow(512 << 10));
+    }
+    let t = TestDir::new();
+    let out = t.ok(&sync_args(
+        &upstream.url(),
+        &ca.pem,
+        &["--concurrency", "2"],
+    ));
+    assert!(summary(&out).contains("4 new version(s)"), "{out}");
+    assert_eq!(
+        upstream.most_at_once(),
+        2,
+        "two files at once, not more, not fewer"
+    );
+
+    for root in &roots {
+        upstream.clear(&format!("/{}", root.path));
+    }
+    let total: u64 = roots.iter().map(|root| root.size).sum();
+    let limited = TestDir::new();
+    let started = std::time::Instant::now();
+    let out = limited.ok(&sync_args(
+        &upstream.url(),
+        &ca.pem,
+        &["--bandwidth-limit", "256K"],
+    ));
+    let took = started.elapsed().as_secs_f64();
+    assert!(summary(&out).contains("4 new version(s)"), "{out}");
+    let floor = total as f64 / f64::from(256u32 << 10) * 0.8;
+    assert!(
+        took >= floor,
+        "{total} bytes at 256 KiB/s took {took:.1} s, less than {floor:.1} s"
+    );
+}

@@ -72,7 +72,7 @@ pub fn sync(
     });
     std::fs::create_dir_all(&downloader.dir)
         .map_err(|e| crate::fsutil::with_path(e, "cannot create", &downloader.dir))?;
-    let held = held_files(&state);
+    let held = held_files(&state, catalog.tree().as_ref());
     let deltas = deltas_to_fetch(&plan, &state, origin);
 
     // Metadata first: the roots' combined hashes continue from its hasher.
@@ -447,7 +447,10 @@ fn count_versions(removed: &[RemovedImage]) -> u64 {
 }
 
 /// Files the catalog publishes or keeps for the grace period, by (sha256, size).
-fn held_files(state: &CatalogState) -> BTreeMap<(String, u64), String> {
+fn held_files(
+    state: &CatalogState,
+    tree: &dyn crate::storage::PublishedTree,
+) -> BTreeMap<(String, u64), String> {
     let mut held = BTreeMap::new();
     for product in state.products.values() {
         for version in product.versions.values() {
@@ -455,6 +458,12 @@ fn held_files(state: &CatalogState) -> BTreeMap<(String, u64), String> {
                 held.entry((file.sha256.clone(), file.size))
                     .or_insert_with(|| file.path.clone());
             }
+        }
+    }
+    for retired in &state.retired {
+        if let Ok(Some(meta)) = tree.stat(&retired.path) {
+            held.entry((retired.sha256.clone(), meta.size))
+                .or_insert_with(|| retired.path.clone());
         }
     }
     held

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,6 +101,8 @@ pub struct StaticUpstream {
     pub addr: SocketAddr,
     rules: Arc<Mutex<HashMap<String, Behaviour>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// File bodies being sent now, and the most at once.
+    sending: Arc<(AtomicUsize, AtomicUsize)>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -124,7 +127,8 @@ impl StaticUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let root = root.to_path_buf();
-        let state = (root.clone(), rules.clone(), seen.clone());
+        let sending = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let state = (root.clone(), rules.clone(), seen.clone(), sending.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -162,6 +166,7 @@ impl StaticUpstream {
             addr,
             rules,
             seen,
+            sending,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -192,6 +197,11 @@ impl StaticUpstream {
         self.seen.lock().expect("seen").clear();
     }
 
+    /// The most file bodies the server was sending at once.
+    pub fn most_at_once(&self) -> usize {
+        self.sending.1.load(Ordering::SeqCst)
+    }
+
     /// Requests for anything but the JSON stream files: image file downloads.
     pub fn file_requests(&self) -> Vec<Seen> {
         self.seen()
@@ -216,6 +226,7 @@ type Shared = (
     PathBuf,
     Arc<Mutex<HashMap<String, Behaviour>>>,
     Arc<Mutex<Vec<Seen>>>,
+    Arc<(AtomicUsize, AtomicUsize)>,
 );
 type AnyBody = BoxBody<Bytes, std::io::Error>;
 
@@ -231,7 +242,10 @@ fn full(bytes: Vec<u8>) -> AnyBody {
         .boxed()
 }
 
-async fn answer((root, rules, seen): &Shared, request: Request<Incoming>) -> Response<AnyBody> {
+async fn answer(
+    (root, rules, seen, sending): &Shared,
+    request: Request<Incoming>,
+) -> Response<AnyBody> {
     let path = percent_encoding::percent_decode_str(request.uri().path())
         .decode_utf8_lossy()
         .into_owned();
@@ -306,7 +320,11 @@ async fn answer((root, rules, seen): &Shared, request: Request<Incoming>) -> Res
     };
     let length = size - start + extra.len() as u64;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let sending = sending.clone();
+    let now = sending.0.fetch_add(1, Ordering::SeqCst) + 1;
+    sending.1.fetch_max(now, Ordering::SeqCst);
     tokio::spawn(async move {
+        let _done = SendingGuard(sending);
         let mut sent = 0u64;
         let mut buf = vec![0u8; 64 << 10];
         let began = tokio::time::Instant::now();
@@ -348,6 +366,15 @@ async fn answer((root, rules, seen): &Shared, request: Request<Incoming>) -> Res
         );
     }
     response
+}
+
+/// Counts a body as sent when its task ends, however it ends.
+struct SendingGuard(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Drop for SendingGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A body fed by a task through a channel; ends when the task drops its sender.
