@@ -827,6 +827,28 @@ fn plain_http_gets_image_files_at_once() {
 }
 
 #[test]
+fn plain_http_sends_a_small_file_with_its_head_in_one_segment() {
+    use std::io::Write;
+    let t = TestDir::new();
+    put(&t, "images/small/f", &pattern(1000));
+    let (server, _client) = start(&t, &[]);
+    let mut stream = std::net::TcpStream::connect(server.https()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /images/small/f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let response = parse_response(&raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, pattern(1000));
+    // Head and body corked together: one data segment, not a head segment, then the body.
+    assert_eq!(support::net::data_segments_received(&stream), 1);
+}
+
+#[test]
 fn plain_http_for_anything_else_is_redirected_to_https() {
     let t = TestDir::new();
     let (server, client) = start(&t, &[]);

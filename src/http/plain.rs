@@ -11,7 +11,8 @@
 //!
 //! One request per connection (`Connection: close`, which is what the clients send), read
 //! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. Bodies from a
-//! local file go out with `sendfile(2)`: page cache to socket, no copy through this process.
+//! local file go out with `sendfile(2)`: page cache to socket, no copy through this process, the
+//! head corked in front of them (one segment for a small file, not a head segment and a body one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,7 +232,7 @@ async fn send(
             Ok(bytes.len() as u64)
         }
         ReplyBody::Object { reader, start, len } => {
-            write_all(stream, &head, limit).await?;
+            write_head_corked(stream, &head, limit).await?;
             match reader.local_file() {
                 Some(file) => send_file(stream, file, start, len, limit).await,
                 None => send_stream(stream, ObjectStream::new(reader, start, len), limit).await,
@@ -254,6 +255,31 @@ async fn write_all(
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Writes a response head with `MSG_MORE`: the kernel holds a partial segment until the body
+/// that follows fills it (or is sent without `MSG_MORE`), instead of sending the head alone.
+async fn write_head_corked(
+    stream: &TcpStream,
+    mut head: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    while !head.is_empty() {
+        tokio::time::timeout(limit, stream.writable())
+            .await
+            .map_err(|_| timed_out())??;
+        let result = stream.try_io(Interest::WRITABLE, || {
+            rustix::net::send(stream, head, rustix::net::SendFlags::MORE)
+                .map_err(std::io::Error::from)
+        });
+        match result {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => head = &head[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

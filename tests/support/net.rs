@@ -77,3 +77,22 @@ pub fn memory(pid: u32) -> Memory {
         peak_kib: field("VmHWM:"),
     }
 }
+
+/// How many segments carrying data a connection has received (`tcpi_data_segs_in`).
+pub fn data_segments_received(stream: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a tcp_info of `len` bytes, owned here; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
