@@ -579,6 +579,21 @@ fn the_generated_certificate_has_the_names_and_is_reused() {
 }
 
 #[test]
+fn a_returning_client_resumes_its_tls_session_after_many_others() {
+    let t = TestDir::new();
+    let (server, client) = start(&t, &[]);
+    let returning = client.clone().resuming();
+    // A request, so that the client reads the session tickets sent after the handshake.
+    assert_eq!(returning.get("/healthz").status, 200);
+    // More clients than an in-memory session cache of the default size remembers.
+    for _ in 0..200 {
+        assert!(!client.handshake().unwrap().resumed);
+    }
+    assert!(returning.handshake().unwrap().resumed);
+    assert!(problems(&server.output()).is_empty(), "{}", server.output());
+}
+
+#[test]
 fn startup_text_installs_the_certificate_and_matches_remote_info() {
     let t = TestDir::new();
     assert!(

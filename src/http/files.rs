@@ -17,14 +17,14 @@
 use std::io;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
     CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY, X_CONTENT_TYPE_OPTIONS,
 };
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::HttpState;
 use super::body::ObjectStream;
@@ -117,17 +117,14 @@ impl IntoResponse for Reply {
 }
 
 /// The fallback of the HTTPS pipeline: every path that is not a page is a file.
-pub async fn handle(
-    State(state): State<Arc<HttpState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+/// The request is borrowed whole (not its headers copied out, as separate extractors would).
+pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         return Reply::method_not_allowed().into_response();
     }
-    match strip_base(&state.settings().base_path, uri.path()) {
-        Some(path) => respond(&state, &method, path, &headers)
+    match strip_base(&state.settings().base_path, request.uri().path()) {
+        Some(path) => respond(&state, method, path, request.headers())
             .await
             .into_response(),
         None => Reply::not_found().into_response(),

@@ -7,7 +7,8 @@
 //! - Either way the files are watched ([`watch`]): a changed pair is loaded without a restart,
 //!   and a pair that does not load (half-written, key and certificate not matching) is
 //!   reported once and the previous one kept.
-//! - rustls offers TLS 1.3 (LXD requires it) and 1.2, and ALPN `h2` then `http/1.1`.
+//! - rustls offers TLS 1.3 (LXD requires it) and 1.2, and ALPN `h2` then `http/1.1`, and
+//!   resumes sessions from stateless tickets.
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -437,6 +438,12 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets (random keys, rotated every 6 hours; nginx resumes from tickets
+    // by default too): a client that comes back skips the certificate and its signature,
+    // however many others connected in between; the default in-memory cache holds only the
+    // last 128 clients' sessions.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError::Invalid(format!("cannot set up TLS session tickets: {e}")))?;
     Ok(Arc::new(config))
 }
 

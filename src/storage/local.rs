@@ -20,6 +20,9 @@ use crate::fsutil;
 pub struct LocalTree {
     /// `www/`, canonical: an opened file must lie below it.
     root: PathBuf,
+    /// `www/` held open, so that a `stat` (one per JSON request) walks only the key's own
+    /// path, not the root's.
+    root_dir: std::os::fd::OwnedFd,
     record: PathBuf,
 }
 
@@ -27,7 +30,17 @@ impl LocalTree {
     /// The tree at `www` (which must exist), with the record at `record`.
     pub fn new(www: &Path, record: PathBuf) -> io::Result<LocalTree> {
         let root = fs::canonicalize(www).map_err(|e| fsutil::with_path(e, "cannot open", www))?;
-        Ok(LocalTree { root, record })
+        let root_dir = rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| fsutil::with_path(e.into(), "cannot open", &root))?;
+        Ok(LocalTree {
+            root,
+            root_dir,
+            record,
+        })
     }
 
     fn full_path(&self, key: &str) -> PathBuf {
@@ -53,6 +66,21 @@ fn meta_of(meta: &fs::Metadata) -> ObjectMeta {
             ino: meta.ino(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             size: meta.size(),
+        },
+    }
+}
+
+/// [`meta_of`] from a raw `stat`.
+fn meta_of_stat(stat: &rustix::fs::Stat) -> ObjectMeta {
+    let (seconds, nanos) = (stat.st_mtime as i64, stat.st_mtime_nsec as i64);
+    ObjectMeta {
+        size: stat.st_size as u64,
+        modified: UNIX_EPOCH + Duration::new(seconds.max(0) as u64, nanos.max(0) as u32),
+        version: ObjectVersion::Inode {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            mtime_ns: i128::from(seconds) * 1_000_000_000 + i128::from(nanos),
+            size: stat.st_size as u64,
         },
     }
 }
@@ -113,14 +141,22 @@ impl PublishedTree for LocalTree {
         }))
     }
 
-    /// One `stat` of the path; only regular files are objects.
+    /// One `stat` of the path below the held `www/` (symbolic links followed, as a path
+    /// would be); only regular files are objects.
     fn stat(&self, key: &str) -> io::Result<Option<ObjectMeta>> {
-        let full = self.full_path(key);
-        match fs::metadata(&full) {
-            Ok(meta) if meta.is_file() => Ok(Some(meta_of(&meta))),
+        match rustix::fs::statat(&self.root_dir, key, rustix::fs::AtFlags::empty()) {
+            Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file() => {
+                Ok(Some(meta_of_stat(&stat)))
+            }
             Ok(_) => Ok(None),
-            Err(e) if is_missing(&e) => Ok(None),
-            Err(e) => Err(fsutil::with_path(e, "cannot stat", &full)),
+            Err(e) => {
+                let e = io::Error::from(e);
+                if is_missing(&e) {
+                    Ok(None)
+                } else {
+                    Err(fsutil::with_path(e, "cannot stat", &self.full_path(key)))
+                }
+            }
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Negotiated {
     pub alpn: Option<Vec<u8>>,
     /// The server's end-entity certificate (DER).
     pub certificate: Vec<u8>,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 /// A client that trusts one certificate (PEM) and talks to one address.
@@ -50,6 +52,9 @@ pub struct Client {
     server_name: ServerName<'static>,
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
     alpn: Vec<Vec<u8>>,
+    /// One configuration for every connection, with a session cache, when resuming (rustls
+    /// resumes only sessions made under the same configuration).
+    resuming: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -77,6 +82,7 @@ impl Client {
             server_name: ServerName::try_from("127.0.0.1").expect("name"),
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
             alpn: vec![b"http/1.1".to_vec()],
+            resuming: None,
         }
     }
 
@@ -96,7 +102,18 @@ impl Client {
         self
     }
 
+    /// Keeps sessions (tickets) across this client's connections, to resume them.
+    pub fn resuming(mut self) -> Client {
+        let mut config = Arc::unwrap_or_clone(self.config());
+        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        self.resuming = Some(Arc::new(config));
+        self
+    }
+
     fn config(&self) -> Arc<rustls::ClientConfig> {
+        if let Some(config) = &self.resuming {
+            return config.clone();
+        }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&self.versions)
@@ -145,6 +162,7 @@ impl Client {
                     .and_then(|c| c.first())
                     .map(|c| c.to_vec())
                     .expect("peer certificate"),
+                resumed: connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             })
         })
     }
