@@ -72,10 +72,10 @@ fn meta_of(meta: &fs::Metadata) -> ObjectMeta {
 
 /// [`meta_of`] from a raw `stat`.
 fn meta_of_stat(stat: &rustix::fs::Stat) -> ObjectMeta {
-    let (seconds, nanos) = (stat.st_mtime as i64, stat.st_mtime_nsec as i64);
+    let (seconds, nanos) = (stat.st_mtime, stat.st_mtime_nsec);
     ObjectMeta {
         size: stat.st_size as u64,
-        modified: UNIX_EPOCH + Duration::new(seconds.max(0) as u64, nanos.max(0) as u32),
+        modified: UNIX_EPOCH + Duration::new(seconds.max(0) as u64, nanos as u32),
         version: ObjectVersion::Inode {
             dev: stat.st_dev,
             ino: stat.st_ino,
