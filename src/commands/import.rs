@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::output::{ProgressReporter, TextFormat, write_json};
-use super::{CommandError, Context, parse_key_value};
+use super::{CommandError, Context, ProgressStyle, parse_key_value};
 use crate::access::{Caller, Role};
-use crate::catalog::delta::DeltaJob;
+use crate::catalog::delta::{self, DeltaJob};
 use crate::catalog::import::{ImportOutcome, ImportRequest, ImportSource, ImportedImage, Transfer};
 use crate::catalog::make_delta::DeltaOutcome;
 use crate::format::human_size;
@@ -225,6 +225,12 @@ fn wait_for_delta(
     let mut report = None;
     let wanted = |job: &DeltaJob| job.product_id == image.product_id && job.serial == image.serial;
     let err = &mut *ctx.err;
+    if ctx.progress != ProgressStyle::Off && ctx.catalog.settings().deltas {
+        let state = ctx.catalog.load()?;
+        if let Some(job) = delta::pending(&state).iter().find(|job| wanted(job)) {
+            writeln!(err, "making the delta from {}...", job.base_serial)?;
+        }
+    }
     ctx.catalog
         .make_pending_deltas(&wanted, &|| false, &mut |job, outcome| {
             let base = job.base_serial.clone();
