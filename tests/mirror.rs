@@ -876,6 +876,17 @@ fn our_own_server_as_upstream() {
     let out = b.ok(&sync_args(&url, &upstream_cert, &["--alias-prefix", "up/"]));
     assert!(summary(&out).contains("1 new version(s)"), "{out}");
     assert_eq!(listed(&b).len(), 3);
+    // An alias added upstream reaches the held product with the next run.
+    a.ok(&["alias", "add", "testos/extra", "testos:1:amd64:default"]);
+    let out = b.ok(&sync_args(&url, &upstream_cert, &["--alias-prefix", "up/"]));
+    assert!(summary(&out).contains("0 new version(s)"), "{out}");
+    assert!(
+        listed(&b)
+            .iter()
+            .any(|(_, _, aliases)| aliases.contains(&"up/testos/extra".to_string())),
+        "{:?}",
+        listed(&b)
+    );
     a.ok(&["remove", &fingerprints[0]]);
     let out = b.ok(&sync_args(&url, &upstream_cert, &["--alias-prefix", "up/"]));
     assert!(

@@ -441,6 +441,35 @@ impl Catalog {
         })
     }
 
+    /// Gives a product `origin` brought the aliases and requirements upstream gives it now
+    /// (a new alias that another product holds is refused by name). Returns whether anything
+    /// changed.
+    pub fn refresh_mirrored_product(
+        &self,
+        origin: &str,
+        described: &MirroredProduct,
+    ) -> Result<bool> {
+        let mut txn = self.begin()?;
+        let Some(mut product) = txn
+            .state
+            .products
+            .get(&described.id)
+            .filter(|product| product_is_from(product, origin))
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        if product.aliases == described.aliases && product.requirements == described.requirements {
+            return Ok(false);
+        }
+        product.aliases = described.aliases.clone();
+        product.requirements = described.requirements.clone();
+        alias::check_collisions(&txn.state, &described.id, &product, &product.image_types())?;
+        txn.state.products.insert(described.id.clone(), product);
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// Takes out every version `origin` brought for which `wanted` is false, as `remove` does
     /// (files stay downloadable for the grace period). With `dry_run`, only says which.
     pub fn remove_mirrored(

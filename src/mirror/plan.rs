@@ -99,6 +99,8 @@ pub struct Plan {
     pub to_fetch: Vec<PlannedVersion>,
     /// Every version the filters and `keep` take (held or to fetch), by (product id, serial).
     pub kept: BTreeSet<(String, String)>,
+    /// Every product with a kept version, as upstream describes it now (aliases prefixed).
+    pub products: BTreeMap<String, MirroredProduct>,
     /// The upstream deltas of those versions: (product id, serial, delta).
     pub deltas: Vec<(String, String, PlannedDelta)>,
     /// One line per version refused before any download.
@@ -123,9 +125,15 @@ pub fn plan(
     let mut one_client_vms = BTreeMap::<&'static str, usize>::new();
     let mut dropped_aliases = BTreeSet::new();
     let mut odd_serials = 0usize;
+    let mut no_arch = 0usize;
     for source in upstream {
         for (product_id, product) in &source.products.products {
             if product_id.is_empty() || product_id.chars().any(char::is_control) {
+                continue;
+            }
+            // Clients drop a product without an architecture.
+            if product.arch.is_empty() {
+                no_arch += 1;
                 continue;
             }
             let mut taken = Vec::new();
@@ -193,6 +201,10 @@ pub fn plan(
             {
                 planned.product.aliases = product_aliases.clone();
             }
+
+            let mut described = describe(product_id, product);
+            described.aliases = product_aliases;
+            plan.products.insert(product_id.clone(), described);
         }
     }
     for (client, count) in one_client_vms {
@@ -211,7 +223,29 @@ pub fn plan(
             "{odd_serials} upstream version(s) skipped: their keys do not start with a date YYYYMMDD, so clients would skip them too"
         ));
     }
+    if no_arch > 0 {
+        plan.notes.push(format!(
+            "{no_arch} upstream product(s) skipped: they name no architecture, so clients would drop them"
+        ));
+    }
     Ok(plan)
+}
+
+/// The product as upstream describes it, aliases aside (they are set once checked).
+fn describe(product_id: &str, product: &streams::Product) -> MirroredProduct {
+    MirroredProduct {
+        id: product_id.to_string(),
+        os: product.os.clone(),
+        release: product.release.clone(),
+        arch: product.arch.clone(),
+        variant: product.variant.clone(),
+        aliases: BTreeSet::new(),
+        requirements: if product.requirements.is_empty() {
+            product.lxd_requirements.clone()
+        } else {
+            product.requirements.clone()
+        },
+    }
 }
 
 /// The upstream product's aliases, without the `/<arch>` forms clients derive, prefixed.
@@ -275,19 +309,7 @@ fn classify(
         size: item.size,
         sha256: item.sha256.to_ascii_lowercase(),
     };
-    let mirrored_product = MirroredProduct {
-        id: product_id.to_string(),
-        os: product.os.clone(),
-        release: product.release.clone(),
-        arch: product.arch.clone(),
-        variant: product.variant.clone(),
-        aliases: BTreeSet::new(),
-        requirements: if product.requirements.is_empty() {
-            product.lxd_requirements.clone()
-        } else {
-            product.requirements.clone()
-        },
-    };
+    let mirrored_product = describe(product_id, product);
     let metadata = by_ftype("lxd.tar.xz").or_else(|| by_ftype("incus.tar.xz"));
     let files = if let Some(metadata) = metadata {
         let mut roots = Vec::new();

@@ -179,6 +179,19 @@ pub fn sync(
         .notes
         .extend(attach_deltas(catalog, origin, &deltas, &results));
 
+    // Upstream's aliases and requirements of the products held already, when they changed.
+    let state = catalog.load()?;
+    for described in plan.products.values() {
+        let changed = state.products.get(&described.id).is_some_and(|held| {
+            held.aliases != described.aliases || held.requirements != described.requirements
+        });
+        if changed && let Err(e) = catalog.refresh_mirrored_product(origin, described) {
+            report
+                .refused
+                .push(format!("refused {}: {e}", described.id));
+        }
+    }
+
     let state = catalog.load()?;
     let wanted = wanted_after(&plan.listed, &versions_from(&state, origin), &plan, spec);
     let removed = catalog.remove_mirrored(
