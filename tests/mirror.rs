@@ -1629,3 +1629,59 @@ fn downloads_are_bounded_in_number_and_rate() {
         "{total} bytes at 256 KiB/s took {took:.1} s, less than {floor:.1} s"
     );
 }
+
+/// A metadata tarball that would unpack to more than the catalog allows (a compressed bomb)
+/// refuses its version alone, as an import would.
+#[test]
+fn a_metadata_bomb_refuses_its_version_alone() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let roots = many_products_tree(&tree_root, work.path(), 2, 0);
+    // Product r1's metadata: metadata.yaml, then 65 MiB of zeros in a few KiB of xz.
+    let bomb = work.file("bomb.tar.xz");
+    let yaml = Meta {
+        release: "r1",
+        ..Meta::default()
+    }
+    .yaml();
+    support::tarball(
+        &bomb,
+        &[
+            ("metadata.yaml", yaml.as_bytes()),
+            ("templates/zeros", &vec![0u8; 65 << 20]),
+        ],
+        "xz",
+    );
+    let mut json = products_json(&tree_root);
+    let items =
+        &mut json["products"]["testos:r1:amd64:default"]["versions"]["20251127_07:42"]["items"];
+    let placed = Tree::new(&tree_root).place(&bomb, "images/bomb.tar.xz");
+    items["incus.tar.xz"]["path"] = json!(placed.path);
+    items["incus.tar.xz"]["size"] = json!(placed.size);
+    items["incus.tar.xz"]["sha256"] = json!(placed.sha256);
+    let squashfs = roots[1].local.clone();
+    items["incus.tar.xz"]["combined_squashfs_sha256"] =
+        json!(support::sha256_of(&[&placed.local, &squashfs]));
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    upstream.set("/streams/v1/images.json", json_body(&json));
+
+    let t = TestDir::new();
+    let output = t.run(&sync_args(&upstream.url(), &ca.pem, &[]));
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let refused: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{stdout}");
+    assert!(
+        refused[0].contains("testos:r1:amd64:default")
+            && refused[0].contains("images/bomb.tar.xz")
+            && refused[0].contains("catalog.max_metadata_unpacked_bytes"),
+        "{stdout}"
+    );
+    assert!(summary(&stdout).contains("1 new version(s)"), "{stdout}");
+    assert_eq!(listed(&t).len(), 1);
+    assert_whole(&t.data(), "after the bomb");
+}
