@@ -14,6 +14,7 @@
 #    `sstream-mirror` (a directory copy, checksummed). Wall time and peak RSS (GNU time).
 #    Goals: our wall time <= 0.5x sstream-mirror's; our peak RSS < 64 MiB.
 # 4. Runs our mirror again with nothing new (median of 3). Goal: < 1 s.
+# Disk: one target at a time (each is deleted after its runs); the tree sits in /dev/shm.
 # The machine may be shared: the script prints every round so that ranges can be reported.
 set -euo pipefail
 
@@ -22,10 +23,15 @@ root_mib=${2:-256}
 rounds=${3:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/sss-bench-mirror.XXXXXX)
+# The upstream tree lives in memory (/dev/shm) when it can: it is served from the page cache
+# either way, and the disk then holds only the target being written.
+tree_base=/dev/shm
+[ -d "$tree_base" ] && [ -w "$tree_base" ] || tree_base=/tmp
+tree_dir=$(mktemp -d "$tree_base/sss-bench-mirror-tree.XXXXXX")
 nginx_pid=
 cleanup() {
     if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
+    rm -rf "$work" "$tree_dir"
 }
 trap cleanup EXIT
 
@@ -43,7 +49,7 @@ python3 -m venv "$work/venv"
 sstream_mirror="$work/venv/bin/sstream-mirror"
 
 echo "generating the upstream tree: $products products of ${root_mib} MiB..." >&2
-upstream="$work/upstream"
+upstream="$tree_dir/upstream"
 mkdir -p "$upstream/streams/v1"
 for n in $(seq 1 "$products"); do
     dir="$upstream/images/benchos/$n/amd64/default/20261201_00:00"
@@ -160,32 +166,43 @@ median() {
 }
 
 ours() { measure "$bin" --data-dir "$work/data" mirror sync "$url" --ca-cert "$work/ca.pem"; }
-theirs() { SSL_CERT_FILE="$work/ca.pem" measure "$sstream_mirror" --no-verify "$url/" "$work/sstream"; }
+theirs() { SSL_CERT_FILE="$work/ca.pem" measure "$sstream_mirror" --no-verify --path streams/v1/index.json "$url/" "$work/sstream"; }
 ours_round() { ours; our_times+=("$secs"); our_rss+=("$rss"); ours_summary=$(tail -n 1 "$work/out"); }
 theirs_round() { theirs; their_times+=("$secs"); their_rss+=("$rss"); }
 
-our_times=() their_times=() our_rss=() their_rss=()
+# One target on disk at a time (2 GiB each): each tool's full run, in the last round its
+# reruns with nothing new, then its target goes.
+our_times=() their_times=() our_rss=() their_rss=() rerun_times=()
+ours_full() {
+    rm -rf "$work/data"; sync
+    ours_round
+    if [ "$round" -eq "$rounds" ]; then
+        listed=$("$bin" --data-dir "$work/data" list --format csv | tail -n +2 | wc -l)
+        [ "$listed" -eq "$products" ] || { echo "bench: our catalog lists $listed images, not $products" >&2; exit 1; }
+        for _ in 1 2 3; do
+            ours; rerun_times+=("$secs")
+        done
+        echo "our rerun's summary line: $(tail -n 1 "$work/out")" >&2
+    fi
+    rm -rf "$work/data"
+}
+theirs_full() {
+    rm -rf "$work/sstream"; sync
+    theirs_round
+    if [ "$round" -eq "$rounds" ]; then
+        theirs; their_rerun=$secs
+    fi
+    rm -rf "$work/sstream"
+}
 for round in $(seq 1 "$rounds"); do
-    rm -rf "$work/data" "$work/sstream"
-    sync
     if [ $((round % 2)) -eq 1 ]; then
-        ours_round; sync; theirs_round
+        ours_full; theirs_full
     else
-        theirs_round; sync; ours_round
+        theirs_full; ours_full
     fi
     echo "round $round: ours ${our_times[-1]} s (peak RSS ${our_rss[-1]} KiB), sstream-mirror ${their_times[-1]} s (peak RSS ${their_rss[-1]} KiB)" >&2
 done
 echo "our summary line: $ours_summary" >&2
-# The last round left both targets whole: check that ours mirrored every product.
-listed=$("$bin" --data-dir "$work/data" list --format csv | tail -n +2 | wc -l)
-[ "$listed" -eq "$products" ] || { echo "bench: our catalog lists $listed images, not $products" >&2; exit 1; }
-
-rerun_times=()
-for _ in 1 2 3; do
-    ours; rerun_times+=("$secs")
-done
-echo "our rerun's summary line: $(tail -n 1 "$work/out")" >&2
-theirs; their_rerun=$secs
 
 our_s=$(printf '%s\n' "${our_times[@]}" | median)
 their_s=$(printf '%s\n' "${their_times[@]}" | median)

@@ -1685,3 +1685,53 @@ fn a_metadata_bomb_refuses_its_version_alone() {
     assert_eq!(listed(&t).len(), 1);
     assert_whole(&t.data(), "after the bomb");
 }
+
+/// The progress line is drawn for a person at a terminal (here a pseudo-terminal from
+/// `script`), and never with `--format json` or when stderr is not a terminal.
+#[test]
+fn the_progress_line_shows_on_a_terminal_only() {
+    let work = TestDir::new();
+    let ca = TestCa::new(work.path());
+    let tree_root = work.file("upstream");
+    let (_tree, _versions) = lxc_ci_tree(&tree_root, work.path());
+    let upstream = StaticUpstream::start(&tree_root, &ca);
+    let script = support::require_tool("script", "bsdutils");
+    let on_terminal = |t: &TestDir, extra: &str| {
+        let line = format!(
+            "{} --data-dir {} mirror sync {} --ca-cert {} {extra}",
+            support::bin().display(),
+            t.data().display(),
+            upstream.url(),
+            p(&ca.pem)
+        );
+        let output = std::process::Command::new(&script)
+            .args(["-qefc", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let t = TestDir::new();
+    let shown = on_terminal(&t, "");
+    assert!(
+        shown.contains(&format!("\rmirror {}: ", upstream.url())) && shown.contains(" files, "),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("mirrored "),
+        "the summary follows: {shown:?}"
+    );
+    let t = TestDir::new();
+    let json = on_terminal(&t, "--format json");
+    assert!(!json.contains("\rmirror "), "{json:?}");
+    assert!(json.contains("\"new_versions\": 2"), "{json:?}");
+    // Not a terminal: nothing on stderr but what went wrong (nothing).
+    let t = TestDir::new();
+    let output = t
+        .command(&["mirror", "sync", &upstream.url(), "--ca-cert", p(&ca.pem)])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
