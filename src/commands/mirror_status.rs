@@ -84,12 +84,8 @@ fn row(
 ) -> StatusRow {
     let scheduled = configured.is_some_and(|m| m.enabled);
     let next_run = match configured {
-        Some(mirror) if mirror.enabled => Some(
-            status
-                .next_run
-                .filter(|_| !status.unfinished())
-                .unwrap_or_else(|| status.due_at(mirror.interval.0, now)),
-        ),
+        // As the schedule computes it, with the interval in force now.
+        Some(mirror) if mirror.enabled => Some(status.due_at(mirror.interval.0, now)),
         _ => None,
     };
     StatusRow {
