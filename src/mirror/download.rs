@@ -125,7 +125,10 @@ impl Downloader {
             running.spawn(async move {
                 let sha256 = job.file.sha256.clone();
                 let result = this.fetch(&job, &events).await;
-                let _ = events.send(Event::Done);
+                // A copy of a held file was never part of what the run planned to fetch.
+                if !matches!(&result, Ok(done) if done.reused) {
+                    let _ = events.send(Event::Done);
+                }
                 (sha256, result)
             });
         };

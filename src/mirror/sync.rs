@@ -102,8 +102,12 @@ pub fn sync(
             .entry(delta.file.sha256.clone())
             .or_insert(delta.file.clone());
     }
-    let all_files = jobs_meta.values().chain(jobs_rest.values());
-    let (count, bytes) = all_files.fold((0u64, 0u64), |(count, bytes), file| {
+    // What is to fetch: files the catalog holds are copied, not counted.
+    let to_fetch = jobs_meta
+        .values()
+        .chain(jobs_rest.values())
+        .filter(|file| !held.contains_key(&(file.sha256.clone(), file.size)));
+    let (count, bytes) = to_fetch.fold((0u64, 0u64), |(count, bytes), file| {
         (count + 1, bytes + file.size - downloader.already_here(file))
     });
     progress.planned(count, bytes);
