@@ -356,7 +356,8 @@ if wants fleet; then
     echo "$fleet_clients downloads of $fleet_mib MiB at once (median of $fleet_runs)..." >&2
     echo 5 >"/proc/$ours_pid/clear_refs" # resets VmHWM: the peak below is the fleet's
     alternate fleet "$fleet_runs"
-    echo "  aggregate MiB/s:slowest/median, ours: ${figures_ours[*]}; nginx: ${figures_nginx[*]}" >&2
+    show() { printf '%s\n' "$@" | awk -F: '{ printf "%.0f MiB/s %s, ", $1 / 1048576, $2 }'; }
+    echo "  aggregate, slowest/median: ours: $(show "${figures_ours[@]}"); nginx: $(show "${figures_nginx[@]}")" >&2
     hwm=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$ours_pid/status")
     ours=$(median "${figures_ours[@]%%:*}")
     nginx=$(median "${figures_nginx[@]%%:*}")
