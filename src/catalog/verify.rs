@@ -79,8 +79,11 @@ impl Catalog {
                 }
             }
         }
-        self.check_orphans(&state, &mut report)?;
-        self.check_stream(&state, &mut report);
+        // The tree as a whole is compared with the record under the writer lock: a change that
+        // commits meanwhile (serve's delta maker, an import) is never taken for drift.
+        let locked = self.begin()?;
+        self.check_orphans(&locked.state, &mut report)?;
+        self.check_stream(&locked.state, &mut report);
         Ok(report)
     }
 
