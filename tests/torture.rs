@@ -640,7 +640,7 @@ fn check_after_restart(t: &TestDir, shared: &mut Shared, context: &str) {
         shared.failures.join("\n")
     );
     assert!(
-        !t.data().join("state/journal.json").exists(),
+        invariants::journal_finished(&t.data()),
         "{context}: the restarted server did not finish the journal"
     );
     // The restarted server removed the temp files of cut uploads; every file still in an

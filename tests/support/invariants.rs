@@ -93,6 +93,19 @@ fn assert_www(data: &Path, context: &str, moment: Moment) -> Vec<PublishedImage>
     assert_contract_at(&www, moment)
 }
 
+/// No journal is left in `data`, looked at under the writer lock: a running server's own
+/// change (its delta maker) holds the lock while its journal exists, and is waited for.
+pub fn journal_finished(data: &Path) -> bool {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data.join("state/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    !data.join("state/journal.json").exists()
+}
+
 /// The tree in `data` once a writer has recovered it (any command opening the catalog does):
 /// [`assert_served_whole`] with every publication finished ([`Moment::AtRest`]), `verify`
 /// exits 0, the journal is finished and the record and the stream name the same images.
@@ -106,7 +119,7 @@ pub fn assert_whole(data: &Path, context: &str) -> Vec<PublishedImage> {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(
-        !data.join("state/journal.json").exists(),
+        journal_finished(data),
         "{context}: the journal was not finished"
     );
     let images = assert_www(data, context, Moment::AtRest);
