@@ -25,5 +25,6 @@ mod import_tree;
 mod mirror;
 mod publish;
 mod reload;
+mod s3;
 mod ssh;
 mod torture;

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod contract;
+pub mod garage;
 pub mod http;
 pub mod invariants;
 pub mod lxd_daemon;
