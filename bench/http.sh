@@ -21,7 +21,7 @@
 # request too), worker_processes auto, its default session tickets. Each figure is the median
 # of RUNS tries (default 5; FLEET_RUNS, default 3, for the fleet), the servers' tries
 # alternating, so that a burst of other work on the machine skews neither side; files are in
-# the page cache. `handshakes` and `fleet` use examples/https_load.rs (one rustls client
+# the page cache. `handshakes` and `fleet` use bench/https_load.rs (one rustls client
 # process, built here), so the client side costs the same against both servers.
 #
 # Usage: bench/http.sh          (builds the release binary and the client first)
