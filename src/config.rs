@@ -22,6 +22,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub ssh: SshConfig,
     pub log: LogConfig,
+    pub storage: StorageConfig,
     /// `[[mirror]]` tables: upstreams `serve` mirrors on a schedule. Only the file sets them
     /// (no environment variable or flag), and a reload applies them.
     #[serde(rename = "mirror", skip_serializing_if = "Vec::is_empty")]
@@ -171,6 +172,145 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// Where the published tree and the catalog record live: the data directory (`local`) or an
+/// S3-compatible bucket (`s3`). Credentials are never here: they come from
+/// `credentials_file` or the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The store's S3 URL, e.g. `http://127.0.0.1:3900`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Put before every key, e.g. `lxd/`; empty for none.
+    pub prefix: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`), not the host name.
+    pub path_style: bool,
+    /// A file with `AWS_ACCESS_KEY_ID=…` and `AWS_SECRET_ACCESS_KEY=…` lines; default: the
+    /// environment.
+    pub credentials_file: Option<PathBuf>,
+    /// Require the store to honour conditional writes (checked at start), which the single-
+    /// writer lease relies on. false: the store cannot enforce one writer (Garage); running
+    /// one is then the operator's rule.
+    pub conditional_writes: bool,
+    /// Replicas redirect image downloads here (a CDN or the store's web endpoint) + the key.
+    pub public_base_url: Option<String>,
+    /// Seconds between a replica's checks of index.json for a new publication.
+    pub poll_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Local,
+    S3,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Local,
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            path_style: true,
+            credentials_file: None,
+            conditional_writes: true,
+            public_base_url: None,
+            poll_interval_secs: 5,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The settings an `s3` backend connects with, the credentials read now (from
+    /// `credentials_file`, else the environment). One line when they are missing.
+    pub fn s3_settings(&self) -> Result<crate::storage::s3::S3Settings, String> {
+        let (access_key_id, secret_access_key) =
+            crate::storage::s3::load_credentials(self.credentials_file.as_deref(), |name| {
+                std::env::var(name).ok()
+            })?;
+        Ok(crate::storage::s3::S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            path_style: self.path_style,
+            access_key_id,
+            secret_access_key,
+            conditional_writes: self.conditional_writes,
+            poll_interval: std::time::Duration::from_secs(self.poll_interval_secs.max(1)),
+        })
+    }
+
+    /// Where a replica redirects image downloads: `public_base_url` and the key prefix,
+    /// ending in `/`; `None` when it streams them itself.
+    pub fn redirect_base(&self) -> Option<String> {
+        if self.backend != StorageBackend::S3 {
+            return None;
+        }
+        let base = self.public_base_url.as_deref()?.trim_end_matches('/');
+        Some(format!(
+            "{base}/{}",
+            crate::storage::s3::key_prefix(&self.prefix)
+        ))
+    }
+
+    /// What is wrong with an `s3` configuration, one line per problem (none for `local`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.backend != StorageBackend::S3 {
+            return problems;
+        }
+        let is_http_url = |url: &str| {
+            url.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            })
+        };
+        if self.endpoint.is_empty() {
+            problems.push(
+                "storage.endpoint is empty; set it to the store's S3 URL, e.g. http://127.0.0.1:3900"
+                    .into(),
+            );
+        } else if !is_http_url(&self.endpoint) {
+            problems.push(format!(
+                "storage.endpoint {:?} is not an http:// or https:// URL with a host, e.g. http://127.0.0.1:3900",
+                self.endpoint
+            ));
+        }
+        if self.bucket.is_empty() {
+            problems.push("storage.bucket is empty; name the bucket to publish into".into());
+        }
+        if self.region.is_empty() {
+            problems.push(
+                "storage.region is empty; give the store's region (Garage: its s3_region, often \"garage\")"
+                    .into(),
+            );
+        }
+        if self.prefix.starts_with('/') || self.prefix.contains("//") || self.prefix.contains("..")
+        {
+            problems.push(format!(
+                "storage.prefix {:?} must be a relative key prefix such as \"lxd/\" (no leading '/', no '..')",
+                self.prefix
+            ));
+        }
+        if self.poll_interval_secs == 0 {
+            problems.push("storage.poll_interval_secs is 0; give at least 1 (e.g. 5)".into());
+        }
+        if let Some(url) = &self.public_base_url
+            && !is_http_url(url)
+        {
+            problems.push(format!(
+                "storage.public_base_url {url:?} is not an http:// or https:// URL with a host"
+            ));
+        }
+        problems
+    }
 }
 
 /// One `[[mirror]]` table: an upstream simplestreams server that `serve` mirrors every
@@ -588,6 +728,9 @@ pub enum ConfigError {
     /// `[[mirror]]` tables that cannot run: one line per problem, each naming its table.
     #[error("{path}: {}", .problems.join("; "))]
     Mirrors { path: String, problems: Vec<String> },
+    /// A `[storage]` section that cannot be used: one line per problem, each naming its key.
+    #[error("{}", .0.join("; "))]
+    Storage(Vec<String>),
 }
 
 impl ConfigError {
@@ -598,6 +741,7 @@ impl ConfigError {
                 .iter()
                 .map(|problem| format!("{path}: {problem}"))
                 .collect(),
+            ConfigError::Storage(problems) => problems.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -856,6 +1000,10 @@ impl Config {
             problems,
         })?;
         config.mirrors = mirrors;
+        let storage_problems = config.storage.problems();
+        if !storage_problems.is_empty() {
+            return Err(ConfigError::Storage(storage_problems));
+        }
         Ok(Effective {
             config,
             file,
@@ -1188,6 +1336,34 @@ mod tests {
             env: Vec::new(),
             flags: Vec::new(),
         })
+    }
+
+    #[test]
+    fn each_bad_storage_entry_is_one_line() {
+        let err = layered_from(
+            "[storage]\nbackend = \"s3\"\nendpoint = \"ftp://x\"\npoll_interval_secs = 0\npublic_base_url = \"cdn\"\n",
+        )
+        .unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        for (line, wanted) in lines.iter().zip([
+            "storage.endpoint \"ftp://x\" is not an http:// or https:// URL",
+            "storage.bucket is empty",
+            "storage.poll_interval_secs is 0",
+            "storage.public_base_url \"cdn\" is not",
+        ]) {
+            assert!(line.starts_with(wanted), "{line}");
+        }
+        // A local backend ignores the S3 keys; a whole S3 section is accepted.
+        assert!(layered_from("[storage]\nendpoint = \"ftp://x\"\n").is_ok());
+        let effective = layered_from(
+            "[storage]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\nprefix = \"lxd\"\npublic_base_url = \"https://cdn.example/\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            effective.config.storage.redirect_base().as_deref(),
+            Some("https://cdn.example/lxd/")
+        );
     }
 
     #[test]

@@ -9,12 +9,13 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use simplestream_server::access::Caller;
 use simplestream_server::audit::Audit;
-use simplestream_server::catalog::Catalog;
+use simplestream_server::catalog::{Catalog, CatalogError};
 use simplestream_server::commands::{self, Command, Context, ProgressStyle, report_error};
-use simplestream_server::config::{self, Config, LiveConfig, LogFormat};
+use simplestream_server::config::{self, Config, LiveConfig, LogFormat, StorageBackend};
 use simplestream_server::data_dir::DataDir;
 use simplestream_server::publish::{self, PublishArgs};
 use simplestream_server::serve;
+use simplestream_server::storage::s3::S3Tree;
 use simplestream_server::upload_area::UploadAreas;
 
 #[global_allocator]
@@ -46,12 +47,33 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum TopCommand {
     /// Run the HTTPS server and the SSH gateway until SIGTERM or SIGINT
-    Serve,
+    Serve(ServeArgs),
     Publish(PublishArgs),
     /// Print the effective configuration and where each value came from
     Config,
     #[command(flatten)]
     Catalog(Command),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Serve the bucket of `[storage]` over HTTPS only, as a read replica: no SSH gateway, no
+    /// catalog changes, no mirrors, no deltas
+    #[arg(long)]
+    read_only: bool,
+}
+
+/// What a command opens the catalog for, which decides the published tree behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// A catalog command: the configured backend, as a writer.
+    Command,
+    /// `serve`: the configured backend, as a writer.
+    Server,
+    /// `serve --read-only`: the bucket, read only.
+    Replica,
+    /// `storage push` and `pull`: the local data directory, whatever the backend.
+    LocalOnly,
 }
 
 /// The command line with one flag per setting (`--http-listen`, `--tls-san`, …) added to
@@ -138,14 +160,25 @@ fn main() -> ExitCode {
             }
             Err(e) => fail_config(&e),
         },
-        TopCommand::Serve => match common.open(true) {
-            Ok((config, catalog)) => {
-                let read_config = Box::new(move || common.settings().map(|e| e.config));
-                outcome(serve::run(config, catalog, read_config))
+        TopCommand::Serve(args) => {
+            let opening = if args.read_only {
+                Opening::Replica
+            } else {
+                Opening::Server
+            };
+            match common.open(opening) {
+                Ok((config, catalog)) => {
+                    let read_config = Box::new(move || common.settings().map(|e| e.config));
+                    outcome(serve::run(config, catalog, read_config, args.read_only))
+                }
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
-        TopCommand::Catalog(command) => match common.open(false) {
+        }
+        TopCommand::Catalog(command) => match common.open(if command.uses_local_tree() {
+            Opening::LocalOnly
+        } else {
+            Opening::Command
+        }) {
             Ok((config, catalog)) => run_command(command, &config, &catalog),
             Err(code) => code,
         },
@@ -174,19 +207,56 @@ impl Common {
         })
     }
 
-    /// Loads the configuration and opens the catalog.
-    fn open(&self, serving: bool) -> Result<(Config, Catalog), ExitCode> {
+    /// Loads the configuration and opens the catalog, on the published tree `opening` and
+    /// `[storage]` call for.
+    fn open(&self, opening: Opening) -> Result<(Config, Catalog), ExitCode> {
         let config = self.settings().map_err(|e| fail_config(&e))?.config;
-        init_logging(serving, config.log.format);
-        let catalog = Catalog::open(DataDir::new(&self.data_dir), config.catalog_settings())
-            .map_err(|e| {
-                fail(&format!(
-                    "cannot open the data directory {}: {e}",
-                    self.data_dir.display()
-                ))
-            })?;
+        init_logging(
+            matches!(opening, Opening::Server | Opening::Replica),
+            config.log.format,
+        );
+        let dirs = DataDir::new(&self.data_dir);
+        let settings = config.catalog_settings();
+        let cannot_open = |e: CatalogError| {
+            fail(&format!(
+                "cannot open the data directory {}: {e}",
+                self.data_dir.display()
+            ))
+        };
+        let catalog = match (config.storage.backend, opening) {
+            (StorageBackend::Local, Opening::Replica) => {
+                return Err(fail(
+                    "serve --read-only serves a bucket: set storage.backend = \"s3\" with its endpoint and bucket",
+                ));
+            }
+            (StorageBackend::Local, _) | (_, Opening::LocalOnly) => {
+                Catalog::open(dirs, settings).map_err(cannot_open)?
+            }
+            (StorageBackend::S3, Opening::Replica) => {
+                let s3 = config.storage.s3_settings().map_err(|e| fail(&e))?;
+                let tree = S3Tree::open_replica(&s3).map_err(|e| fail(&e))?;
+                Catalog::open_read_only(dirs, settings, tree).map_err(cannot_open)?
+            }
+            (StorageBackend::S3, Opening::Command | Opening::Server) => {
+                let s3 = config.storage.s3_settings().map_err(|e| fail(&e))?;
+                let tree =
+                    S3Tree::open_writer(&s3, &writer_name(&self.data_dir)).map_err(|e| fail(&e))?;
+                Catalog::open_with_tree(dirs, settings, tree).map_err(cannot_open)?
+            }
+        };
         Ok((config, catalog))
     }
+}
+
+/// Names this writer in the bucket's lease: the host and the data directory, so that the
+/// same writer restarted, or a command run beside its server, is the same holder.
+fn writer_name(data_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!(
+        "{}:{}",
+        simplestream_server::remote::machine_hostname().unwrap_or_else(|| "localhost".into()),
+        dir.display()
+    )
 }
 
 fn run_command(command: Command, config: &Config, catalog: &Catalog) -> ExitCode {

@@ -19,12 +19,53 @@ use crate::reload::{ReadConfig, Reloader};
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves until SIGTERM or SIGINT. `read_config` reads the configuration again on SIGHUP.
-pub fn run(config: Config, catalog: Catalog, read_config: ReadConfig) -> anyhow::Result<()> {
+/// `read_only`: a replica of a bucket, HTTPS only ([`serve_replica`]).
+pub fn run(
+    config: Config,
+    catalog: Catalog,
+    read_config: ReadConfig,
+    read_only: bool,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, Arc::new(catalog), read_config))
+    if read_only {
+        runtime.block_on(serve_replica(config, Arc::new(catalog)))
+    } else {
+        runtime.block_on(serve(config, Arc::new(catalog), read_config))
+    }
+}
+
+/// A read replica: HTTPS from the bucket and nothing else (no SSH gateway, no catalog
+/// changes, no mirrors, no deltas). The tree polls the bucket for new publications by
+/// itself. SIGHUP reloads the certificate only.
+async fn serve_replica(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let https = crate::http::Https::bind(&config, catalog).await?;
+    for line in https.remote_info(None).lines() {
+        announce(line);
+    }
+    announce(&format!("listening https {}", https.local_addr()));
+    let http = https.state();
+    let https_task = tokio::spawn(https.run(shutdown.clone()));
+    let mut signals = Signals::watch()?;
+    announce("ready");
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.hangup.recv() => {
+                let certs = http.certs.clone();
+                let reloaded = tokio::task::spawn_blocking(move || certs.reload_if_changed()).await;
+                tracing::info!(?reloaded, "reloaded (SIGHUP) the certificate; a read-only replica reloads nothing else");
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = https_task.await;
+    Ok(())
 }
 
 async fn serve(

@@ -131,12 +131,29 @@ impl Catalog {
         Self::open_with_tree(dirs, settings, tree)
     }
 
-    /// [`Catalog::open`] publishing through `tree`; the layout exists.
-    fn open_with_tree(
+    /// A catalog that only reads `tree` (a read-only replica): nothing is recovered or
+    /// published at opening, and nothing may be changed through it.
+    pub fn open_read_only(
         dirs: DataDir,
         settings: CatalogSettings,
         tree: Arc<dyn PublishedTree>,
     ) -> Result<Catalog> {
+        dirs.create_layout()?;
+        Ok(Catalog {
+            dirs,
+            tree,
+            settings: std::sync::RwLock::new(settings),
+            changes: Default::default(),
+        })
+    }
+
+    /// [`Catalog::open`] publishing through `tree` (an object store's, or a test's).
+    pub fn open_with_tree(
+        dirs: DataDir,
+        settings: CatalogSettings,
+        tree: Arc<dyn PublishedTree>,
+    ) -> Result<Catalog> {
+        dirs.create_layout()?;
         let catalog = Catalog {
             dirs,
             tree,

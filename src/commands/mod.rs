@@ -19,6 +19,7 @@ pub mod prune;
 pub mod rebuild;
 pub mod remote_info;
 pub mod remove;
+pub mod storage;
 pub mod uploads;
 pub mod verify;
 pub mod version;
@@ -47,6 +48,8 @@ pub enum Command {
     Product(product::Product),
     Verify(verify::Verify),
     Rebuild(rebuild::Rebuild),
+    #[command(subcommand)]
+    Storage(storage::Storage),
     RemoteInfo(remote_info::RemoteInfo),
     Uploads(uploads::Uploads),
     Whoami(whoami::Whoami),
@@ -67,6 +70,7 @@ pub const ROLES: &[(&str, Role)] = &[
     ("product", Role::Admin),
     ("verify", Role::Admin),
     ("rebuild", Role::Admin),
+    ("storage", Role::Admin),
     ("remote-info", Role::Reader),
     ("uploads", Role::Publisher),
     ("whoami", Role::Reader),
@@ -96,12 +100,18 @@ impl Command {
             Command::Product(_) => "product",
             Command::Verify(_) => "verify",
             Command::Rebuild(_) => "rebuild",
+            Command::Storage(_) => "storage",
             Command::RemoteInfo(_) => "remote-info",
             Command::Uploads(_) => "uploads",
             Command::Whoami(_) => "whoami",
             Command::Help(_) => "help",
             Command::Version(_) => "version",
         }
+    }
+
+    /// `storage push` and `pull` work on the local data directory, whatever the backend.
+    pub fn uses_local_tree(&self) -> bool {
+        matches!(self, Command::Storage(_))
     }
 
     fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
@@ -117,6 +127,7 @@ impl Command {
             Command::Product(cmd) => cmd.run(ctx),
             Command::Verify(cmd) => cmd.run(ctx),
             Command::Rebuild(cmd) => cmd.run(ctx),
+            Command::Storage(cmd) => cmd.run(ctx),
             Command::RemoteInfo(cmd) => cmd.run(ctx),
             Command::Uploads(cmd) => cmd.run(ctx),
             Command::Whoami(cmd) => cmd.run(ctx),

@@ -262,6 +262,11 @@ async fn file_reply(
     method: &Method,
     headers: &HeaderMap,
 ) -> io::Result<Reply> {
+    if let Some(base) = &state.settings().redirect_base
+        && relative.starts_with("images/")
+    {
+        return Ok(redirect(base, relative));
+    }
     let tree = state.tree.clone();
     let key = relative.to_string();
     let opened = tokio::task::spawn_blocking(move || tree.open(&key))
@@ -278,6 +283,39 @@ async fn file_reply(
         &validators,
         Source::Object(opened.reader),
     ))
+}
+
+/// A 302 to `base` + `relative` (the object in the store's web endpoint or a CDN).
+fn redirect(base: &str, relative: &str) -> Reply {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    let location = format!(
+        "{base}{}",
+        percent_encoding::utf8_percent_encode(relative, SEGMENT)
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(CACHE_CONTROL, cache_policy::cache_control(relative));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            headers.insert(http::header::LOCATION, value);
+            Reply {
+                status: StatusCode::FOUND,
+                headers,
+                body: ReplyBody::Empty,
+            }
+        }
+        Err(_) => Reply::not_found(),
+    }
 }
 
 enum Source {

@@ -66,6 +66,9 @@ pub struct HttpSettings {
     /// The URL clients add as the remote, and the remote's name.
     pub public_url: String,
     pub remote_name: String,
+    /// Image downloads are redirected here (+ the key) instead of streamed:
+    /// `storage.public_base_url` on an object-storage backend.
+    pub redirect_base: Option<String>,
 }
 
 impl HttpSettings {
@@ -98,6 +101,7 @@ impl HttpSettings {
             max_connections_per_address: http.max_connections_per_address,
             reload_interval: Duration::from_secs(config.tls.reload_interval_secs.max(1)),
             remote_name: http.remote_name.clone(),
+            redirect_base: config.storage.redirect_base(),
         })
     }
 }

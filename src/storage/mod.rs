@@ -1,7 +1,7 @@
 //! The published tree (what `www/` holds: image files and `streams/v1/*.json`) and the catalog
 //! record, behind one interface: [`PublishedTree`]. The catalog writes through it, and `verify`
 //! and the HTTP side read through it. [`local`] is the local filesystem, the embedded default;
-//! an S3-compatible object store is meant to be the second implementation.
+//! [`s3`] an S3-compatible bucket (`storage.backend = "s3"`).
 //!
 //! # What a reader may rely on
 //! Readers (the HTTP side, replicas, `verify`) never take the writer's lock. They rely on this:
@@ -27,6 +27,7 @@
 //! answer it without waiting on the network (the local one stats an inode that is in memory).
 
 pub mod local;
+pub mod s3;
 
 use std::fs::File;
 use std::io;
@@ -94,7 +95,7 @@ pub struct ObjectMeta {
     pub version: ObjectVersion,
 }
 
-/// What tells two versions of a key apart. An object store would add its ETag here.
+/// What tells two versions of a key apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectVersion {
     /// A local file: every publication renames a new inode into place, so device, inode,
@@ -105,6 +106,8 @@ pub enum ObjectVersion {
         mtime_ns: i128,
         size: u64,
     },
+    /// An object in a store: its entity tag (hashed, so that a version stays `Copy`) and size.
+    Stored { tag: u64, size: u64 },
 }
 
 impl ObjectVersion {
@@ -117,6 +120,7 @@ impl ObjectVersion {
                 size,
                 ..
             } => format!("\"{ino:x}-{mtime_ns:x}-{size:x}\""),
+            ObjectVersion::Stored { tag, size } => format!("\"{tag:x}-{size:x}\""),
         }
     }
 }
