@@ -27,4 +27,5 @@ mod publish;
 mod reload;
 mod s3;
 mod ssh;
+mod storage;
 mod torture;
