@@ -7,8 +7,8 @@
 //!   index.json, deletions) is kept because each call returns only once the store answered.
 //! - The stream files are held in memory ([`StreamFiles`]): `stat` of one answers from there
 //!   without the network, as the HTTP side requires. A writer updates them as it replaces
-//!   them; every process also polls index.json's entity tag and reads a new pair when it
-//!   changes. A replica ([`S3Tree::open_replica`]) takes a new pair only once every file its
+//!   them; every process also polls the entity tags of the pair and reads a new one when they
+//!   change. A replica ([`S3Tree::open_replica`]) takes a new pair only once every file its
 //!   images.json names is in the bucket with its size, so it never serves an index naming a
 //!   file it cannot serve; until then it keeps serving the pair it has.
 //! - Image files are read by [`reader::S3Object`]: one ranged GET streaming per download.
@@ -295,16 +295,21 @@ impl S3Tree {
             .cloned()
     }
 
-    /// Reads the stream files again when index.json's entity tag changed. With
+    /// Reads the stream files again when index.json's or images.json's entity tag changed. With
     /// `verify_files`, a new pair is taken only when every file images.json names is in the
     /// bucket with its size. Returns whether a new pair was taken.
     async fn refresh(&self, verify_files: bool) -> io::Result<bool> {
         let _publishing = self.publishing.lock().await;
-        let current = self.held(INDEX_PATH).map(|held| held.etag.clone());
-        let Some(head) = self.client.head(INDEX_PATH).await? else {
+        // Both tags: a store's tag may be the content's MD5, and two publications within one
+        // second with the same products write the same index.json.
+        let held_tag = |key: &str| self.held(key).map(|held| held.etag.clone());
+        let Some(index_head) = self.client.head(INDEX_PATH).await? else {
             return Ok(false);
         };
-        if current.as_deref() == Some(head.etag.as_str()) {
+        let images_tag = self.client.head(IMAGES_PATH).await?.map(|head| head.etag);
+        if held_tag(INDEX_PATH).as_deref() == Some(index_head.etag.as_str())
+            && held_tag(IMAGES_PATH) == images_tag
+        {
             return Ok(false);
         }
         // index.json first: images.json is never older than it (see `storage`'s contract).

@@ -174,7 +174,8 @@ impl ObjectReader for S3Object {
         }
     }
 
-    /// What the running GET has already brought, when the read continues it.
+    /// What the running GET has already brought, when the read continues it: the rest of
+    /// one piece, in a buffer of its size.
     fn read_ready(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
         let Ok(mut flow) = self.flow.try_lock() else {
             return Ok(None);
@@ -182,20 +183,22 @@ impl ObjectReader for S3Object {
         let Some(current) = flow.as_mut().filter(|flow| flow.offset == offset) else {
             return Ok(None);
         };
-        let len = len.min(self.size.saturating_sub(offset) as usize);
-        let (mut buf, pad) = mid_line_vec(len);
-        buf.resize(pad + len, 0);
-        match current.take_ready(&mut buf[pad..]) {
-            Ok(0) => Ok(None),
-            Ok(n) => {
-                buf.truncate(pad + n);
-                Ok(Some(Bytes::from(buf).slice(pad..)))
-            }
-            Err(e) => {
-                *flow = None;
-                Err(e)
+        if current.pending.is_empty() {
+            match current.pieces.try_recv() {
+                Ok(Ok(piece)) => current.pending = piece,
+                Ok(Err(e)) => {
+                    *flow = None;
+                    return Err(e);
+                }
+                Err(_) => return Ok(None),
             }
         }
+        let n = len.min(current.pending.len());
+        let (mut buf, pad) = mid_line_vec(n);
+        buf.extend_from_slice(&current.pending[..n]);
+        current.pending = current.pending.slice(n..);
+        current.offset += n as u64;
+        Ok(Some(Bytes::from(buf).slice(pad..)))
     }
 }
 
