@@ -401,3 +401,216 @@ fn garage_is_refused_at_start_unless_told_and_bad_access_is_one_line() {
     let line = fails(&t, &cluster, &["list"]);
     assert!(line.contains("no-such-bucket does not exist"), "{line}");
 }
+
+/// A store that honours conditional writes (as AWS S3, MinIO and Ceph RGW do), in this
+/// process: enough of the S3 API for a writer (GET with `list-type=2`, HEAD, GET, PUT with
+/// `If-None-Match: *` / `If-Match`, DELETE), signatures not checked. Garage cannot show the
+/// lease at work, because it ignores those headers.
+mod conditional_store {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    type Objects = Arc<Mutex<BTreeMap<String, (Vec<u8>, u64)>>>;
+
+    pub struct Store {
+        pub endpoint: String,
+    }
+
+    pub fn start(bucket: &'static str) -> Store {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let objects: Objects = Arc::default();
+        let tags = Arc::new(Mutex::new(0u64));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (objects, tags) = (objects.clone(), tags.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, bucket, &objects, &tags);
+                });
+            }
+        });
+        Store { endpoint }
+    }
+
+    fn serve(
+        stream: TcpStream,
+        bucket: &str,
+        objects: &Objects,
+        tags: &Mutex<u64>,
+    ) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        loop {
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let mut words = head[0].split_whitespace();
+            let method = words.next().unwrap_or("").to_string();
+            let target = words.next().unwrap_or("").to_string();
+            let header = |name: &str| {
+                head[1..].iter().find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    key.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_string())
+                })
+            };
+            let length: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body)?;
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let key = path
+                .strip_prefix(&format!("/{bucket}"))
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .to_string();
+            let mut objects = objects.lock().unwrap();
+            let (status, etag, answer): (u16, Option<u64>, Vec<u8>) = match method.as_str() {
+                "GET" if key.is_empty() && query.contains("list-type=2") => {
+                    let prefix = query
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix("prefix="))
+                        .map(|p| percent_decode(p))
+                        .unwrap_or_default();
+                    let mut xml = String::from(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><IsTruncated>false</IsTruncated>",
+                    );
+                    for (name, (bytes, _)) in objects.range(prefix.clone()..) {
+                        if !name.starts_with(&prefix) {
+                            break;
+                        }
+                        xml.push_str(&format!(
+                            "<Contents><Key>{name}</Key><Size>{}</Size></Contents>",
+                            bytes.len()
+                        ));
+                    }
+                    xml.push_str("</ListBucketResult>");
+                    (200, None, xml.into_bytes())
+                }
+                "GET" | "HEAD" => match objects.get(&key) {
+                    Some((bytes, tag)) => (200, Some(*tag), bytes.clone()),
+                    None => (404, None, b"<Error><Code>NoSuchKey</Code></Error>".to_vec()),
+                },
+                "PUT" => {
+                    let current = objects.get(&key).map(|(_, tag)| format!("\"{tag}\""));
+                    let refused = (header("if-none-match").as_deref() == Some("*")
+                        && current.is_some())
+                        || header("if-match").is_some_and(|wanted| Some(wanted) != current);
+                    if refused {
+                        (
+                            412,
+                            None,
+                            b"<Error><Code>PreconditionFailed</Code></Error>".to_vec(),
+                        )
+                    } else {
+                        let mut next = tags.lock().unwrap();
+                        *next += 1;
+                        objects.insert(key, (body, *next));
+                        (200, Some(*next), Vec::new())
+                    }
+                }
+                "DELETE" => {
+                    objects.remove(&key);
+                    (204, None, Vec::new())
+                }
+                _ => (400, None, Vec::new()),
+            };
+            drop(objects);
+            let mut response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n",
+                answer.len()
+            );
+            if let Some(tag) = etag {
+                response.push_str(&format!("etag: \"{tag}\"\r\n"));
+            }
+            response.push_str("\r\n");
+            writer.write_all(response.as_bytes())?;
+            if method != "HEAD" {
+                writer.write_all(&answer)?;
+            }
+        }
+    }
+
+    fn percent_decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// On a store whose conditional writes hold, the probe passes, the writer takes the lease,
+/// and a second writer (another data directory) is refused with one line while the first
+/// serves; the same data directory's commands run beside its server.
+#[test]
+fn a_store_with_conditional_writes_takes_one_writer_through_the_lease() {
+    let store = conditional_store::start("leased");
+    let table = format!(
+        "[storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"leased\"\nconditional_writes = true\n",
+        store.endpoint
+    );
+    let first = TestDir::new();
+    configure(&first, &table);
+    let credentials = |command: &mut Command| {
+        command
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret");
+    };
+    let mut serve = first.command(&[
+        "serve",
+        "--https-listen",
+        "127.0.0.1:0",
+        "--ssh-listen",
+        "127.0.0.1:0",
+    ]);
+    credentials(&mut serve);
+    let server = Server::start_with(serve);
+
+    // The same writer's command, beside its server: the same holder.
+    let mut import = first.command(&["import", image(first.path(), "one").to_str().unwrap()]);
+    credentials(&mut import);
+    let output = import.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Another data directory is another writer: refused, in one line.
+    let second = TestDir::new();
+    configure(&second, &table);
+    let mut list = second.command(&["list"]);
+    credentials(&mut list);
+    let output = list.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("another writer") && stderr.contains("writer lease"),
+        "{stderr}"
+    );
+    server.terminate();
+}
