@@ -482,7 +482,7 @@ mod conditional_store {
                     let prefix = query
                         .split('&')
                         .find_map(|pair| pair.strip_prefix("prefix="))
-                        .map(|p| percent_decode(p))
+                        .map(percent_decode)
                         .unwrap_or_default();
                     let mut xml = String::from(
                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><IsTruncated>false</IsTruncated>",
@@ -548,12 +548,13 @@ mod conditional_store {
         let mut out = Vec::new();
         let mut i = 0;
         while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    out.push(byte);
-                    i += 3;
-                    continue;
-                }
+            if bytes[i] == b'%'
+                && i + 2 < bytes.len()
+                && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+            {
+                out.push(byte);
+                i += 3;
+                continue;
             }
             out.push(bytes[i]);
             i += 1;
