@@ -115,7 +115,7 @@ fn push(ctx: &mut Context<'_>, client: &Arc<Client>) -> Result<(), CommandError>
             kept += 1;
             continue;
         }
-        client.block_on(client.put_file(&file.path, &local, Some(&file.sha256)))?;
+        client.block_on(client.put_file(&file.path, &local, Some(&file.sha256), false))?;
         let uploaded = client.block_on(client.head(&file.path))?;
         if uploaded.as_ref().map(|head| head.size) != Some(size) {
             return Err(CommandError::Failed(format!(

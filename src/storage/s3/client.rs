@@ -598,8 +598,16 @@ impl Client {
     }
 
     /// Uploads the local file `path` as `key`: one PUT, or a multipart upload for a large
-    /// file (parts streamed from the file, so memory stays bounded).
-    pub async fn put_file(&self, key: &str, path: &Path, sha256: Option<&str>) -> io::Result<()> {
+    /// file (parts streamed from the file, so memory stays bounded). `create_only`: a single
+    /// PUT carries `If-None-Match: *` and an object already there is an error (for stores
+    /// that honour it).
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        sha256: Option<&str>,
+        create_only: bool,
+    ) -> io::Result<()> {
         let len = tokio::fs::metadata(path).await?.len();
         if len <= SINGLE_PUT_MAX {
             let payload = Payload::File {
@@ -607,7 +615,21 @@ impl Client {
                 start: 0,
                 len,
             };
-            self.put(key, &payload, Condition::None, sha256).await?;
+            let condition = if create_only {
+                Condition::Absent
+            } else {
+                Condition::None
+            };
+            if self.put(key, &payload, condition, sha256).await? == Put::Refused {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is already in bucket {}; image keys are never overwritten",
+                        self.full_key(key),
+                        self.bucket.name()
+                    ),
+                ));
+            }
             return Ok(());
         }
         let full = self.full_key(key);

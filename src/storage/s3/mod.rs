@@ -181,6 +181,8 @@ pub struct S3Tree {
     /// older pair never overwrites what this process has just written.
     publishing: tokio::sync::Mutex<()>,
     read_only: bool,
+    /// The store honours `If-None-Match`: image files are placed create-only.
+    create_only: bool,
     /// The writer's lease, renewed while the tree lives (conditional stores only).
     _lease: Option<writer::Lease>,
     /// Set when a replica's poll found a pair it could not take: said once per pair.
@@ -222,6 +224,7 @@ impl S3Tree {
             streams: RwLock::new(StreamFiles::default()),
             publishing: tokio::sync::Mutex::new(()),
             read_only: false,
+            create_only: lease.is_some(),
             _lease: lease,
             last_refusal: Mutex::new(None),
         });
@@ -242,6 +245,7 @@ impl S3Tree {
             streams: RwLock::new(StreamFiles::default()),
             publishing: tokio::sync::Mutex::new(()),
             read_only: true,
+            create_only: false,
             _lease: None,
             last_refusal: Mutex::new(None),
         });
@@ -262,6 +266,7 @@ impl S3Tree {
             streams: RwLock::new(StreamFiles::default()),
             publishing: tokio::sync::Mutex::new(()),
             read_only: false,
+            create_only: false,
             _lease: None,
             last_refusal: Mutex::new(None),
         }))
@@ -412,7 +417,7 @@ impl S3Tree {
     fn upload(&self, staged: &Path, key: &str) -> io::Result<()> {
         self.refuse_write()?;
         self.client
-            .block_on(self.client.put_file(key, staged, None))?;
+            .block_on(self.client.put_file(key, staged, None, self.create_only))?;
         remove_staged(staged);
         Ok(())
     }
