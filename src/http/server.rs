@@ -214,6 +214,9 @@ async fn serve_tls(
             // hyper's default is its whole read buffer (~400 KiB): a head without its end
             // would cost that much per connection and get no answer.
             .max_header_size(plain::MAX_HEAD)
+            // Also the bound on response bytes queued before hyper writes them out: at its
+            // default (~400 KiB) a download holds two body frames per connection at once.
+            .max_buf_size(2 * plain::MAX_HEAD)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {
