@@ -351,6 +351,15 @@ api_bind_addr = "127.0.0.1:{admin}"
         format!("http://127.0.0.1:{}", self.nodes[i].web)
     }
 
+    /// Opens the bucket on Garage's website endpoint for the host name `localhost`: Garage
+    /// picks the bucket by Host header, so the bucket gets that name as an alias. Returns the
+    /// base URL of node `i`'s website endpoint (what `public_base_url` is set to).
+    pub fn serve_website(&self, i: usize) -> String {
+        self.cli_ok(i, &["bucket", "website", "--allow", &self.bucket]);
+        self.cli_ok(i, &["bucket", "alias", &self.bucket, "localhost"]);
+        format!("http://localhost:{}", self.nodes[i].web)
+    }
+
     /// The `[storage]` table for config.toml pointing at this cluster (node 0's S3 API), with
     /// `prefix` for the keys. Garage ignores conditional writes, hence
     /// `conditional_writes = false`.

@@ -96,3 +96,61 @@ pub fn data_segments_received(stream: &std::net::TcpStream) -> u32 {
     assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
     info.tcpi_data_segs_in
 }
+
+/// A TCP relay on 127.0.0.1 to `upstream` that counts the bytes its clients send: put between
+/// a server and its object store, it tells a test how far an upload has gone. Runs until the
+/// test process ends (threads, one pair per connection).
+pub struct CountingRelay {
+    pub addr: std::net::SocketAddr,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingRelay {
+    pub fn start(upstream: std::net::SocketAddr) -> CountingRelay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (Ok(mut client_read), Ok(mut server_write)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        match io::Read::read(&mut client_read, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
+                                if io::Write::write_all(&mut server_write, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingRelay { addr, sent }
+    }
+
+    /// Bytes clients sent through so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
