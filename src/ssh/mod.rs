@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`server`]: the accept loop. Caps (in all, per address, throttling of failed logins:
 //!   [`crate::limits`]) are checked before the handshake; a login grace deadline bounds what
-//!   an unauthenticated client may hold; then russh runs the connection.
+//!   an unauthenticated client may hold; then russh runs the connection, reading the socket
+//!   through [`socket_reads`] (one recv per packet, straight into russh's packet buffer).
 //! - [`session`]: one connection's russh handler: public-key authentication against
 //!   `authorized_keys` (identity bound only after the signature is verified), and the
 //!   refusals (password, pty, shell, forwarding, …). Each accepted request is handed to a
@@ -38,6 +39,7 @@ pub mod scp;
 pub mod server;
 pub mod session;
 pub mod sftp;
+mod socket_reads;
 
 use std::sync::Arc;
 

@@ -40,14 +40,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Gateway;
 use super::session::{ConnectionState, SshSession};
+use super::socket_reads::SpillReads;
 use crate::limits::{ConnectionGate, ConnectionPermit, GateLimits};
 
 /// How long a connection has to leave after the server said goodbye.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 /// How long `serve` waits for connections to end at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-/// Bytes read from the socket at once.
-const READ_BUFFER: usize = 256 << 10;
 /// Constant time every rejected authentication takes (russh pads to it).
 const AUTH_REJECTION_TIME: Duration = Duration::from_millis(250);
 /// How often counted connection refusals are written to the audit log.
@@ -321,10 +320,7 @@ async fn serve_connection(connection: Connection) {
     // Whatever way this function ends (even aborted at shutdown), the channels' tasks learn it.
     let connection_ended = CancellationToken::new();
     let _end_channel_tasks = connection_ended.clone().drop_guard();
-    // Buffered: russh reads each packet in two exact reads, which would be two recv(2) per
-    // 32 KiB packet; through the buffer most come from one recv.
-    let stream =
-        tokio::io::BufReader::with_capacity(READ_BUFFER, CuttableStream::new(stream, cut.clone()));
+    let stream = CuttableStream::new(stream, cut.clone());
     let state = Arc::new(ConnectionState::default());
     let handler = SshSession::new(gateway.clone(), peer, state.clone(), connection_ended);
     let login_deadline = Instant::now() + grace;
@@ -436,6 +432,8 @@ async fn sleep_until_option(at: Option<Instant>) {
 /// loop ends a connection russh is still running, whatever state the client left it in.
 struct CuttableStream {
     inner: TcpStream,
+    /// Reads go through here: one recv per packet, straight into russh's buffer.
+    reads: SpillReads,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     is_cut: bool,
 }
@@ -444,6 +442,7 @@ impl CuttableStream {
     fn new(inner: TcpStream, token: CancellationToken) -> Self {
         CuttableStream {
             inner,
+            reads: SpillReads::default(),
             cut: Box::pin(token.cancelled_owned()),
             is_cut: false,
         }
@@ -474,7 +473,7 @@ impl AsyncRead for CuttableStream {
         if this.check(cx) {
             return Poll::Ready(Err(cut_error()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        this.reads.poll_read(&this.inner, cx, buf)
     }
 }
 
