@@ -86,11 +86,24 @@ impl DirectFile {
         self.total == 0
     }
 
-    pub fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.append_with(bytes, |from, to| to.copy_from_slice(from))
+    }
+
+    /// [`DirectFile::append`], with `copy(from, to)` putting each piece of `bytes` into the
+    /// block: it must fill `to` with `from` (and may hash on the way, for next to nothing).
+    pub fn append_with(
+        &mut self,
+        mut bytes: &[u8],
+        mut copy: impl FnMut(&[u8], &mut [u8]),
+    ) -> io::Result<()> {
         self.total += bytes.len() as u64;
         while !bytes.is_empty() {
             let take = (BLOCK - self.filled).min(bytes.len());
-            self.block.bytes_mut()[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            copy(
+                &bytes[..take],
+                &mut self.block.bytes_mut()[self.filled..self.filled + take],
+            );
             self.filled += take;
             bytes = &bytes[take..];
             if self.filled == BLOCK {

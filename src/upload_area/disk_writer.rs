@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::direct_file::DirectFile;
-use crate::sha256::{Sha256State, update_all};
+use crate::sha256::{Sha256State, update_all_copying};
 
 /// Requests queued for the thread (each up to 255 KiB): enough to ride out a slow write,
 /// small enough to bound memory.
@@ -166,13 +166,14 @@ impl WriterState {
         // The upload was dropped: nothing more to do; its temp file is removed by the owner.
     }
 
+    /// Hashes `chunks` while copying them into the file's block (one pass over the bytes).
     fn append(&mut self, chunks: &[Bytes]) -> io::Result<()> {
+        let mut states: Vec<&mut Sha256State> = std::iter::once(&mut self.own)
+            .chain(self.combined.iter_mut().map(|(_, state)| state))
+            .collect();
         for chunk in chunks {
-            let mut states: Vec<&mut Sha256State> = std::iter::once(&mut self.own)
-                .chain(self.combined.iter_mut().map(|(_, state)| state))
-                .collect();
-            update_all(&mut states, chunk);
-            self.file.append(chunk)?;
+            self.file
+                .append_with(chunk, |from, to| update_all_copying(&mut states, from, to))?;
         }
         Ok(())
     }
@@ -208,9 +209,11 @@ mod tests {
     async fn write_all(path: &Path, direct: bool, body: &[u8], seed: &[u8]) -> Written {
         std::fs::write(path, b"").unwrap();
         let mut writer = DiskWriter::start(path, direct, slot()).unwrap();
-        let mut state = Sha256State::new();
-        state.update(seed);
-        writer.seeds(vec![("seed".into(), state)]).await.unwrap();
+        if !seed.is_empty() {
+            let mut state = Sha256State::new();
+            state.update(seed);
+            writer.seeds(vec![("seed".into(), state)]).await.unwrap();
+        }
         for (i, piece) in body.chunks(261_120).enumerate() {
             let chunks: Vec<Bytes> = piece.chunks(32_768).map(Bytes::copy_from_slice).collect();
             writer.write(chunks).await.unwrap();
@@ -225,14 +228,16 @@ mod tests {
     async fn writes_and_hashes_exactly_what_arrived() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upload");
-        for (direct, len) in [
-            (true, 3 * BLOCK + 12_345),
-            (false, BLOCK + 1),
-            (true, 100),
-            (true, 0),
+        // With a metadata seed (two hashes, interleaved) and without (the file's own alone).
+        for (direct, len, seed) in [
+            (true, 3 * BLOCK + 12_345, b"meta".as_slice()),
+            (false, BLOCK + 1, b"meta"),
+            (true, 100, b"meta"),
+            (true, 0, b"meta"),
+            (true, 2 * BLOCK + 77, b""),
         ] {
             let body = data(len);
-            let written = write_all(&path, direct, &body, b"meta").await;
+            let written = write_all(&path, direct, &body, seed).await;
             assert_eq!(written.len, len as u64);
             assert_eq!(
                 std::fs::read(&path).unwrap(),
@@ -240,9 +245,13 @@ mod tests {
                 "direct {direct} len {len}"
             );
             assert_eq!(written.own.finalize()[..], Sha256::digest(&body)[..]);
+            if seed.is_empty() {
+                assert!(written.combined.is_empty());
+                continue;
+            }
             let (name, combined) = written.combined.into_iter().next().unwrap();
             assert_eq!(name, "seed");
-            let expected = Sha256::digest([b"meta".as_slice(), &body].concat());
+            let expected = Sha256::digest([seed, &body].concat());
             assert_eq!(combined.finalize()[..], expected[..]);
         }
     }
