@@ -2,6 +2,7 @@
 # Deltas: ours against `xdelta3 -e -9 -s` (what upstream image builders run) on a realistic pair.
 #
 #   bench/delta.sh [SIZE_MIB] [CHANGED_PERCENT]        (defaults: 1024 and 2)
+#   PAIR=DIR bench/delta.sh                            (the pair DIR/v1.squashfs, DIR/v2.squashfs)
 #
 # Builds a SIZE_MIB directory tree from files under /usr (hard links where it can), squashes it (mksquashfs -comp xz,
 # as distrobuilder does; COMP=gzip to build faster), changes CHANGED_PERCENT of the files
@@ -36,6 +37,11 @@ measure() {
     cat "$report"
 }
 
+if [ -n "${PAIR:-}" ]; then
+    # A pair built before (v1.squashfs and v2.squashfs in $PAIR): the same measurement
+    # without the squashing, which takes most of the time on a small machine.
+    ln "$PAIR/v1.squashfs" "$PAIR/v2.squashfs" "$work/" 2>/dev/null || cp "$PAIR/v1.squashfs" "$PAIR/v2.squashfs" "$work/"
+else
 echo "building a ${size_mib} MiB tree from /usr..." >&2
 python3 - "$work/tree" "$size_mib" <<'EOF'
 import os, shutil, sys
@@ -90,6 +96,7 @@ EOF
 echo "squashing the second build..." >&2
 squash "$work/tree" "$work/v2.squashfs"
 rm -rf "$work/tree"
+fi
 
 mkdir -p "$work/meta"
 for n in 1 2; do

@@ -85,6 +85,60 @@ fn sha256_file(path: &Path) -> String {
     support::sha256_of(&[path])
 }
 
+/// Every instruction the encoder makes (short copies from the window and from the nearby
+/// base, ADD+COPY pairs, cached addresses) as Debian's xdelta3 decodes it.
+#[test]
+fn xdelta3_applies_short_copies_and_cached_addresses() {
+    let t = TestDir::new();
+    let base = noise(1, 300_000);
+    let mut target = base[..100_000].to_vec();
+    for i in 0..300u32 {
+        target.extend_from_slice(b"record-header-fields");
+        target.extend_from_slice(&i.to_le_bytes());
+        target.extend_from_slice(&noise(u64::from(i) + 10, 12));
+    }
+    let mut edited = base[100_000..110_000].to_vec();
+    for byte in edited.iter_mut().step_by(40) {
+        *byte ^= 0x5a;
+    }
+    target.extend_from_slice(&edited);
+    target.extend_from_slice(&base[110_000..]);
+    target.extend_from_slice(&base[5_000..60_000]);
+    let (base_path, target_path) = (t.file("base"), t.file("target"));
+    std::fs::write(&base_path, &base).unwrap();
+    std::fs::write(&target_path, &target).unwrap();
+
+    let delta_path = t.file("delta.vcdiff");
+    let mut delta = std::fs::File::create(&delta_path).unwrap();
+    simplestream_server::vcdiff::encode::encode(
+        &std::fs::File::open(&base_path).unwrap(),
+        &std::fs::File::open(&target_path).unwrap(),
+        &mut delta,
+        u64::MAX,
+        &|| false,
+    )
+    .unwrap();
+    drop(delta);
+    let size = std::fs::metadata(&delta_path).unwrap().len();
+    assert!(size < 9000, "{size} bytes");
+
+    let rebuilt = t.file("rebuilt");
+    let output = Command::new(support::require_tool("xdelta3", "xdelta3"))
+        .args(["-f", "-d", "-s"])
+        .args([&base_path, &delta_path, &rebuilt])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "xdelta3 -d: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        std::fs::read(&rebuilt).unwrap() == target,
+        "xdelta3 rebuilt other bytes"
+    );
+}
+
 #[test]
 fn a_new_version_gets_a_delta_that_xdelta3_applies_and_that_leaves_with_its_base() {
     let t = TestDir::new();

@@ -8,14 +8,11 @@ use std::io::{self, BufReader, Read, Write};
 
 use super::source::Source;
 use super::{
-    DeltaError, HDR_APP_HEADER, HDR_CODE_TABLE, HDR_SECONDARY, Kind, MAGIC, MAX_WINDOW,
+    DeltaError, HDR_APP_HEADER, HDR_CODE_TABLE, HDR_SECONDARY, Kind, MAGIC, MAX_WINDOW, NEAR, SAME,
     WIN_ADLER32, WIN_SOURCE, WIN_TARGET, adler32,
 };
 use crate::sha256::Sha256State;
 
-/// The address cache sizes of the default code table.
-const NEAR: usize = 4;
-const SAME: usize = 3;
 /// The most a window's sections may hold together.
 const MAX_ENCODING: u64 = 64 << 20;
 
@@ -234,10 +231,10 @@ impl<'a> Bytes<'a> {
 /// One half of a code table entry: kind, size (0: the size follows in the instruction
 /// section) and address mode.
 #[derive(Debug, Clone, Copy)]
-struct Half {
-    kind: Kind,
-    size: u8,
-    mode: u8,
+pub(super) struct Half {
+    pub kind: Kind,
+    pub size: u8,
+    pub mode: u8,
 }
 
 const NOOP: Half = Half {
@@ -247,7 +244,7 @@ const NOOP: Half = Half {
 };
 
 /// RFC 3284's default code table, built as section 5.6 (and xdelta3) lay it out.
-fn code_table() -> Vec<[Half; 2]> {
+pub(super) fn code_table() -> Vec<[Half; 2]> {
     let single = |kind, size, mode| [Half { kind, size, mode }, NOOP];
     let modes = 2 + NEAR as u8 + SAME as u8;
     let mut table = vec![single(Kind::Run, 0, 0), single(Kind::Add, 0, 0)];

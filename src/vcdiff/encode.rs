@@ -8,14 +8,20 @@
 //! indexed position, is found by a rolling hash of the target, and is then extended both ways
 //! byte by byte to its exact ends. A match that runs to the end of a window is tried again at
 //! the start of the next, where the base continues. Runs of one byte (padding) become RUNs.
+//!
+//! What is left between those copies (the changed data) is searched for short matches, of 4
+//! bytes and more: in the window before it (records that repeat a structure), and in the base
+//! between the copies either side (what these bytes replaced, edited in small places). One is
+//! taken only where its instruction costs less than the bytes it saves; the code table's
+//! ADD+COPY pairs and the address caches (NEAR, SAME) keep those instructions short.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 
 use super::source::{FromStart, Source};
 use super::{
-    DeltaError, MAGIC, MAX_SEGMENT, WIN_ADLER32, WIN_SOURCE, WINDOW_SIZE, adler32, put_varint,
-    varint_len,
+    DeltaError, Kind, MAGIC, MAX_SEGMENT, NEAR, SAME, WIN_ADLER32, WIN_SOURCE, WINDOW_SIZE,
+    adler32, put_varint, varint_len,
 };
 use crate::sha256::Sha256State;
 
@@ -65,6 +71,7 @@ pub fn encode(
     let mut size = MAGIC.len() as u64 + 1;
     let mut window = vec![0u8; WINDOW_SIZE];
     let mut encoded = Vec::new();
+    let opcodes = Opcodes::new();
     let mut target_size = 0u64;
     let mut reader = FromStart::new(target);
     // Where the base continues after a match that ran to the end of the previous window.
@@ -86,7 +93,7 @@ pub fn encode(
             _ => None,
         };
         encoded.clear();
-        write_window(&mut encoded, window, &ops);
+        write_window(&mut encoded, window, &ops, &opcodes);
         size += encoded.len() as u64;
         if size > max_size {
             return Err(DeltaError::TooLarge { limit: max_size });
@@ -230,6 +237,8 @@ enum Op {
     Add { start: usize, len: usize },
     /// `len` bytes of the base from `src`.
     Copy { src: u64, len: usize },
+    /// `len` bytes of the window itself from `from`, which may run into what it builds.
+    CopyWindow { from: usize, len: usize },
     /// `len` times `byte`.
     Run { byte: u8, len: usize },
 }
@@ -314,34 +323,402 @@ fn match_window(
             len: window.len() - covered,
         });
     }
-    Ok(ops)
+    let mut gaps = GapMatcher::new();
+    let mut refined = Vec::with_capacity(ops.len());
+    for (k, op) in ops.iter().enumerate() {
+        let Op::Add { start, len } = *op else {
+            refined.push(*op);
+            continue;
+        };
+        // The base between the copies either side is what these bytes replaced: its
+        // pieces, and pieces of the window before, are found with short matches.
+        let before = ops[..k].iter().rev().find_map(|op| match op {
+            Op::Copy { src, len } => Some(src + *len as u64),
+            _ => None,
+        });
+        let after = ops[k + 1..].iter().find_map(|op| match op {
+            Op::Copy { src, .. } => Some(*src),
+            _ => None,
+        });
+        let region = local_region(before, after, len, base.len());
+        gaps.refine(
+            base,
+            window,
+            start..start + len,
+            region,
+            &mut segment,
+            &mut refined,
+        )?;
+    }
+    Ok(refined)
 }
 
-/// Appends one window: header, then the data, instruction and address sections. Only single
-/// instructions of the default code table are used: ADD (sizes 1-17 in the opcode), RUN, COPY
-/// in address mode SELF or HERE, whichever is shorter.
-fn write_window(out: &mut Vec<u8>, window: &[u8], ops: &[Op]) {
+/// The base bytes a gap of `len` target bytes between copies ending at `before` and starting
+/// at `after` most likely replaced.
+fn local_region(
+    before: Option<u64>,
+    after: Option<u64>,
+    len: usize,
+    base_len: u64,
+) -> Option<(u64, u64)> {
+    let slack = (len as u64 + LOCAL_SLACK).min(LOCAL_MAX);
+    let (from, to) = match (before, after) {
+        (Some(from), Some(to)) if from < to && to - from <= LOCAL_MAX => (from, to),
+        (Some(from), _) => (from, from + slack),
+        (None, Some(to)) => (to.saturating_sub(slack), to),
+        (None, None) => return None,
+    };
+    let to = to.min(base_len);
+    (to > from + SHORT as u64).then_some((from, to))
+}
+
+/// Shortest match looked for inside a gap.
+const SHORT: usize = 4;
+/// Most base bytes searched for one gap's short matches.
+const LOCAL_MAX: u64 = 512 << 10;
+/// Base bytes past a gap's length searched when only one side has a copy.
+const LOCAL_SLACK: u64 = 64 << 10;
+/// Candidates tried at one position.
+const CHAIN: usize = 16;
+/// How far back in the window a short match may start (the ring of `GapMatcher::prev`).
+const RING: usize = 1 << 16;
+const HEAD_BITS: u32 = 16;
+
+/// Finds short matches in the bytes the index left to ADD: in the window before them
+/// (repeated structures) and in the nearby base (small edits inside changed data), the way
+/// xdelta3's small-match search does, taking one only where its instruction costs less than
+/// the bytes it saves.
+struct GapMatcher {
+    /// Window positions + 1 by hash of their first SHORT bytes; chained through `prev`.
+    head: Vec<u32>,
+    prev: Vec<u32>,
+    /// The same for the local base region in `local`.
+    local_head: Vec<u32>,
+    local_prev: Vec<u32>,
+    local: Vec<u8>,
+}
+
+fn short_hash(bytes: &[u8]) -> usize {
+    let word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    (word.wrapping_mul(0x9E37_79B1) >> (32 - HEAD_BITS)) as usize
+}
+
+impl GapMatcher {
+    fn new() -> GapMatcher {
+        GapMatcher {
+            head: vec![0; 1 << HEAD_BITS],
+            prev: vec![0; RING],
+            local_head: vec![0; 1 << HEAD_BITS],
+            local_prev: Vec::new(),
+            local: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, window: &[u8], pos: usize) {
+        if pos + SHORT <= window.len() {
+            let h = short_hash(&window[pos..]);
+            self.prev[pos % RING] = self.head[h];
+            self.head[h] = pos as u32 + 1;
+        }
+    }
+
+    /// Appends the instructions for window bytes `range`: ADDs, and copies of the short
+    /// matches worth their cost. `segment` is the span of the base the window copies from,
+    /// which a copy from `region` may widen only up to [`MAX_SEGMENT`].
+    fn refine(
+        &mut self,
+        base: &mut Source<'_>,
+        window: &[u8],
+        range: std::ops::Range<usize>,
+        region: Option<(u64, u64)>,
+        segment: &mut Option<(u64, u64)>,
+        ops: &mut Vec<Op>,
+    ) -> io::Result<()> {
+        let (start, end) = (range.start, range.end);
+        let region_start = match region {
+            Some((from, to)) => {
+                self.local.resize((to - from) as usize, 0);
+                base.read_at(from, &mut self.local)?;
+                self.local_head.fill(0);
+                self.local_prev.clear();
+                self.local_prev.resize(self.local.len(), 0);
+                for pos in 0..self.local.len().saturating_sub(SHORT - 1) {
+                    let h = short_hash(&self.local[pos..]);
+                    self.local_prev[pos] = self.local_head[h];
+                    self.local_head[h] = pos as u32 + 1;
+                }
+                from
+            }
+            None => {
+                self.local.clear();
+                0
+            }
+        };
+        // Where the last short base copy ended: the next one is likely near it.
+        let mut last_local = None::<usize>;
+        let mut literal = start;
+        let mut pos = start;
+        while pos + SHORT <= end {
+            let want = &window[pos..end];
+            let h = short_hash(want);
+            let mut best: Option<(usize, Op)> = None;
+            let mut consider = |len: usize, cost: usize, op: Op| {
+                if len > cost && best.is_none_or(|(gain, _)| len - cost > gain) {
+                    best = Some((len - cost, op));
+                }
+            };
+            // Each copy costs its opcode, its address, its size past 18 and the ADD it splits.
+            let size_cost = |len: usize| {
+                if len > 18 {
+                    varint_len(len as u64) as usize
+                } else {
+                    0
+                }
+            };
+            let mut candidate = self.head[h] as usize;
+            for _ in 0..CHAIN {
+                let Some(from) = candidate.checked_sub(1) else {
+                    break;
+                };
+                if from >= pos || pos - from >= RING {
+                    break;
+                }
+                let len = super::source::same_prefix(&window[from..end], want);
+                if len >= SHORT {
+                    let cost = 2 + varint_len((pos - from) as u64) as usize + size_cost(len);
+                    consider(len, cost, Op::CopyWindow { from, len });
+                }
+                let next = self.prev[from % RING] as usize;
+                if next >= candidate {
+                    break;
+                }
+                candidate = next;
+            }
+            if !self.local.is_empty() {
+                let mut candidate = self.local_head[h] as usize;
+                for _ in 0..CHAIN {
+                    let Some(from) = candidate.checked_sub(1) else {
+                        break;
+                    };
+                    let len = super::source::same_prefix(&self.local[from..], want);
+                    if len >= SHORT {
+                        let address = match last_local {
+                            Some(last) if from >= last => varint_len((from - last) as u64),
+                            _ => 4,
+                        } as usize;
+                        let src = region_start + from as u64;
+                        let fits = segment.is_none_or(|(low, high)| {
+                            high.max(src + len as u64) - low.min(src) <= MAX_SEGMENT
+                        });
+                        if fits {
+                            consider(len, 2 + address + size_cost(len), Op::Copy { src, len });
+                        }
+                    }
+                    candidate = self.local_prev[from] as usize;
+                }
+            }
+            let Some((_, op)) = best else {
+                self.insert(window, pos);
+                pos += 1;
+                continue;
+            };
+            if pos > literal {
+                ops.push(Op::Add {
+                    start: literal,
+                    len: pos - literal,
+                });
+            }
+            let len = match op {
+                Op::Copy { src, len } => {
+                    last_local = Some((src - region_start) as usize);
+                    let end = src + len as u64;
+                    *segment = Some(
+                        segment.map_or((src, end), |(low, high)| (low.min(src), high.max(end))),
+                    );
+                    len
+                }
+                Op::CopyWindow { len, .. } | Op::Add { len, .. } | Op::Run { len, .. } => len,
+            };
+            ops.push(op);
+            for at in pos..pos + len {
+                self.insert(window, at);
+            }
+            pos += len;
+            literal = pos;
+        }
+        for at in pos..end {
+            self.insert(window, at);
+        }
+        if end > literal {
+            ops.push(Op::Add {
+                start: literal,
+                len: end - literal,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The address caches of RFC 3284 section 5.1 as the encoder keeps them, in step with the
+/// decoder's: the last [`NEAR`] addresses copied from, and [`SAME`] × 256 addresses by their
+/// value modulo that. A copy that starts near where a recent one did (the next unchanged
+/// run of the base, after a changed file) costs a byte or two instead of a full address.
+struct AddressCache {
+    near: [u64; NEAR],
+    next_near: usize,
+    same: Vec<u64>,
+}
+
+impl AddressCache {
+    fn new() -> AddressCache {
+        AddressCache {
+            near: [0; NEAR],
+            next_near: 0,
+            same: vec![0; SAME * 256],
+        }
+    }
+
+    /// Appends `address` (of a copy made at `here`) in its shortest mode to `addr`, updates
+    /// the caches as the decoder will, and returns the mode.
+    fn encode(&mut self, address: u64, here: u64, addr: &mut Vec<u8>) -> u8 {
+        let same_slot = (address % (SAME as u64 * 256)) as usize;
+        let mode = if self.same[same_slot] == address {
+            addr.push((same_slot % 256) as u8);
+            (2 + NEAR + same_slot / 256) as u8
+        } else {
+            let mut best = (0u8, address);
+            let mut consider = |mode: u8, value: u64| {
+                if varint_len(value) < varint_len(best.1) {
+                    best = (mode, value);
+                }
+            };
+            consider(1, here - address);
+            for (i, &near) in self.near.iter().enumerate() {
+                if let Some(offset) = address.checked_sub(near) {
+                    consider(2 + i as u8, offset);
+                }
+            }
+            put_varint(addr, best.1);
+            best.0
+        };
+        self.near[self.next_near] = address;
+        self.next_near = (self.next_near + 1) % NEAR;
+        self.same[same_slot] = address;
+        mode
+    }
+}
+
+impl Op {
+    /// Target bytes it builds.
+    fn len(&self) -> usize {
+        match *self {
+            Op::Add { len, .. }
+            | Op::Copy { len, .. }
+            | Op::CopyWindow { len, .. }
+            | Op::Run { len, .. } => len,
+        }
+    }
+}
+
+/// An ADD on its own: sizes 1-17 in the opcode.
+fn push_add(inst: &mut Vec<u8>, len: usize) {
+    if (1..=17).contains(&len) {
+        inst.push(1 + len as u8);
+    } else {
+        inst.push(1);
+        put_varint(inst, len as u64);
+    }
+}
+
+/// A COPY on its own: sizes 4-18 in the opcode.
+fn push_copy(inst: &mut Vec<u8>, len: usize, mode: u8) {
+    if (4..=18).contains(&len) {
+        inst.push(19 + 16 * mode + (len - 3) as u8);
+    } else {
+        inst.push(19 + 16 * mode);
+        put_varint(inst, len as u64);
+    }
+}
+
+/// The default code table's double instructions, by what they do.
+struct Opcodes {
+    pairs: std::collections::HashMap<[(Kind, u8, u8); 2], u8>,
+}
+
+impl Opcodes {
+    fn new() -> Opcodes {
+        let pairs = super::decode::code_table()
+            .iter()
+            .enumerate()
+            .filter(|(_, [_, second])| second.kind != Kind::Noop)
+            .map(|(code, [a, b])| {
+                (
+                    [(a.kind, a.size, a.mode), (b.kind, b.size, b.mode)],
+                    code as u8,
+                )
+            })
+            .collect();
+        Opcodes { pairs }
+    }
+
+    fn pair(&self, first: (Kind, usize, u8), second: (Kind, usize, u8)) -> Option<u8> {
+        let size = |n: usize| u8::try_from(n).ok();
+        let key = [
+            (first.0, size(first.1)?, first.2),
+            (second.0, size(second.1)?, second.2),
+        ];
+        self.pairs.get(&key).copied()
+    }
+}
+
+/// Appends one window: header, then the data, instruction and address sections. The default
+/// code table's single instructions (ADD and COPY with sizes in the opcode when they fit) and
+/// its ADD+COPY and COPY+ADD pairs; each COPY's address in the shortest of the table's modes
+/// (SELF, HERE, NEAR or SAME).
+fn write_window(out: &mut Vec<u8>, window: &[u8], ops: &[Op], table: &Opcodes) {
     let (segment_start, segment_len) = ops
         .iter()
         .filter_map(|op| match op {
             Op::Copy { src, len } => Some((*src, src + *len as u64)),
-            Op::Add { .. } | Op::Run { .. } => None,
+            Op::CopyWindow { .. } | Op::Add { .. } | Op::Run { .. } => None,
         })
         .reduce(|(low, high), (src, end)| (low.min(src), high.max(end)))
         .map_or((0, 0), |(low, high)| (low, high - low));
     let (mut data, mut inst, mut addr) = (Vec::new(), Vec::new(), Vec::new());
     let mut here = segment_len;
-    for op in ops {
-        match *op {
+    let mut cache = AddressCache::new();
+    // A copy's address in the window's address space: the segment, then the window.
+    let address = |op: &Op| match *op {
+        Op::Copy { src, .. } => Some(src - segment_start),
+        Op::CopyWindow { from, .. } => Some(segment_len + from as u64),
+        Op::Add { .. } | Op::Run { .. } => None,
+    };
+    let mut k = 0;
+    while k < ops.len() {
+        let op = ops[k];
+        let next = ops.get(k + 1);
+        match op {
             Op::Add { start, len } => {
                 data.extend_from_slice(&window[start..start + len]);
-                if (1..=17).contains(&len) {
-                    inst.push(1 + len as u8);
-                } else {
-                    inst.push(1);
-                    put_varint(&mut inst, len as u64);
-                }
                 here += len as u64;
+                // A short ADD and the copy after it share one opcode when the table has it.
+                if let Some(next) = next
+                    && let Some(at) = address(next)
+                    && len <= 4
+                {
+                    let size = next.len();
+                    let mode = cache.encode(at, here, &mut addr);
+                    if let Some(code) = table.pair((Kind::Add, len, 0), (Kind::Copy, size, mode)) {
+                        inst.push(code);
+                    } else {
+                        push_add(&mut inst, len);
+                        push_copy(&mut inst, size, mode);
+                    }
+                    here += size as u64;
+                    k += 2;
+                    continue;
+                }
+                push_add(&mut inst, len);
             }
             Op::Run { byte, len } => {
                 data.push(byte);
@@ -349,19 +726,24 @@ fn write_window(out: &mut Vec<u8>, window: &[u8], ops: &[Op]) {
                 put_varint(&mut inst, len as u64);
                 here += len as u64;
             }
-            Op::Copy { src, len } => {
-                let address = src - segment_start;
-                let (mode, value) = if varint_len(here - address) < varint_len(address) {
-                    (1, here - address)
-                } else {
-                    (0, address)
-                };
-                inst.push(19 + 16 * mode);
-                put_varint(&mut inst, len as u64);
-                put_varint(&mut addr, value);
+            Op::Copy { len, .. } | Op::CopyWindow { len, .. } => {
+                let at = address(&op).unwrap_or_default();
+                let mode = cache.encode(at, here, &mut addr);
                 here += len as u64;
+                // A 4-byte copy and a 1-byte ADD after it share one opcode.
+                if let Some(Op::Add { start, len: 1 }) = next
+                    && let Some(code) = table.pair((Kind::Copy, len, mode), (Kind::Add, 1, 0))
+                {
+                    inst.push(code);
+                    data.push(window[*start]);
+                    here += 1;
+                    k += 2;
+                    continue;
+                }
+                push_copy(&mut inst, len, mode);
             }
         }
+        k += 1;
     }
     let has_source = ops.iter().any(|op| matches!(op, Op::Copy { .. }));
     out.push(WIN_ADLER32 | if has_source { WIN_SOURCE } else { 0 });

@@ -127,7 +127,7 @@ impl io::Read for FromStart<'_> {
 }
 
 /// The length of the common prefix of two slices, eight bytes at a time.
-fn same_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(super) fn same_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
     while i + 8 <= n {
