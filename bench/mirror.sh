@@ -2,7 +2,7 @@
 # Pull-mirror speed and memory against sstream-mirror (python-simplestreams), same tree,
 # same machine, side by side.
 #
-#   bench/mirror.sh [PRODUCTS] [ROOT_MIB] [ROUNDS]     (defaults: 8, 256 and 2: about 2 GiB)
+#   bench/mirror.sh [PRODUCTS] [ROOT_MIB] [ROUNDS]     (defaults: 8, 256 and $ROUNDS or 2: about 2 GiB)
 #
 # 1. Generates an upstream tree shaped like images.linuxcontainers.org (index.json, images.json,
 #    incus.tar.xz metadata, a squashfs root of random, incompressible data per product) and
@@ -20,7 +20,7 @@ set -euo pipefail
 
 products=${1:-8}
 root_mib=${2:-256}
-rounds=${3:-2}
+rounds=${3:-${ROUNDS:-2}}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/sss-bench-mirror.XXXXXX)
 # The upstream tree lives in memory (/dev/shm) when it can: it is served from the page cache
