@@ -15,6 +15,7 @@
 #    Goals: our wall time <= 0.5x sstream-mirror's; our peak RSS < 64 MiB.
 # 4. Runs our mirror again with nothing new (median of 3). Goal: < 1 s.
 # Disk: one target at a time (each is deleted after its runs); the tree sits in /dev/shm.
+# BIN=path/to/simplestream-server skips the release build.
 # The machine may be shared: the script prints every round so that ranges can be reported.
 set -euo pipefail
 
@@ -39,9 +40,12 @@ for tool in nginx openssl mksquashfs xz python3 /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx openssl squashfs-tools xz-utils python3 python3-venv time)" >&2; exit 1; }
 done
 
-echo "building the release binary..." >&2
-(cd "$here" && cargo build --release --quiet)
-bin="${CARGO_TARGET_DIR:-$here/target}/release/simplestream-server"
+bin=${BIN:-}
+if [[ -z $bin ]]; then
+    echo "building the release binary..." >&2
+    (cd "$here" && cargo build --release --quiet)
+    bin="${CARGO_TARGET_DIR:-$here/target}/release/simplestream-server"
+fi
 
 echo "installing python-simplestreams into a venv..." >&2
 python3 -m venv "$work/venv"
