@@ -14,10 +14,30 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 pub const INDEX_PATH: &str = "streams/v1/index.json";
 pub const IMAGES_PATH: &str = "streams/v1/images.json";
+
+/// Characters escaped when a tree path goes into a URL.
+const URL_PATH_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// A tree path (an item's `path`, a key of the tree) as it goes into a URL: each segment
+/// percent-encoded, the `/` between them kept.
+pub fn url_path(path: &str) -> String {
+    utf8_percent_encode(path, URL_PATH_ESCAPES).to_string()
+}
 
 pub const INDEX_FORMAT: &str = "index:1.0";
 pub const PRODUCTS_FORMAT: &str = "products:1.0";
@@ -227,6 +247,14 @@ pub fn rfc2822(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_paths_escape_each_segment_and_keep_the_slashes() {
+        assert_eq!(
+            url_path("images/a b/20251127_07:42/x#y?%.squashfs"),
+            "images/a%20b/20251127_07:42/x%23y%3F%25.squashfs"
+        );
+    }
 
     #[test]
     fn rfc2822_is_utc() {

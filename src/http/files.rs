@@ -287,21 +287,7 @@ async fn file_reply(
 
 /// A 302 to `base` + `relative` (the object in the store's web endpoint or a CDN).
 fn redirect(base: &str, relative: &str) -> Reply {
-    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-        .add(b' ')
-        .add(b'"')
-        .add(b'#')
-        .add(b'%')
-        .add(b'<')
-        .add(b'>')
-        .add(b'?')
-        .add(b'`')
-        .add(b'{')
-        .add(b'}');
-    let location = format!(
-        "{base}{}",
-        percent_encoding::utf8_percent_encode(relative, SEGMENT)
-    );
+    let location = format!("{base}{}", crate::streams::url_path(relative));
     let mut headers = HeaderMap::new();
     headers.insert(CACHE_CONTROL, cache_policy::cache_control(relative));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(0));

@@ -16,13 +16,13 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::MirrorError;
 use crate::format::human_size;
+use crate::streams;
 
 /// Redirect hops followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
@@ -30,19 +30,6 @@ pub const MAX_REDIRECTS: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for the response headers, and for each piece of a body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Characters escaped in a URL path segment.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
 
 /// An `https://` URL, split the way a request needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,14 +213,10 @@ impl Upstream {
 
     /// The URL of `relative` (checked with [`check_relative_path`]) under the base.
     pub fn url_of(&self, relative: &str) -> HttpsUrl {
-        let encoded: Vec<String> = relative
-            .split('/')
-            .map(|part| utf8_percent_encode(part, SEGMENT).to_string())
-            .collect();
         HttpsUrl {
             host: self.base.host.clone(),
             port: self.base.port,
-            path: format!("{}{}", self.base.path, encoded.join("/")),
+            path: format!("{}{}", self.base.path, streams::url_path(relative)),
         }
     }
 
