@@ -145,10 +145,9 @@ mod tests {
         }
     }
 
-    /// A base and a target that shares most of it, shifted, with changes and new data.
-    fn pair(dir: &std::path::Path) -> (File, File, Vec<u8>) {
-        let mut state = 0x1234_5678_9abc_def0u64;
-        let mut noise = |n: usize| -> Vec<u8> {
+    /// Incompressible bytes from an xorshift generator started at `state`, `n` at a call.
+    fn noise_from(mut state: u64) -> impl FnMut(usize) -> Vec<u8> {
+        move |n| {
             (0..n)
                 .map(|_| {
                     state ^= state << 13;
@@ -157,7 +156,24 @@ mod tests {
                     state as u8
                 })
                 .collect()
-        };
+        }
+    }
+
+    /// Writes `base` and `target` into `dir` and opens them; the target's bytes come back too.
+    fn write_pair(dir: &std::path::Path, base: &[u8], target: Vec<u8>) -> (File, File, Vec<u8>) {
+        let (base_path, target_path) = (dir.join("base"), dir.join("target"));
+        std::fs::write(&base_path, base).unwrap();
+        std::fs::write(&target_path, &target).unwrap();
+        (
+            File::open(base_path).unwrap(),
+            File::open(target_path).unwrap(),
+            target,
+        )
+    }
+
+    /// A base and a target that shares most of it, shifted, with changes and new data.
+    fn pair(dir: &std::path::Path) -> (File, File, Vec<u8>) {
+        let mut noise = noise_from(0x1234_5678_9abc_def0u64);
         let base = noise(3 * WINDOW_SIZE + 12_345);
         let mut target = Vec::new();
         target.extend_from_slice(&noise(100));
@@ -167,14 +183,7 @@ mod tests {
         target.extend_from_slice(&[0u8; 70_000]);
         target.extend_from_slice(&base[2 * WINDOW_SIZE + 7..]);
         target.extend_from_slice(&base[1000..200_000]);
-        let (base_path, target_path) = (dir.join("base"), dir.join("target"));
-        std::fs::write(&base_path, &base).unwrap();
-        std::fs::write(&target_path, &target).unwrap();
-        (
-            File::open(base_path).unwrap(),
-            File::open(target_path).unwrap(),
-            target,
-        )
+        write_pair(dir, &base, target)
     }
 
     #[test]
@@ -244,17 +253,7 @@ mod tests {
     /// (copies from the window itself) and one byte changed every 40 (short copies of the
     /// nearby base), both shorter than what the sparse index finds.
     pub(super) fn short_pair(dir: &std::path::Path) -> (File, File, Vec<u8>) {
-        let mut state = 0x0bad_cafe_dead_beefu64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect()
-        };
+        let mut noise = noise_from(0x0bad_cafe_dead_beefu64);
         let base = noise(300_000);
         let mut target = base[..100_000].to_vec();
         for i in 0..300u32 {
@@ -268,14 +267,7 @@ mod tests {
         }
         target.extend_from_slice(&edited);
         target.extend_from_slice(&base[110_000..]);
-        let (base_path, target_path) = (dir.join("base"), dir.join("target"));
-        std::fs::write(&base_path, &base).unwrap();
-        std::fs::write(&target_path, &target).unwrap();
-        (
-            File::open(base_path).unwrap(),
-            File::open(target_path).unwrap(),
-            target,
-        )
+        write_pair(dir, &base, target)
     }
 
     #[test]
