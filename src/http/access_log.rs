@@ -11,11 +11,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http::Method;
 use http::header::USER_AGENT;
 use http_body::{Body, Frame, SizeHint};
 
@@ -84,41 +81,41 @@ impl AccessRecord {
             line!("request aborted");
         }
     }
-}
 
-/// The HTTPS pipeline's first step: records the request, and wraps the response body so the
-/// line is written when the body is done (or dropped half-way).
-pub async fn layer(
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let record = AccessRecord::new(
-        Scheme::Https,
-        remote,
-        request.method().as_str(),
-        request.uri().path(),
-        request
-            .headers()
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let head_only = request.method() == Method::HEAD;
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    response.map(|body| {
-        axum::body::Body::new(LoggedBody {
+    /// The record of an HTTPS request as it arrives.
+    pub fn of_request<B>(
+        scheme: Scheme,
+        remote: SocketAddr,
+        request: &http::Request<B>,
+    ) -> AccessRecord {
+        AccessRecord::new(
+            scheme,
+            remote,
+            request.method().as_str(),
+            request.uri().path(),
+            request
+                .headers()
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// Wraps the response body so the line is written when the body is done (or dropped
+    /// half-way). A HEAD answer is complete without a body.
+    pub fn log_when_sent(self, response: Response, head_only: bool) -> http::Response<LoggedBody> {
+        let status = response.status().as_u16();
+        response.map(|body| LoggedBody {
             inner: body,
-            record: Some(record),
+            record: Some(self),
             status,
             bytes: 0,
             complete: head_only,
         })
-    })
+    }
 }
 
 /// A response body that counts what it yields and logs the request when dropped.
-struct LoggedBody {
+pub struct LoggedBody {
     inner: axum::body::Body,
     record: Option<AccessRecord>,
     status: u16,

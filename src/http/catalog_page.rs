@@ -4,9 +4,7 @@
 //! never staler than `images.json`, and never a read of the record per request.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, StatusCode};
@@ -18,7 +16,7 @@ use crate::format::human_size;
 /// Inline styles only; the data: icon stops browsers asking for /favicon.ico.
 const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub async fn handle(State(state): State<Arc<HttpState>>) -> Response {
+pub async fn handle(state: &HttpState) -> Response {
     let images = match state.published.get(&state.catalog, &*state.tree).await {
         Ok(images) => images,
         Err(e) => {

@@ -17,7 +17,6 @@
 use std::io;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{
@@ -113,21 +112,6 @@ impl IntoResponse for Reply {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
         response
-    }
-}
-
-/// The fallback of the HTTPS pipeline: every path that is not a page is a file.
-/// The request is borrowed whole (not its headers copied out, as separate extractors would).
-pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    let method = request.method();
-    if method != Method::GET && method != Method::HEAD {
-        return Reply::method_not_allowed().into_response();
-    }
-    match strip_base(&state.settings().base_path, request.uri().path()) {
-        Some(path) => respond(&state, method, path, request.headers())
-            .await
-            .into_response(),
-        None => Reply::not_found().into_response(),
     }
 }
 
@@ -237,14 +221,12 @@ async fn json_reply(
     let gzip = accepts_gzip(headers) && !headers.contains_key(RANGE);
     let (validators, bytes) = if gzip {
         let compressed = entry.gzip().await?;
-        (
-            entry.validators.variant("gz", compressed.len() as u64),
-            compressed,
-        )
+        (&compressed.validators, &compressed.bytes)
     } else {
-        (entry.validators.clone(), entry.bytes.clone())
+        (&entry.validators, &entry.bytes)
     };
-    let mut reply = build(method, headers, relative, &validators, Source::Bytes(bytes));
+    let source = Source::Bytes(bytes.clone());
+    let mut reply = build(method, headers, relative, validators, source);
     reply
         .headers
         .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -317,12 +299,11 @@ fn build(
     validators: &Validators,
     source: Source,
 ) -> Reply {
-    let mut headers = HeaderMap::new();
-    let etag = HeaderValue::from_str(&validators.etag).ok();
-    let last_modified = HeaderValue::from_str(&validators.last_modified_header()).ok();
+    // Room for every header of a JSON reply without growing.
+    let mut headers = HeaderMap::with_capacity(12);
     headers.insert(CACHE_CONTROL, cache_policy::cache_control(relative));
-    headers.extend(etag.map(|v| (ETAG, v)));
-    headers.extend(last_modified.map(|v| (LAST_MODIFIED, v)));
+    headers.extend(validators.etag_header.clone().map(|v| (ETAG, v)));
+    headers.insert(LAST_MODIFIED, validators.last_modified_header.clone());
     let size = validators.size;
     let (status, range) = match preconditions::evaluate(method, request, validators) {
         Decision::NotModified => {

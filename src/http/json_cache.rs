@@ -28,22 +28,32 @@ pub struct CachedJson {
     version: ObjectVersion,
     pub validators: Validators,
     pub bytes: Bytes,
-    gzip: tokio::sync::OnceCell<Bytes>,
+    gzip: tokio::sync::OnceCell<Gzipped>,
+}
+
+/// The gzip form of a [`CachedJson`], with its own validators.
+#[derive(Debug)]
+pub struct Gzipped {
+    pub validators: Validators,
+    pub bytes: Bytes,
 }
 
 impl CachedJson {
     /// The gzip form, compressed on the first call (off the async threads) and kept.
-    pub async fn gzip(self: &Arc<Self>) -> io::Result<Bytes> {
+    pub async fn gzip(self: &Arc<Self>) -> io::Result<&Gzipped> {
         let this = self.clone();
         self.gzip
             .get_or_try_init(|| async move {
                 let plain = this.bytes.clone();
-                tokio::task::spawn_blocking(move || gzip(&plain))
+                let bytes = tokio::task::spawn_blocking(move || gzip(&plain))
                     .await
-                    .map_err(io::Error::other)?
+                    .map_err(io::Error::other)??;
+                Ok(Gzipped {
+                    validators: this.validators.variant("gz", bytes.len() as u64),
+                    bytes,
+                })
             })
             .await
-            .cloned()
     }
 }
 
@@ -142,7 +152,8 @@ mod tests {
 
         let gz = second.gzip().await.unwrap();
         let mut plain = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
+        assert!(gz.validators.etag.ends_with("-gz\""));
+        flate2::read::GzDecoder::new(&gz.bytes[..])
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, b"{\"a\":2}");

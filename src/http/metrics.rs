@@ -2,9 +2,7 @@
 //! Prometheus text format (version 0.0.4).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -12,7 +10,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use super::{HttpState, cache_policy};
 use crate::metrics::{self, MirrorCounters, Snapshot};
 
-pub async fn handle(State(state): State<Arc<HttpState>>) -> Response {
+pub async fn handle(state: &HttpState) -> Response {
     let catalog = state.catalog.clone();
     let images = tokio::task::spawn_blocking(move || catalog.load().map(|s| s.images().count()))
         .await

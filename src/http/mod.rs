@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`server`]: the accept loop. Takes a bound listener and a shutdown token; sniffs each
 //!   connection's first byte (0x16 = TLS) and hands it to rustls + hyper or to [`plain`].
+//! - [`connection_threads`]: the threads connections run on, one per core.
 //! - [`tls`]: the certificate (generated once or the operator's, reloaded when it changes)
 //!   and the rustls configuration.
 //! - [`plain`]: LXD's plain-HTTP first try on the TLS port: image files, else a redirect.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod body;
 pub mod cache_policy;
 pub mod catalog_page;
+pub mod connection_threads;
 pub mod files;
 pub mod json_cache;
 pub mod metrics;
@@ -139,6 +141,7 @@ impl HttpState {
 /// The HTTPS listener, bound and ready to run.
 pub struct Https {
     listener: TcpListener,
+    threads: connection_threads::ConnectionThreads,
     state: Arc<HttpState>,
 }
 
@@ -167,8 +170,11 @@ impl Https {
             certs.clone(),
             config.tls.min_version,
         )?);
+        let threads = connection_threads::ConnectionThreads::start()
+            .context("cannot start the HTTPS connection threads")?;
         Ok(Https {
             listener,
+            threads,
             state: Arc::new(HttpState {
                 tree: catalog.tree().clone(),
                 catalog,
@@ -212,7 +218,7 @@ impl Https {
             self.state.settings().reload_interval,
             shutdown.clone(),
         ));
-        server::run(self.listener, self.state, shutdown).await;
+        server::run(self.listener, self.threads, self.state, shutdown).await;
         let _ = watcher.await;
     }
 }

@@ -23,6 +23,10 @@ pub struct Validators {
     /// The modification time, whole seconds (HTTP dates have no fractions).
     pub last_modified: SystemTime,
     pub size: u64,
+    /// `ETag` and `Last-Modified` as header values, made once: a cached JSON file's serve
+    /// every request for it. None when the tag is not a valid header value.
+    pub etag_header: Option<HeaderValue>,
+    pub last_modified_header: HeaderValue,
 }
 
 impl Validators {
@@ -33,25 +37,36 @@ impl Validators {
             .modified
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
+        Validators::new(
+            meta.version.etag(),
+            UNIX_EPOCH + Duration::from_secs(seconds),
+            meta.size,
+        )
+    }
+
+    pub fn new(etag: String, last_modified: SystemTime, size: u64) -> Validators {
+        let date = httpdate::fmt_http_date(last_modified);
         Validators {
-            etag: meta.version.etag(),
-            last_modified: UNIX_EPOCH + Duration::from_secs(seconds),
-            size: meta.size,
+            etag_header: HeaderValue::from_str(&etag).ok(),
+            last_modified_header: HeaderValue::from_str(&date)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            etag,
+            last_modified,
+            size,
         }
     }
 
     /// The validators of another representation of the same file (its gzip form).
     pub fn variant(&self, suffix: &str, size: u64) -> Validators {
         let bare = self.etag.trim_end_matches('"');
+        let etag = format!("{bare}-{suffix}\"");
         Validators {
-            etag: format!("{bare}-{suffix}\""),
+            etag_header: HeaderValue::from_str(&etag).ok(),
+            etag,
             last_modified: self.last_modified,
+            last_modified_header: self.last_modified_header.clone(),
             size,
         }
-    }
-
-    pub fn last_modified_header(&self) -> String {
-        httpdate::fmt_http_date(self.last_modified)
     }
 }
 
@@ -233,11 +248,11 @@ mod tests {
     use super::*;
 
     fn file() -> Validators {
-        Validators {
-            etag: "\"a-b-64\"".into(),
-            last_modified: UNIX_EPOCH + Duration::from_secs(1_764_244_800),
-            size: 100,
-        }
+        Validators::new(
+            "\"a-b-64\"".into(),
+            UNIX_EPOCH + Duration::from_secs(1_764_244_800),
+            100,
+        )
     }
 
     fn decide(method: Method, pairs: &[(&str, &str)]) -> Decision {
@@ -259,7 +274,7 @@ mod tests {
 
     #[test]
     fn last_modified_is_formatted_as_an_http_date() {
-        assert_eq!(file().last_modified_header(), LAST_MODIFIED);
+        assert_eq!(file().last_modified_header, LAST_MODIFIED);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!    wait in the kernel's queue instead of costing memory here. Then the cap per address
 //!    ([`ConnectionGate`]): a connection over it is closed before a byte is read, so that
 //!    one address cannot take every slot and leave everyone else waiting in that queue.
+//!    The connection then moves to one of the [`ConnectionThreads`] (one per core) and
+//!    stays on that thread until it closes.
 //! 2. Its first byte is peeked. No byte at all is normal: LXD opens and closes a connection on
 //!    purpose, and a silent client is dropped at the handshake timeout. Neither is an error,
 //!    so both are logged at debug level only.
@@ -22,20 +24,19 @@
 //! On shutdown the listener is dropped (no new connections), idle connections close, and
 //! responses in progress get `shutdown_timeout` to finish before the tasks are abandoned.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service as _;
 
+use super::connection_threads::ConnectionThreads;
 use super::send_timeout::SendTimeout;
 use super::{HttpState, app, plain};
 use crate::limits::{ConnectionGate, GateLimits};
@@ -51,8 +52,12 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a failing `accept` (e.g. out of file descriptors) waits before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
-    let router = app::router(state.clone());
+pub async fn run(
+    listener: TcpListener,
+    threads: ConnectionThreads,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(state.settings().max_connections));
     let gate = ConnectionGate::new(GateLimits {
         // The semaphore caps the total; the gate only counts per address.
@@ -93,10 +98,9 @@ pub async fn run(listener: TcpListener, state: Arc<HttpState>, shutdown: Cancell
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let router = router.clone();
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            handle_connection(stream, remote, deadline, state, router, shutdown).await;
+        threads.spawn(&connections, stream, move |stream| async move {
+            handle_connection(stream, remote, deadline, state, shutdown).await;
             drop(slot);
             drop(permit);
         });
@@ -126,7 +130,6 @@ async fn handle_connection(
     remote: SocketAddr,
     deadline: Instant,
     state: Arc<HttpState>,
-    router: axum::Router,
     shutdown: CancellationToken,
 ) {
     let first = tokio::select! {
@@ -142,7 +145,7 @@ async fn handle_connection(
             tracing::debug!(%remote, error = %e, "a connection failed before its first byte")
         }
         Ok(Ok(Some(TLS_HANDSHAKE_RECORD))) => {
-            serve_tls(stream, remote, deadline, state, router, shutdown).await;
+            serve_tls(stream, remote, deadline, state, shutdown).await;
         }
         Ok(Ok(Some(_))) => plain::serve(stream, remote, deadline, state).await,
     }
@@ -162,7 +165,6 @@ async fn serve_tls(
     remote: SocketAddr,
     deadline: Instant,
     state: Arc<HttpState>,
-    router: axum::Router,
     shutdown: CancellationToken,
 ) {
     let handshake = tokio::time::timeout_at(deadline, state.tls.accept(stream));
@@ -186,10 +188,10 @@ async fn serve_tls(
     };
     metrics::record_tls_handshake(true);
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        let mut router = router.clone();
-        async move { router.call(request).await }
+    let service_state = state.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let state = service_state.clone();
+        async move { Ok::<_, Infallible>(app::handle(&state, remote, request).await) }
     });
     let io = TokioIo::new(SendTimeout::new(tls, state.settings().send_timeout));
     let result = if h2 {
