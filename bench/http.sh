@@ -27,7 +27,8 @@
 # Usage: bench/http.sh          (builds the release binary and the client first)
 # Environment: RUNS, FLEET_RUNS, SECTIONS, FILE_MIB (1024), FLEET_MIB (256), FLEET_CLIENTS
 # (200), PRODUCTS (1000), WRK_SECONDS (10), CONNECTIONS (2000), KEEP=1 keeps the work folder
-# (logs, configs) for a look afterwards.
+# (logs, configs) for a look afterwards. BIN=path/to/simplestream-server skips the release
+# build of the server (e.g. to measure an older binary; the load client is still built).
 # Needs: curl, nginx, wrk (apt-get install curl nginx wrk). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -52,10 +53,14 @@ done
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 wants() { [[ " $sections " == *" $1 "* ]]; }
 
-echo "building the release binary and the load client..." >&2
-(cd "$repo" && cargo build --release --quiet && cargo build --release --quiet --example https_load)
 target_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
-bin="$target_dir/simplestream-server"
+bin=${BIN:-}
+if [[ -z $bin ]]; then
+    echo "building the release binary and the load client..." >&2
+    (cd "$repo" && cargo build --release --quiet)
+    bin="$target_dir/simplestream-server"
+fi
+(cd "$repo" && cargo build --release --quiet --example https_load)
 load="$target_dir/examples/https_load"
 
 work=$(mktemp -d /tmp/sss-bench.XXXXXX)
