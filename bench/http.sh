@@ -28,7 +28,8 @@
 # Environment: RUNS, FLEET_RUNS, SECTIONS, FILE_MIB (1024), FLEET_MIB (256), FLEET_CLIENTS
 # (200), PRODUCTS (1000), WRK_SECONDS (10), CONNECTIONS (2000), KEEP=1 keeps the work folder
 # (logs, configs) for a look afterwards. BIN=path/to/simplestream-server skips the release
-# build of the server (e.g. to measure an older binary; the load client is still built).
+# build of the server (e.g. to measure an older binary; the load client is still built
+# when a section needs it).
 # Needs: curl, nginx, wrk (apt-get install curl nginx wrk). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -60,8 +61,10 @@ if [[ -z $bin ]]; then
     (cd "$repo" && cargo build --release --quiet)
     bin="$target_dir/simplestream-server"
 fi
-(cd "$repo" && cargo build --release --quiet --example https_load)
 load="$target_dir/examples/https_load"
+if wants handshakes || wants fleet; then
+    (cd "$repo" && cargo build --release --quiet --example https_load)
+fi
 
 work=$(mktemp -d /tmp/sss-bench.XXXXXX)
 chmod 755 "$work"
