@@ -8,6 +8,9 @@
 //! indexed position, is found by a rolling hash of the target, and is then extended both ways
 //! byte by byte to its exact ends. A match that runs to the end of a window is tried again at
 //! the start of the next, where the base continues. Runs of one byte (padding) become RUNs.
+//! New data the window already holds (the same change made twice) is found the same way in a
+//! second, smaller table of the window's own bytes, and copied from the window; a match that
+//! reaches back over the copy before it takes that copy's place.
 //!
 //! What is left between those copies (the changed data) is searched for short matches, of 4
 //! bytes and more: in the window before it (records that repeat a structure), and in the base
@@ -31,10 +34,19 @@ const BLOCK: usize = 32;
 const MIN_STEP: u64 = 16;
 /// Most entries in the index (8 bytes each: 64 MiB).
 pub const INDEX_SLOTS: usize = 1 << 23;
-/// About what encoding holds in memory, whatever the files' sizes: the index, a target
-/// window, its encoded sections, the base's block cache and the short-match tables (118 MiB
-/// peak RSS was measured for a whole import with its delta by bench/delta.sh).
-pub const MEMORY_BOUND: u64 = 116 << 20;
+/// What encoding holds in memory at most, whatever the files' sizes: the index (64 MiB), a
+/// target window (8 MiB), its sections and their encoding (up to 16 MiB when nothing in the
+/// window matches), the base's block cache (4 MiB) and the match tables of the window (5 MiB).
+/// Measured: 83-87 MiB on bench/delta.sh's pairs, 91 MiB for a target of random bytes. A whole
+/// `import` that makes its delta peaked at 125-127 MiB RSS there: the process itself (about
+/// 29 MiB with `--no-delta`), and what the allocator keeps of the encoder's freed memory while
+/// the delta is checked.
+pub const MEMORY_BOUND: u64 = 100 << 20;
+
+/// The index of the window's own bytes: a block every OWN_STEP bytes of what was not copied,
+/// in 2^OWN_BITS slots of 4 bytes (2 MiB), the latest kept.
+const OWN_STEP: usize = 16;
+const OWN_BITS: u32 = 19;
 
 /// Odd multiplier of the rolling hash.
 const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -70,6 +82,7 @@ pub fn encode(
     out.write_all(&[0])?;
     let mut size = MAGIC.len() as u64 + 1;
     let mut window = vec![0u8; WINDOW_SIZE];
+    let mut own = vec![0u32; 1 << OWN_BITS];
     let mut encoded = Vec::new();
     let opcodes = Opcodes::new();
     let mut target_size = 0u64;
@@ -87,7 +100,7 @@ pub fn encode(
         let window = &window[..filled];
         target_sha256.update(window);
         target_size += filled as u64;
-        let ops = match_window(&index, &mut base, window, continue_at)?;
+        let ops = match_window(&index, &mut base, window, continue_at, &mut own)?;
         continue_at = match ops.last() {
             Some(Op::Copy { src, len, .. }) => Some(src + *len as u64),
             _ => None,
@@ -249,7 +262,9 @@ fn match_window(
     base: &mut Source<'_>,
     window: &[u8],
     continue_at: Option<u64>,
+    own: &mut [u32],
 ) -> io::Result<Vec<Op>> {
+    own.fill(0);
     let mut ops = Vec::new();
     // The base segment the copies span, which must stay under MAX_SEGMENT.
     let mut segment: Option<(u64, u64)> = None;
@@ -288,29 +303,86 @@ fn match_window(
             hash = None;
             continue;
         }
+        // The longest of the base's match and the window's own, each extended both ways.
+        let mut found: Option<(Op, usize)> = None;
         if let Some(candidate) = index.lookup(current) {
             let forward = base.common_prefix(candidate, &window[i..])?;
             if forward >= BLOCK {
                 let back = base.common_suffix(candidate, &window[covered..i])?;
-                let (src, start, len) = (candidate - back as u64, i - back, back + forward);
+                let (src, len) = (candidate - back as u64, back + forward);
                 if fits(segment, src, src + len as u64) {
-                    if start > covered {
-                        ops.push(Op::Add {
-                            start: covered,
-                            len: start - covered,
-                        });
-                    }
-                    ops.push(Op::Copy { src, len });
-                    let end = src + len as u64;
-                    segment = Some(
-                        segment.map_or((src, end), |(low, high)| (low.min(src), high.max(end))),
-                    );
-                    covered = start + len;
-                    i = covered;
-                    hash = None;
-                    continue;
+                    found = Some((Op::Copy { src, len }, i - back));
                 }
             }
+        }
+        // New data the window already holds (a change made twice): copied from the window.
+        let slot = (mix(current) >> (64 - OWN_BITS)) as usize;
+        if let Some(from) = (own[slot] as usize).checked_sub(1) {
+            let forward = super::source::same_prefix(&window[from..], &window[i..]);
+            if forward >= BLOCK {
+                let back = same_suffix(&window[..from], &window[covered..i]);
+                let len = back + forward;
+                if found.is_none_or(|(op, _)| len > op.len()) {
+                    found = Some((
+                        Op::CopyWindow {
+                            from: from - back,
+                            len,
+                        },
+                        i - back,
+                    ));
+                }
+            }
+        }
+        if let Some((mut op, mut start)) = found {
+            // A match that reaches back to the copy before may take that copy's place too.
+            while start == covered {
+                let Some(&last) = ops.last() else { break };
+                let (Op::Copy { len: plen, .. } | Op::CopyWindow { len: plen, .. }) = last else {
+                    break;
+                };
+                let before = &window[start - plen..start];
+                let absorbed = match op {
+                    Op::Copy { src, len } if src >= plen as u64 => {
+                        (base.common_suffix(src, before)? == plen
+                            && fits(segment, src - plen as u64, src + len as u64))
+                        .then(|| Op::Copy {
+                            src: src - plen as u64,
+                            len: len + plen,
+                        })
+                    }
+                    Op::CopyWindow { from, len } if from >= plen => {
+                        (window[from - plen..from] == *before).then(|| Op::CopyWindow {
+                            from: from - plen,
+                            len: len + plen,
+                        })
+                    }
+                    _ => None,
+                };
+                let Some(absorbed) = absorbed else { break };
+                ops.pop();
+                op = absorbed;
+                start -= plen;
+                covered = start;
+            }
+            if start > covered {
+                ops.push(Op::Add {
+                    start: covered,
+                    len: start - covered,
+                });
+            }
+            if let Op::Copy { src, len } = op {
+                let end = src + len as u64;
+                segment =
+                    Some(segment.map_or((src, end), |(low, high)| (low.min(src), high.max(end))));
+            }
+            ops.push(op);
+            covered = start + op.len();
+            i = covered;
+            hash = None;
+            continue;
+        }
+        if i % OWN_STEP == 0 {
+            own[slot] = i as u32 + 1;
         }
         hash = window
             .get(i + BLOCK)
@@ -353,6 +425,15 @@ fn match_window(
     Ok(refined)
 }
 
+/// How many of `a`'s last bytes equal `b`'s last ones.
+fn same_suffix(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
 /// The base bytes a gap of `len` target bytes between copies ending at `before` and starting
 /// at `after` most likely replaced.
 fn local_region(
@@ -379,7 +460,7 @@ const LOCAL_MAX: u64 = 512 << 10;
 /// Base bytes past a gap's length searched when only one side has a copy.
 const LOCAL_SLACK: u64 = 64 << 10;
 /// Candidates tried at one position.
-const CHAIN: usize = 16;
+const CHAIN: usize = 128;
 /// How far back in the window a short match may start (the ring of `GapMatcher::prev`).
 const RING: usize = 1 << 16;
 const HEAD_BITS: u32 = 16;
