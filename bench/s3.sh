@@ -8,6 +8,9 @@
 #   publish    `import` of a split image with a FILE_MIB root into the bucket vs into a local
 #              data directory (a fresh prefix / directory per try).
 #   rss        the replica's peak RSS (VmHWM) after all its downloads. Goal: < 64 MiB.
+#   cpu        the CPU seconds each download took in the replica, Garage's node 0 and curl:
+#              when the machine's cores are all busy (2 cores running Garage, the replica and
+#              curl), the speeds' ratio is about the inverse of these totals' ratio.
 # Each pair of figures is taken RUNS times (default 3), the two sides alternating so that a
 # burst of other work on the machine skews neither; ratios are printed per try and as a range.
 # Files are in the page cache (the source squashfs) or in Garage's data directories, which sit
@@ -243,12 +246,37 @@ through_replica_plain() {
 }
 from_garage() { s3 GET "run1/$root_path" -o /dev/null -w '%{speed_download}'; }
 
+# CPU seconds (user + system) a process has used so far, and those of commands run by "$@"
+# (curl), so that each download's cost is known per side: on a machine whose cores are all
+# busy, the ratio of speeds is the ratio of the CPU each path needs.
+clk_tck=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$clk_tck" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+children_cpu() { awk -v t="$clk_tck" '{ printf "%.3f", ($16 + $17) / t }' /proc/$$/stat; }
+# Runs a download function; sets speed, and the CPU seconds of the replica, of Garage's
+# node 0 and of curl it took.
+measured() {
+    local r0 g0 c0
+    r0=$(cpu_of "$replica_pid") g0=$(cpu_of "${garage_pids[0]}") c0=$(children_cpu)
+    "$1" >"$work/speed"
+    speed=$(cat "$work/speed")
+    cpu_replica=$(awk -v a="$r0" -v b="$(cpu_of "$replica_pid")" 'BEGIN { printf "%.2f", b - a }')
+    cpu_garage=$(awk -v a="$g0" -v b="$(cpu_of "${garage_pids[0]}")" 'BEGIN { printf "%.2f", b - a }')
+    cpu_curl=$(awk -v a="$c0" -v b="$(children_cpu)" 'BEGIN { printf "%.2f", b - a }')
+}
+
 download_replica=() download_plain=() download_garage=() download_ratios=() plain_ratios=()
+cpu_tls=() cpu_plain=() cpu_direct=()
 for ((run = 1; run <= runs; run++)); do
     echo "download $run/$runs ($(uptime | sed 's/.*load average/load average/'))..." >&2
-    r=$(through_replica)
-    d=$(from_garage)
-    p=$(through_replica_plain)
+    measured through_replica
+    r=$speed
+    cpu_tls+=("$cpu_replica+$cpu_garage+$cpu_curl")
+    measured from_garage
+    d=$speed
+    cpu_direct+=("$cpu_garage+$cpu_curl")
+    measured through_replica_plain
+    p=$speed
+    cpu_plain+=("$cpu_replica+$cpu_garage+$cpu_curl")
     download_replica+=("$(mib_s "$r")")
     download_garage+=("$(mib_s "$d")")
     download_plain+=("$(mib_s "$p")")
@@ -271,6 +299,9 @@ printf '%-48s %s\n' \
     "  replica / Garage" "${download_ratios[*]} (range $(range "${download_ratios[@]}"); goal >= 0.9 met in $(met "${download_ratios[@]}") of $runs tries)" \
     "download ${file_mib} MiB, replica (plain HTTP), MiB/s" "${download_plain[*]}" \
     "  replica plain / Garage" "${plain_ratios[*]} (range $(range "${plain_ratios[@]}"); goal >= 0.9 met in $(met "${plain_ratios[@]}") of $runs tries)" \
+    "CPU s per download, replica+Garage+curl: HTTPS" "${cpu_tls[*]}" \
+    "  plain HTTP" "${cpu_plain[*]}" \
+    "  straight from Garage (Garage+curl)" "${cpu_direct[*]}" \
     "publish ${file_mib} MiB into the bucket, s" "${publish_s3[*]}" \
     "publish ${file_mib} MiB into a local dir, s" "${publish_local[*]}" \
     "  bucket / local" "${publish_ratios[*]} (range $(range "${publish_ratios[@]}"))" \
