@@ -34,7 +34,8 @@
 //!   contract. [`vcdiff`]: the delta format daemons refresh images with (encode in bounded
 //!   memory, decode to check).
 //! - [`sha256`]: SHA-256 with two streams over the same bytes for the price of one;
-//!   [`direct_file`]: O_DIRECT writes off the caller's thread; [`format`]: sizes and times for
+//!   [`direct_file`]: O_DIRECT writes; [`disk_writer`]: those writes, hashed, off the
+//!   caller's thread; [`format`]: sizes and times for
 //!   people; [`data_dir`], [`fsutil`]: the data directory's layout and durable file operations.
 
 pub mod access;
@@ -44,6 +45,7 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod direct_file;
+pub mod disk_writer;
 pub mod format;
 pub mod fsutil;
 pub mod host_keys;

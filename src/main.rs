@@ -125,12 +125,14 @@ fn setting_flags(matches: &clap::ArgMatches) -> Vec<(String, String, String)> {
 /// libmimalloc-sys names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// A server keeps its memory small, at some CPU cost: mimalloc by default keeps freed memory
-/// for a second before handing it back and backs its arenas with 2 MiB transparent huge
-/// pages. A replica streaming from a bucket frees several hundred MiB a second, so
-/// with those defaults one 1 GiB download peaked at ~100 MiB RSS (bench/s3.sh); with
-/// purging after 10 ms and no huge pages, ~30 MiB. Set before the runtimes start threads.
-fn tune_allocator_for_serving() {
+/// A server (and a mirror's sync) keeps its memory small, at some CPU cost: mimalloc by
+/// default keeps freed memory for a second before handing it back and backs its arenas with
+/// 2 MiB transparent huge pages. A replica streaming from a bucket, or a mirror downloading
+/// four files at once, frees several hundred MiB a second, so with those defaults one 1 GiB
+/// replica download peaked at ~100 MiB RSS (bench/s3.sh), and a 2 GiB mirror run too
+/// (bench/mirror.sh); with purging after 10 ms and no huge pages, ~30 and ~50 MiB. Set
+/// before the runtimes start threads.
+fn tune_allocator_for_streaming() {
     // SAFETY: sets a number mimalloc reads when it purges; no other thread runs yet.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
     // For the whole process, also the arenas mimalloc reserved and marked MADV_HUGEPAGE
@@ -178,7 +180,7 @@ fn main() -> ExitCode {
             Err(e) => fail_config(&e),
         },
         TopCommand::Serve(args) => {
-            tune_allocator_for_serving();
+            tune_allocator_for_streaming();
             let opening = if args.read_only {
                 Opening::Replica
             } else {
@@ -192,14 +194,19 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        TopCommand::Catalog(command) => match common.open(if command.uses_local_tree() {
-            Opening::LocalOnly
-        } else {
-            Opening::Command
-        }) {
-            Ok((config, catalog)) => run_command(command, &config, &catalog),
-            Err(code) => code,
-        },
+        TopCommand::Catalog(command) => {
+            if command.streams_downloads() {
+                tune_allocator_for_streaming();
+            }
+            match common.open(if command.uses_local_tree() {
+                Opening::LocalOnly
+            } else {
+                Opening::Command
+            }) {
+                Ok((config, catalog)) => run_command(command, &config, &catalog),
+                Err(code) => code,
+            }
+        }
     }
 }
 

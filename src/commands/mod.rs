@@ -114,6 +114,11 @@ impl Command {
         matches!(self, Command::Storage(_))
     }
 
+    /// `mirror sync` streams downloads for as long as `serve` streams responses.
+    pub fn streams_downloads(&self) -> bool {
+        matches!(self, Command::Mirror(_))
+    }
+
     fn run(self, ctx: &mut Context<'_>) -> Result<(), CommandError> {
         match self {
             Command::Import(cmd) => cmd.run(ctx),

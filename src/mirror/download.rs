@@ -1,9 +1,12 @@
 //! Downloading files into the data directory's `tmp/`, each streamed to disk once with its
 //! sha256 (and the combined fingerprints it takes part in) computed on the way.
 //!
-//! A file goes to `tmp/mirror/<origin key>/<sha256>.part`. What is there from an interrupted
-//! run is hashed first and the rest asked for with a Range request; a file the catalog already
-//! holds (same sha256 and size) is copied from the published tree instead of fetched. Sizes
+//! A file goes to `tmp/mirror/<origin key>/<sha256>.part`. A fresh download is hashed and
+//! written with `O_DIRECT` by a [`DiskWriter`] thread: the disk works while the download goes
+//! on, and the file's sync at the end has nothing left to wait for. What is there from an
+//! interrupted run is hashed first and the rest asked for with a Range request; a file the
+//! catalog already holds (same sha256 and size) is copied from the published tree instead of
+//! fetched. Sizes
 //! are enforced as the bytes arrive: a server that sends more than the item says is cut off.
 //! A file that does not match is deleted; one that broke off is kept for the next run.
 
@@ -16,17 +19,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::StatusCode;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::plan::UpstreamFile;
 use super::upstream::{Upstream, content_length, next_chunk};
 use super::{MirrorError, Progress};
+use crate::disk_writer::{DiskWriter, Written};
 use crate::sha256::{Sha256State, update_all};
 use crate::storage::{ObjectRead, PublishedTree};
 
 /// Bytes read at once from a local file.
 const CHUNK: usize = 1 << 20;
+/// Bytes of a download copied into one buffer before it goes to the writer thread. The
+/// network's pieces are slices of the HTTP client's read buffer: handed on as they are, each
+/// would keep that buffer from being reused until written, and the client would allocate
+/// (and the allocator keep around) a new one every few hundred KiB.
+const BATCH: usize = 64 << 10;
+/// Batches queued for a download's writer thread: about a millisecond of a fast download,
+/// what a 1 MiB write takes.
+const WRITER_QUEUE: usize = 4;
 
 /// One file to bring into `tmp/`.
 #[derive(Debug, Clone)]
@@ -62,6 +75,8 @@ pub struct Downloader {
     pub dir: PathBuf,
     pub concurrency: usize,
     pub pace: Option<Arc<Pace>>,
+    /// One per download that may run at once: a fresh download's writer thread holds one.
+    pub writer_slots: Arc<Semaphore>,
 }
 
 /// A bandwidth limit over every download of a run.
@@ -181,7 +196,7 @@ impl Downloader {
             if tokio::task::block_in_place(|| self.copy_held(key, &mut part, file.size)).is_ok()
                 && part.written == file.size
             {
-                return part.finish(file, 0, true);
+                return part.finish(file, 0, true).await;
             }
             part.reset().map_err(|e| write_failure(&path, &e))?;
         }
@@ -232,13 +247,22 @@ impl Downloader {
                     remaining, file.size
                 ));
             }
+            if part.written == 0 {
+                let slot = Arc::clone(&self.writer_slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                part.start_writer(slot)
+                    .await
+                    .map_err(|e| write_failure(&path, &e))?;
+            }
             let mut body = response.into_body();
             loop {
                 let chunk = match next_chunk(&mut body, &url).await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => break,
                     Err(e) => {
-                        part.sync();
+                        part.keep().await;
                         return Err(format!(
                             "{e}; {} of {} bytes are kept for the next run",
                             part.written, file.size
@@ -255,18 +279,21 @@ impl Downloader {
                 if let Some(pace) = &self.pace {
                     pace.take(chunk.len() as u64).await;
                 }
-                part.push(&chunk).map_err(|e| write_failure(&path, &e))?;
-                fetched += chunk.len() as u64;
-                let _ = events.send(Event::Bytes(chunk.len() as u64));
+                let len = chunk.len() as u64;
+                part.receive(chunk)
+                    .await
+                    .map_err(|e| write_failure(&path, &e))?;
+                fetched += len;
+                let _ = events.send(Event::Bytes(len));
             }
             if part.written < file.size {
-                part.sync();
+                part.keep().await;
                 return Err(format!(
                     "{url} ended after {} of {} bytes (kept for the next run)",
                     part.written, file.size
                 ));
             }
-            return part.finish(file, fetched, false);
+            return part.finish(file, fetched, false).await;
         }
     }
 
@@ -312,7 +339,13 @@ struct PartFile {
     own: Sha256State,
     seeds: Vec<(String, Sha256State)>,
     fresh_seeds: Vec<(String, Sha256State)>,
+    /// Bytes hashed, or handed to `writer` (which hashes them).
     written: u64,
+    /// The thread writing a fresh download; `None` while bytes go through [`PartFile::push`]
+    /// (a resumed file, a copy of a held one).
+    writer: Option<DiskWriter>,
+    /// Bytes received for `writer` and not yet sent (up to [`BATCH`]).
+    batch: Vec<u8>,
 }
 
 impl PartFile {
@@ -348,6 +381,8 @@ impl PartFile {
             seeds: seeds.to_vec(),
             fresh_seeds: seeds.to_vec(),
             written: 0,
+            writer: None,
+            batch: Vec::new(),
         };
         let mut buf = vec![0u8; CHUNK];
         let reader = part.file.try_clone()?;
@@ -369,6 +404,62 @@ impl PartFile {
         self.written += data.len() as u64;
     }
 
+    /// Hands what follows to a writer thread, which hashes it as it writes. Only for an empty
+    /// file: the thread writes from offset 0.
+    async fn start_writer(&mut self, slot: tokio::sync::OwnedSemaphorePermit) -> io::Result<()> {
+        debug_assert_eq!(self.written, 0, "a writer thread starts an empty file");
+        let mut writer = DiskWriter::start(&self.path, true, slot, WRITER_QUEUE)?;
+        writer.seeds(self.seeds.clone()).await?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// The next bytes of a download: to the writer thread when there is one.
+    async fn receive(&mut self, chunk: Bytes) -> io::Result<()> {
+        let Some(writer) = &mut self.writer else {
+            return self.push(&chunk);
+        };
+        self.written += chunk.len() as u64;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            if self.batch.capacity() == 0 {
+                self.batch.reserve_exact(BATCH);
+            }
+            let n = rest.len().min(BATCH - self.batch.len());
+            self.batch.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.batch.len() == BATCH {
+                writer
+                    .write(vec![Bytes::from(std::mem::take(&mut self.batch))])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the writer thread, if any: everything received is in the file (at its exact
+    /// length) and the hashes are back here.
+    async fn settle(&mut self) -> io::Result<()> {
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
+        if !self.batch.is_empty() {
+            writer
+                .write(vec![Bytes::from(std::mem::take(&mut self.batch))])
+                .await?;
+        }
+        let Written { len, own, combined } = writer.finish().await?;
+        if len != self.written {
+            return Err(io::Error::other(format!(
+                "its writer thread wrote {len} of {} bytes",
+                self.written
+            )));
+        }
+        self.own = own;
+        self.seeds = combined;
+        Ok(())
+    }
+
     fn push(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)?;
         self.hash(data);
@@ -376,6 +467,10 @@ impl PartFile {
     }
 
     fn reset(&mut self) -> io::Result<()> {
+        debug_assert!(
+            self.writer.is_none(),
+            "a file being written by its thread is not reset"
+        );
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.own = Sha256State::new();
@@ -384,7 +479,12 @@ impl PartFile {
         Ok(())
     }
 
-    fn sync(&self) {
+    /// Keeps what arrived for the next run: written and on disk, as far as it goes.
+    async fn keep(&mut self) {
+        if self.settle().await.is_err() {
+            // The file may hold less than was received; the next run hashes what it holds.
+            return;
+        }
         let _ = self.file.sync_data();
     }
 
@@ -412,12 +512,15 @@ impl PartFile {
         })
     }
 
-    fn finish(
-        self,
+    async fn finish(
+        mut self,
         file: &UpstreamFile,
         fetched: u64,
         reused: bool,
     ) -> Result<FileDone, FileFailure> {
+        self.settle()
+            .await
+            .map_err(|e| write_failure(&self.path, &e))?;
         match self.clone_finish(file) {
             Ok(mut done) => {
                 self.file

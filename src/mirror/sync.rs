@@ -69,6 +69,7 @@ pub fn sync(
         dir: download_dir(catalog, origin),
         concurrency: spec.concurrency.max(1),
         pace: spec.bandwidth_limit.map(|limit| Arc::new(Pace::new(limit))),
+        writer_slots: Arc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1))),
     });
     std::fs::create_dir_all(&downloader.dir)
         .map_err(|e| crate::fsutil::with_path(e, "cannot create", &downloader.dir))?;

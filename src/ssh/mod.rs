@@ -25,7 +25,7 @@
 //! The gateway runs on a thread of its own with a single-threaded runtime (accept loop,
 //! russh sessions, SFTP and scp tasks): a session and its SFTP task trade each packet
 //! without crossing threads. Hashing and disk writes of an upload run on its writer thread
-//! ([`disk_writer`](crate::upload_area::disk_writer), at most 32 at once), commands on the
+//! ([`disk_writer`](crate::disk_writer), at most 32 at once), commands on the
 //! runtime's blocking pool (at most [`MAX_COMMANDS`] at once, [`MAX_COMMANDS_PER_USER`] per
 //! user, so that the pool never fills). So the SSH thread decrypts, frames and queues, and
 //! little else.

@@ -8,7 +8,7 @@
 //!   ([`digests`]), the audit log and the limits (read from the live configuration, so a
 //!   reload applies at once).
 //! - [`UserArea`]: one user's area, the type every door calls: [`UserArea::upload`] (temp
-//!   file, then rename on commit: [`upload`], written by a [`disk_writer`] thread),
+//!   file, then rename on commit: [`upload`], written by a [`disk_writer`](crate::disk_writer) thread),
 //!   [`UserArea::rename`], [`UserArea::remove_file`], [`UserArea::make_dir`],
 //!   [`UserArea::remove_dir`], [`UserArea::list`] and [`UserArea::imported`].
 //!
@@ -19,7 +19,6 @@
 
 mod account;
 pub mod digests;
-pub mod disk_writer;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -71,7 +70,7 @@ pub struct UploadAreas {
     /// What was hashed while files arrived, for `import` and `uploads`.
     pub digests: UploadDigests,
     pub audit: Arc<Audit>,
-    /// Upload writer threads that may run at once ([`disk_writer`]); uploads beyond that are
+    /// Upload writer threads that may run at once ([`disk_writer`](crate::disk_writer)); uploads beyond that are
     /// written without a thread and not hashed on the way in.
     writer_slots: Arc<tokio::sync::Semaphore>,
     /// SFTP sessions, in all and per user.

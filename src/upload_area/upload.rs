@@ -30,15 +30,18 @@ use serde_json::json;
 
 use super::UserArea;
 use super::account::Account;
-use super::disk_writer::DiskWriter;
 use crate::access::jail::UPLOAD_TEMP_PREFIX;
 use crate::access::{JailError, JailedPath};
 use crate::catalog::import::KnownDigest;
+use crate::disk_writer::DiskWriter;
 use crate::format::human_size;
 use crate::image::{Compression, RootKind};
 
 /// Bytes kept from the start of an upload to tell a root from a metadata tarball.
 const HEAD_LEN: usize = 512;
+/// Writes (each up to 255 KiB of channel data) queued for an upload's writer thread: enough
+/// to ride out a slow disk write, small enough to bound memory.
+const WRITER_QUEUE: usize = 16;
 
 /// Why an upload (or a file operation in an upload area) failed. Each message is one sentence
 /// that names the file as the client sees it and says what to do.
@@ -282,7 +285,8 @@ impl Upload {
             tracing::info!(file = %self.target.client_view(), "all upload writer threads are busy; this upload is not hashed on the way in");
             return Sink::Positional;
         };
-        match DiskWriter::start(&self.temp, self.area.areas().config().ssh.direct_io, slot) {
+        let direct = self.area.areas().config().ssh.direct_io;
+        match DiskWriter::start(&self.temp, direct, slot, WRITER_QUEUE) {
             Ok(writer) => Sink::Streaming { writer, next: 0 },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start an upload writer thread; writing without hashing");

@@ -1,12 +1,13 @@
-//! The thread behind an upload whose bytes arrive in order (nearly every upload): it hashes
-//! them and writes them to disk, so the connection's task only decrypts and queues.
+//! The thread behind a file whose bytes arrive in order from the network (an SSH upload, a
+//! mirror's download): it hashes them and writes them to disk, so the connection's task only
+//! decrypts and queues.
 //!
-//! Bytes are written in aligned 1 MiB blocks with `O_DIRECT` ([`DirectFile`]): an upload
-//! does not pass through the page cache, and by the time the client hears its CLOSE answered
-//! the bytes are on the device, so `import` finds nothing left to flush.
+//! Bytes are written in aligned 1 MiB blocks with `O_DIRECT` ([`DirectFile`]): the file does
+//! not pass through the page cache, and by the time the last bytes are answered for they are
+//! on the device, so an `import` or a publication finds nothing left to flush.
 //!
 //! A write that fails (a full disk) stops the thread at once: the next call on the
-//! [`DiskWriter`] returns that error, so the client hears it at its next write rather than
+//! [`DiskWriter`] returns that error, so the sender hears it at its next write rather than
 //! after sending the rest of the file.
 
 use std::io;
@@ -17,10 +18,6 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::direct_file::DirectFile;
 use crate::sha256::{Sha256State, update_all_copying};
-
-/// Requests queued for the thread (each up to 255 KiB): enough to ride out a slow write,
-/// small enough to bound memory.
-const QUEUE: usize = 16;
 
 /// What the thread wrote and hashed.
 pub struct Written {
@@ -50,7 +47,7 @@ pub struct DiskWriter {
 }
 
 fn gone() -> io::Error {
-    io::Error::other("the upload's writer thread stopped")
+    io::Error::other("the file's writer thread stopped")
 }
 
 /// The same error again (io::Error is not Clone); the OS error code, and so the kind, stays.
@@ -63,14 +60,20 @@ fn copy_error(e: &io::Error) -> io::Error {
 
 impl DiskWriter {
     /// Starts writing to the (new, empty) file at `path` from offset 0; `direct` asks for
-    /// `O_DIRECT`. `slot` bounds how many writer threads exist at once.
-    pub fn start(path: &Path, direct: bool, slot: OwnedSemaphorePermit) -> io::Result<DiskWriter> {
+    /// `O_DIRECT`. `slot` bounds how many writer threads exist at once, `queue` how many
+    /// [`DiskWriter::write`]s may wait for the thread (the memory a writer holds).
+    pub fn start(
+        path: &Path,
+        direct: bool,
+        slot: OwnedSemaphorePermit,
+        queue: usize,
+    ) -> io::Result<DiskWriter> {
         let file = DirectFile::create(path, direct)?;
-        let (jobs, rx) = mpsc::channel(QUEUE);
+        let (jobs, rx) = mpsc::channel(queue);
         let (done_tx, done) = oneshot::channel();
         let mut state = WriterState::new(file);
         std::thread::Builder::new()
-            .name("upload-writer".into())
+            .name("disk-writer".into())
             .spawn(move || state.run(rx, done_tx))?;
         Ok(DiskWriter {
             jobs,
@@ -163,7 +166,7 @@ impl WriterState {
                 }
             }
         }
-        // The upload was dropped: nothing more to do; its temp file is removed by the owner.
+        // The sender was dropped: nothing more to do; its temp file is removed by the owner.
     }
 
     /// Hashes `chunks` while copying them into the file's block (one pass over the bytes).
@@ -200,6 +203,8 @@ mod tests {
     use crate::direct_file::tests::data;
     use crate::direct_file::{ALIGN, BLOCK};
 
+    const QUEUE: usize = 16;
+
     fn slot() -> OwnedSemaphorePermit {
         std::sync::Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
@@ -208,7 +213,7 @@ mod tests {
 
     async fn write_all(path: &Path, direct: bool, body: &[u8], seed: &[u8]) -> Written {
         std::fs::write(path, b"").unwrap();
-        let mut writer = DiskWriter::start(path, direct, slot()).unwrap();
+        let mut writer = DiskWriter::start(path, direct, slot(), QUEUE).unwrap();
         if !seed.is_empty() {
             let mut state = Sha256State::new();
             state.update(seed);
@@ -261,7 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upload");
         std::fs::write(&path, b"").unwrap();
-        let mut writer = DiskWriter::start(&path, true, slot()).unwrap();
+        let mut writer = DiskWriter::start(&path, true, slot(), QUEUE).unwrap();
         writer.write(vec![Bytes::from(data(5000))]).await.unwrap();
         drop(writer);
         // Nothing hangs, and the file is at most what was written.
@@ -271,7 +276,7 @@ mod tests {
     /// `/dev/full` fails every write with ENOSPC, as a full disk does.
     #[tokio::test]
     async fn a_full_disk_is_reported_at_the_next_write() {
-        let mut writer = DiskWriter::start(Path::new("/dev/full"), false, slot()).unwrap();
+        let mut writer = DiskWriter::start(Path::new("/dev/full"), false, slot(), QUEUE).unwrap();
         let block = Bytes::from(data(BLOCK));
         let mut sent = 0;
         let error = loop {
