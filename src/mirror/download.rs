@@ -6,9 +6,9 @@
 //! on, and the file's sync at the end has nothing left to wait for. What is there from an
 //! interrupted run is hashed first and the rest asked for with a Range request; a file the
 //! catalog already holds (same sha256 and size) is copied from the published tree instead of
-//! fetched. Sizes
-//! are enforced as the bytes arrive: a server that sends more than the item says is cut off.
-//! A file that does not match is deleted; one that broke off is kept for the next run.
+//! fetched. Sizes are enforced as the bytes arrive: a server that sends more than the item
+//! says is cut off. A file that does not match is deleted; one that broke off is kept for the
+//! next run.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
