@@ -130,7 +130,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// 2 MiB transparent huge pages. A replica streaming from a bucket, or a mirror downloading
 /// four files at once, frees several hundred MiB a second, so with those defaults one 1 GiB
 /// replica download peaked at ~100 MiB RSS (bench/s3.sh), and a 2 GiB mirror run too
-/// (bench/mirror.sh); with purging after 10 ms and no huge pages, ~30 and ~50 MiB. Set
+/// (bench/mirror.sh); with purging after 10 ms and no huge pages, 47 and 45-52 MiB. Set
 /// before the runtimes start threads.
 fn tune_allocator_for_streaming() {
     // SAFETY: sets a number mimalloc reads when it purges; no other thread runs yet.
