@@ -5,8 +5,8 @@
 //! that refuses `O_DIRECT` (tmpfs, some network filesystems) gets the same blocks through the
 //! page cache. The last partial block is written padded and the file cut to its real length.
 //!
-//! Used by uploads and mirror downloads (through [`crate::disk_writer`]) and by imports that
-//! copy a file.
+//! Used by uploads and mirror downloads (through their writer thread, `disk_writer`) and by
+//! imports that copy a file.
 
 use std::fs::{File, OpenOptions};
 use std::io;
