@@ -85,6 +85,20 @@ fn sha256_file(path: &Path) -> String {
     support::sha256_of(&[path])
 }
 
+/// Debian's `xdelta3 -f -d -s`, as the daemons run it: rebuilds `out` from `base` and `delta`.
+fn xdelta3_apply(base: &Path, delta: &Path, out: &Path) {
+    let output = Command::new(support::require_tool("xdelta3", "xdelta3"))
+        .args(["-f", "-d", "-s"])
+        .args([base, delta, out])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "xdelta3 -d: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Every instruction the encoder makes (short copies from the window and from the nearby
 /// base, ADD+COPY pairs, cached addresses) as Debian's xdelta3 decodes it.
 #[test]
@@ -123,16 +137,7 @@ fn xdelta3_applies_short_copies_and_cached_addresses() {
     assert!(size < 9000, "{size} bytes");
 
     let rebuilt = t.file("rebuilt");
-    let output = Command::new(support::require_tool("xdelta3", "xdelta3"))
-        .args(["-f", "-d", "-s"])
-        .args([&base_path, &delta_path, &rebuilt])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "xdelta3 -d: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    xdelta3_apply(&base_path, &delta_path, &rebuilt);
     assert!(
         std::fs::read(&rebuilt).unwrap() == target,
         "xdelta3 rebuilt other bytes"
@@ -163,17 +168,7 @@ fn a_new_version_gets_a_delta_that_xdelta3_applies_and_that_leaves_with_its_base
 
     // Debian's xdelta3, as the daemons run it, rebuilds the new root from the old one.
     let rebuilt = t.file("rebuilt.squashfs");
-    let xdelta3 = support::require_tool("xdelta3", "xdelta3");
-    let output = Command::new(xdelta3)
-        .args(["-f", "-d", "-s"])
-        .args([&root1, &path, &rebuilt])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "xdelta3 -d: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    xdelta3_apply(&root1, &path, &rebuilt);
     assert_eq!(sha256_file(&rebuilt), sha256_file(&root2));
 
     // info shows it; verify checks it, and --deep applies it.

@@ -159,6 +159,17 @@ mod tests {
         }
     }
 
+    /// Decodes `delta` against `base` and checks that it rebuilds `expected`.
+    fn assert_rebuilds(base: &File, delta: &[u8], expected: &[u8]) -> decode::Decoded {
+        let mut rebuilt = Vec::new();
+        let decoded = decode::decode(base, &mut &delta[..], Some(&mut rebuilt), u64::MAX, &|| {
+            false
+        })
+        .unwrap();
+        assert!(rebuilt == expected, "the rebuilt target differs");
+        decoded
+    }
+
     /// Writes `base` and `target` into `dir` and opens them; the target's bytes come back too.
     fn write_pair(dir: &std::path::Path, base: &[u8], target: Vec<u8>) -> (File, File, Vec<u8>) {
         let (base_path, target_path) = (dir.join("base"), dir.join("target"));
@@ -199,16 +210,7 @@ mod tests {
         // The new bytes (100 + 5000, and a run of 70000 zeros) and little else.
         assert!(delta.len() < 5500, "{} bytes", delta.len());
 
-        let mut rebuilt = Vec::new();
-        let decoded = decode::decode(
-            &base,
-            &mut &delta[..],
-            Some(&mut rebuilt),
-            u64::MAX,
-            &|| false,
-        )
-        .unwrap();
-        assert!(rebuilt == expected, "the rebuilt target differs");
+        let decoded = assert_rebuilds(&base, &delta, &expected);
         assert_eq!(decoded.sha256, target_sha256);
 
         // Too large, or stopped: said so, not a short delta.
@@ -276,16 +278,7 @@ mod tests {
         let (base, target, expected) = short_pair(dir.path());
         let mut delta = Vec::new();
         encode::encode(&base, &target, &mut delta, u64::MAX, &|| false).unwrap();
-        let mut rebuilt = Vec::new();
-        decode::decode(
-            &base,
-            &mut &delta[..],
-            Some(&mut rebuilt),
-            u64::MAX,
-            &|| false,
-        )
-        .unwrap();
-        assert!(rebuilt == expected, "the rebuilt target differs");
+        assert_rebuilds(&base, &delta, &expected);
         // ADDed whole, the records (10800 bytes) and the edited 10000 would take over 20000
         // bytes; their noise (3600 bytes) and the 250 changed bytes are what must be sent.
         assert!(delta.len() < 9000, "{} bytes", delta.len());
