@@ -374,6 +374,65 @@ fn with_one_garage_node_killed_downloads_and_a_new_publication_still_work() {
     assert_eq!(assert_whole_tree(&client, "node 2 down"), both);
 }
 
+/// The path images.json gives for the (first) squashfs it names.
+fn squashfs_path(client: &HttpsClient) -> String {
+    let images: serde_json::Value =
+        serde_json::from_slice(&client.get("/streams/v1/images.json").body).unwrap();
+    images["products"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["versions"].as_object().unwrap().values())
+        .flat_map(|v| v["items"].as_object().unwrap().values())
+        .find(|item| item["ftype"] == "squashfs")
+        .and_then(|item| item["path"].as_str())
+        .expect("a squashfs is named")
+        .to_string()
+}
+
+#[test]
+fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
+    let work = TestDir::new();
+    let cluster = GarageCluster::start(&work.path().join("garage"));
+    let (t, key) = writer_dir(&cluster, "", "publisher");
+    let writer = serve(&t, &cluster, false);
+    let ssh = Client::new(writer.ssh(), &key);
+    // 40 MiB: the replica asks for 16 MiB ranges, several at a time.
+    let (meta, root, fingerprint) = split_image(&work, "large", 40 << 20);
+    publish(&ssh, &[&meta, &root], "testos/large");
+    let r = s3_dir(&cluster, "", "");
+    let replica = serve(&r, &cluster, true);
+    let client = https(&r, &replica);
+    wait_serving(&client, &fingerprint);
+
+    // Whole, over TLS (every file's size and sha256) and over plain HTTP.
+    assert_eq!(
+        assert_whole_tree(&client, "replica"),
+        vec![fingerprint.clone()]
+    );
+    let expected = std::fs::read(&root).unwrap();
+    let path = squashfs_path(&client);
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: replica\r\n\r\n");
+    let (raw, _) =
+        support::http::plain(replica.https(), request.as_bytes(), Duration::from_secs(60));
+    let plain = support::http::parse_response(&raw);
+    assert_eq!(plain.status, 200);
+    assert!(plain.body == expected, "plain HTTP: other bytes");
+
+    // From offsets inside and across the ranges, as a resumed download asks.
+    let size = expected.len();
+    for (start, end) in [
+        (1, 100),
+        ((16 << 20) - 7, (32 << 20) + 9),
+        (size - 5000, size - 1),
+    ] {
+        let range = format!("bytes={start}-{end}");
+        let part = client.request("GET", &format!("/{path}"), &[("range", &range)]);
+        assert_eq!(part.status, 206, "{range}");
+        assert!(part.body == expected[start..=end], "{range}: other bytes");
+    }
+}
+
 #[test]
 fn a_writer_killed_mid_publication_leaves_replicas_the_previous_whole_tree() {
     let work = TestDir::new();

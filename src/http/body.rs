@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::storage::{ObjectReader, mid_line_vec};
+use crate::storage::{ObjectReader, mid_line, mid_line_vec};
 
 /// Bytes read per frame of a download, while few downloads run.
 pub const CHUNK: usize = 256 * 1024;
@@ -38,14 +38,16 @@ fn chunk_size() -> usize {
 
 /// An object region as an HTTP body, [`chunk_size`] bytes per frame.
 ///
-/// Each chunk is first asked of [`ObjectReader::read_ready`] on the async thread (for a local
+/// Each chunk is first asked of [`ObjectReader::poll_read`] on the async thread (for a local
 /// file a `RWF_NOWAIT` read, which succeeds only when the data is in the page cache and never
-/// blocks): the common case costs no thread hop, and the bytes are still in this core's cache
-/// when rustls encrypts them. Data that must come from the disk is read on the blocking pool
-/// instead, so a slow disk never stalls the runtime (nginx's `aio threads` fallback, in
-/// effect).
+/// blocks; for a bucket the ranges in flight, which wake the body when a piece comes): the
+/// common case costs no thread hop, and the bytes are still in this core's cache when rustls
+/// encrypts them. Data that must come from the disk is read on the blocking pool instead, so
+/// a slow disk never stalls the runtime (nginx's `aio threads` fallback, in effect).
 pub struct ObjectStream {
     reader: Arc<dyn ObjectReader>,
+    /// Frames go to rustls: their data must start mid cache line (see [`mid_line_vec`]).
+    for_tls: bool,
     /// The next byte to read, and how many are left to read.
     offset: u64,
     remaining: u64,
@@ -54,10 +56,26 @@ pub struct ObjectStream {
 }
 
 impl ObjectStream {
+    /// The region `start..start + len` of `reader`, for a TLS connection.
     pub fn new(reader: Arc<dyn ObjectReader>, start: u64, len: u64) -> ObjectStream {
+        Self::with_frames(reader, start, len, true)
+    }
+
+    /// The same for a plain socket, which takes frames wherever their data starts.
+    pub fn for_plain_socket(reader: Arc<dyn ObjectReader>, start: u64, len: u64) -> ObjectStream {
+        Self::with_frames(reader, start, len, false)
+    }
+
+    fn with_frames(
+        reader: Arc<dyn ObjectReader>,
+        start: u64,
+        len: u64,
+        for_tls: bool,
+    ) -> ObjectStream {
         DOWNLOADS.fetch_add(1, Ordering::Relaxed);
         ObjectStream {
             reader,
+            for_tls,
             offset: start,
             remaining: len,
             pending: None,
@@ -92,10 +110,11 @@ impl Body for ObjectStream {
                 return Poll::Ready(None);
             }
             let len = self.remaining.min(chunk_size() as u64);
-            match self.reader.read_ready(self.offset, len as usize) {
+            match ready!(self.reader.poll_read(cx, self.offset, len as usize)) {
                 Ok(Some(chunk)) => {
                     self.offset += chunk.len() as u64;
                     self.remaining -= chunk.len() as u64;
+                    let chunk = if self.for_tls { mid_line(chunk) } else { chunk };
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Ok(None) => {

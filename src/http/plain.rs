@@ -235,7 +235,10 @@ async fn send(
             write_head_corked(stream, &head, limit).await?;
             match reader.local_file() {
                 Some(file) => send_file(stream, file, start, len, limit).await,
-                None => send_stream(stream, ObjectStream::new(reader, start, len), limit).await,
+                None => {
+                    let body = ObjectStream::for_plain_socket(reader, start, len);
+                    send_stream(stream, body, limit).await
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -220,8 +221,13 @@ impl ObjectReader for LocalObject {
         })
     }
 
-    fn read_ready(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-        read_cached(&self.file, offset, len)
+    fn poll_read(
+        &self,
+        _cx: &mut Context<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Poll::Ready(read_cached(&self.file, offset, len))
     }
 
     fn local_file(&self) -> Option<&File> {

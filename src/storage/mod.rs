@@ -22,7 +22,7 @@
 //! Every method blocks: the local tree is filesystem calls (tokio has no asynchronous file
 //! I/O either; it runs them on its blocking pool), and the catalog that writes through it is
 //! synchronous code running on blocking threads. The HTTP side calls them on the blocking
-//! pool, with two exceptions made for speed: [`ObjectReader::read_ready`] never blocks, and
+//! pool, with two exceptions made for speed: [`ObjectReader::poll_read`] never blocks, and
 //! [`PublishedTree::stat`] of a stream file is called on the async threads, so a backend must
 //! answer it without waiting on the network (the local one stats an inode that is in memory).
 
@@ -33,6 +33,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -147,11 +148,17 @@ pub trait ObjectReader: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Up to `len` bytes at `offset` (in a buffer from [`mid_line_vec`]) when they can be had
-    /// without waiting (the local page cache); `None` otherwise. Never blocks: called on the
-    /// async threads.
-    fn read_ready(&self, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
-        Ok(None)
+    /// Up to `len` bytes at `offset` when they can be had without blocking a thread: at once (the local page cache), or later,
+    /// `cx` being woken when they come (a bucket's ranges in flight). `None` when this
+    /// reader cannot: the caller then reads with [`ObjectReader::read_at`] on the blocking
+    /// pool. Never blocks: called on the async threads.
+    fn poll_read(
+        &self,
+        _cx: &mut Context<'_>,
+        _offset: u64,
+        _len: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Poll::Ready(Ok(None))
     }
 
     /// The local file behind the object, for zero-copy sends (`sendfile`); `None` when the
@@ -205,6 +212,17 @@ pub fn mid_line_vec(len: usize) -> (Vec<u8>, usize) {
     let pad = (32 + 64 - buf.as_ptr() as usize % 64) % 64;
     buf.resize(pad, 0);
     (buf, pad)
+}
+
+/// `bytes` in a buffer whose data starts mid cache line (see [`mid_line_vec`]): itself when it
+/// does, else a copy.
+pub fn mid_line(bytes: Bytes) -> Bytes {
+    if bytes.as_ptr() as usize % 64 >= 32 {
+        return bytes;
+    }
+    let (mut buf, pad) = mid_line_vec(bytes.len());
+    buf.extend_from_slice(&bytes);
+    Bytes::from(buf).slice(pad..)
 }
 
 #[cfg(test)]

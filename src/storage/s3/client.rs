@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use url::Url;
@@ -35,6 +35,10 @@ const PART_SIZE: u64 = 32 << 20;
 const UPLOAD_FRAME: usize = 256 * 1024;
 
 type RequestBody = BoxBody<Bytes, io::Error>;
+
+/// A connection to the store, plain or TLS.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A request body that can be made again (a retry on a fresh connection).
 #[derive(Debug, Clone)]
@@ -173,6 +177,8 @@ pub struct Client {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     idle: Mutex<Vec<SendRequest<RequestBody>>>,
+    /// Idle connections of ranged GETs, which are read without hyper.
+    idle_streams: Mutex<Vec<Box<dyn Stream>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -260,6 +266,7 @@ impl Client {
             runtime: Some(runtime),
             handle,
             idle: Mutex::new(Vec::new()),
+            idle_streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -290,7 +297,8 @@ impl Client {
         format!("{}{}", self.prefix, key)
     }
 
-    async fn connect(&self) -> io::Result<SendRequest<RequestBody>> {
+    /// A new connection to the store: TCP, and TLS over it for an `https` endpoint.
+    pub(super) async fn connect_stream(&self) -> io::Result<Box<dyn Stream>> {
         let unreachable = |e: io::Error| {
             io::Error::new(
                 e.kind(),
@@ -305,29 +313,30 @@ impl Client {
         .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
         .map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => {
-                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| unreachable(io::Error::other(e)))?;
-                tokio::spawn(connection);
-                Ok(sender)
-            }
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| unreachable(io::Error::other(e)))?;
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
-                    .await
-                    .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
-                    .map_err(unreachable)?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| unreachable(io::Error::other(e)))?;
-                tokio::spawn(connection);
-                Ok(sender)
-            }
-        }
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| unreachable(io::Error::other(e)))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+            .await
+            .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
+            .map_err(unreachable)?;
+        Ok(Box::new(stream))
+    }
+
+    async fn connect(&self) -> io::Result<SendRequest<RequestBody>> {
+        let stream = self.connect_stream().await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "cannot reach the object store at {}: {e}",
+                    self.endpoint
+                ))
+            })?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     /// An idle connection that is still open, if there is one.
@@ -385,14 +394,7 @@ impl Client {
         headers: &[(String, String)],
         payload: &Payload,
     ) -> io::Result<(Response<Incoming>, SendRequest<RequestBody>)> {
-        let target = match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_string(),
-        };
-        let host = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
+        let (target, host) = target_and_host(url);
         let mut request = Request::builder()
             .method(method)
             .uri(target)
@@ -459,7 +461,7 @@ impl Client {
     }
 
     /// What the store said, as an error naming the request.
-    fn refusal(&self, what: &str, status: StatusCode, body: &[u8]) -> io::Error {
+    pub(super) fn refusal(&self, what: &str, status: StatusCode, body: &[u8]) -> io::Error {
         let text = String::from_utf8_lossy(body);
         let code = xml_field(&text, "Code").unwrap_or_default();
         let message = xml_field(&text, "Message").unwrap_or_default();
@@ -524,37 +526,29 @@ impl Client {
         }
     }
 
-    /// Starts a GET of the object from byte `start` to its end, when its entity tag is still
-    /// `etag`; the response streams. `None` when the object is gone or another version.
-    pub async fn get_from(
-        &self,
-        key: &str,
-        start: u64,
-        etag: &str,
-    ) -> io::Result<Option<Response<Incoming>>> {
-        let full = self.full_key(key);
-        let url = self.signed(self.bucket.get_object(Some(&self.credentials), &full), &[]);
-        let headers = [
-            ("range".to_string(), format!("bytes={start}-")),
-            ("if-match".to_string(), etag.to_string()),
-        ];
-        let (response, _) = self
-            .send(Method::GET, &url, &headers, &Payload::Empty)
-            .await?;
-        match response.status() {
-            StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED => Ok(None),
-            StatusCode::PARTIAL_CONTENT => Ok(Some(response)),
-            // A store that ignores Range sends it all: only right from the start.
-            StatusCode::OK if start == 0 => Ok(Some(response)),
-            status => {
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                Err(self.refusal(&format!("GET {full} from byte {start}"), status, &body))
-            }
+    /// The request target and `Host` header of a signed GET of `key` (a key of the tree).
+    pub(super) fn signed_get(&self, key: &str) -> (String, String) {
+        let url = self.signed(
+            self.bucket
+                .get_object(Some(&self.credentials), &self.full_key(key)),
+            &[],
+        );
+        target_and_host(&url)
+    }
+
+    /// An idle connection for a ranged GET ([`super::range_get`]), if one is kept.
+    pub(super) fn idle_stream(&self) -> Option<Box<dyn Stream>> {
+        self.idle_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+    }
+
+    /// Keeps a connection whose last ranged GET was read to its end, for the next one.
+    pub(super) fn keep_idle_stream(&self, stream: Box<dyn Stream>) {
+        let mut idle = self.idle_streams.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 16 {
+            idle.push(stream);
         }
     }
 
@@ -818,6 +812,19 @@ impl Client {
     }
 }
 
+/// A signed URL's request target (path and query) and `Host` header.
+fn target_and_host(url: &Url) -> (String, String) {
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    (target, host)
+}
+
 fn header_text(headers: &HeaderMap, name: http::header::HeaderName) -> String {
     headers
         .get(name)
@@ -826,14 +833,15 @@ fn header_text(headers: &HeaderMap, name: http::header::HeaderName) -> String {
         .to_string()
 }
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 fn head_of(headers: &HeaderMap, size: Option<u64>) -> Head {
-    let size = size.unwrap_or_else(|| {
-        headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    });
+    let size = size.unwrap_or_else(|| content_length(headers).unwrap_or(0));
     Head {
         size,
         etag: header_text(headers, http::header::ETAG),

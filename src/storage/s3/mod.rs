@@ -15,6 +15,7 @@
 //! - One writer: [`writer`] probes the store's conditional writes and holds a lease.
 
 mod client;
+mod range_get;
 pub mod reader;
 pub mod writer;
 
