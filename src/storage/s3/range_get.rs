@@ -45,48 +45,56 @@ pub async fn get_range<'a>(
     );
     let what = || format!("GET {} bytes {start}-{}", client.full_key(key), end - 1);
     // A kept connection the store has closed since fails here: once more on a new one.
-    let (stream, head) = match client.idle_stream() {
+    let answer = match client.idle_stream() {
         Some(stream) => match exchange(stream, &request).await {
-            Ok(answer) => answer,
-            Err(_) => exchange(client.connect_stream().await?, &request).await?,
+            Ok(answer) => Ok(answer),
+            Err(_) => exchange(client.connect_stream().await?, &request).await,
         },
-        None => exchange(client.connect_stream().await?, &request).await?,
-    }
-    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", what())))?;
+        None => exchange(client.connect_stream().await?, &request).await,
+    };
+    let (stream, head) = answer
+        .and_then(|answer| answer)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", what())))?;
     let mut body = RangeBody {
         client,
         stream: Some(stream),
         early: head.early,
-        left: head.content_length,
+        left: head.content_length.unwrap_or(0),
     };
-    let whole_object = start == 0 && head.content_length == end;
+    let sent_whole_object = start == 0 && head.content_length == Some(end);
     match head.status {
-        StatusCode::PARTIAL_CONTENT if head.content_length == end - start => Ok(Some(body)),
+        StatusCode::PARTIAL_CONTENT if head.content_length == Some(end - start) => Ok(Some(body)),
         // A store that ignores Range sends it all: right only when that was asked for.
-        StatusCode::OK if whole_object => Ok(Some(body)),
+        StatusCode::OK if sent_whole_object => Ok(Some(body)),
         StatusCode::PARTIAL_CONTENT | StatusCode::OK => Err(io::Error::other(format!(
-            "{}: the object store at {} sent {} bytes; a store that serves ranges (every S3 \
-             API does) is needed",
+            "{}: the object store at {} answered {} with {}; a store that serves ranges with \
+             a Content-Length (every S3 API does) is needed",
             what(),
             client.endpoint(),
-            head.content_length
+            head.status,
+            match head.content_length {
+                Some(length) => format!("{length} bytes"),
+                None => "a body of unknown length".to_string(),
+            }
         ))),
         StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED => Ok(None),
         status => {
-            let text = body.read_error_text().await;
+            let text = body.read_error_text(head.content_length).await;
             Err(client.refusal(&what(), status, &text))
         }
     }
 }
 
-/// A response head: its status, body length and the body bytes read with it.
+/// A response head: its status, body length (`None`: chunked or not given) and the body bytes
+/// read with it.
 struct Head {
     status: StatusCode,
-    content_length: u64,
+    content_length: Option<u64>,
     early: Bytes,
 }
 
-/// Sends `request` on `stream` and reads the response's head.
+/// Sends `request` on `stream` and reads the response's head. The outer error is the
+/// connection's (worth a try on a new one), the inner one the answer's.
 async fn exchange(
     mut stream: Box<dyn Stream>,
     request: &str,
@@ -103,12 +111,7 @@ async fn exchange(
             format!("no answer within {}s", RESPONSE_TIMEOUT.as_secs()),
         ))
     });
-    match sent {
-        // The connection failed before a head came: retried on a new one by the caller.
-        Err(e) => Err(e),
-        Ok(Err(e)) => Ok(Err(e)),
-        Ok(Ok(head)) => Ok(Ok((stream, head))),
-    }
+    Ok(sent?.map(|head| (stream, head)))
 }
 
 /// Reads a response head; the outer error is the connection's, the inner one the answer's.
@@ -152,14 +155,10 @@ fn head_of(response: &httparse::Response<'_, '_>, early: &[u8]) -> io::Result<He
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    if header("transfer-encoding").is_some() {
-        return Err(io::Error::other(
-            "the store sent a chunked body where a length was expected",
-        ));
-    }
-    let content_length = header("content-length")
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("the store's answer has no Content-Length"))?;
+    let content_length = match header("transfer-encoding") {
+        Some(_) => None,
+        None => header("content-length").and_then(|v| v.trim().parse().ok()),
+    };
     Ok(Head {
         status,
         content_length,
@@ -172,7 +171,10 @@ impl RangeBody<'_> {
     /// connection goes back to the client for the next GET.
     pub async fn next_piece(&mut self, piece: usize) -> io::Result<Option<Bytes>> {
         if self.left == 0 {
-            if let Some(stream) = self.stream.take() {
+            // Bytes past the body would be read as the next answer's: such a connection goes.
+            if let Some(stream) = self.stream.take()
+                && self.early.is_empty()
+            {
                 self.client.keep_idle_stream(stream);
             }
             return Ok(None);
@@ -213,10 +215,12 @@ impl RangeBody<'_> {
         Ok(Some(Bytes::from(buf).slice(pad..)))
     }
 
-    /// The text of an error answer (bounded; empty when it cannot be read).
-    async fn read_error_text(&mut self) -> Vec<u8> {
+    /// The text of an error answer (bounded; empty when it cannot be read, and then the
+    /// connection is not kept).
+    async fn read_error_text(&mut self, content_length: Option<u64>) -> Vec<u8> {
         let mut text = Vec::new();
-        if self.left > HEAD_MAX as u64 {
+        if content_length.is_none_or(|length| length > HEAD_MAX as u64) {
+            self.stream = None;
             return text;
         }
         while let Ok(Some(piece)) = self.next_piece(HEAD_MAX).await {

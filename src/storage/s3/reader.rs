@@ -52,6 +52,7 @@ const MANY_READS_AHEAD: ReadAhead = ReadAhead {
     piece: 128 << 10,
     pieces: 2,
 };
+/// Reads in progress up to which each gets [`FEW_READS_AHEAD`].
 const FEW_READS: usize = 8;
 
 /// Reads of bucket objects in progress, across all downloads.
@@ -91,8 +92,9 @@ impl Drop for Flow {
     }
 }
 
-/// One ranged GET streaming its body into a queue.
+/// One ranged GET streaming its body into a queue; the range ends at `end`.
 struct RangeFetch {
+    end: u64,
     pieces: mpsc::Receiver<io::Result<Bytes>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -127,7 +129,10 @@ impl Flow {
                     return Poll::Ready(Ok(()));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
-                // The range was sent whole (its task checks the count): on to the next.
+                // The queue ends after the whole range, unless its task died.
+                None if self.offset + self.pending.len() as u64 != range.end => {
+                    return Poll::Ready(Err(shrank()));
+                }
                 None => {
                     self.ranges.pop_front();
                     self.ask_ahead(object);
@@ -188,7 +193,7 @@ impl S3Object {
                 let _ = sender.send(Err(e)).await;
             }
         });
-        RangeFetch { pieces, task }
+        RangeFetch { end, pieces, task }
     }
 
     /// The read continuing at `offset`: the one in progress when it ends there, else a new one.
