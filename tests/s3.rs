@@ -130,6 +130,30 @@ fn writer_dir(cluster: &GarageCluster, prefix: &str, key_name: &str) -> (TestDir
     (t, key)
 }
 
+/// A writer (`serve` with SSH and HTTPS) on the bucket under `prefix`: its data directory,
+/// server and an SSH client allowed to publish.
+fn start_writer(cluster: &GarageCluster, prefix: &str) -> (TestDir, Server, Client) {
+    let (t, key) = writer_dir(cluster, prefix, "publisher");
+    let writer = serve(&t, cluster, false);
+    let ssh = Client::new(writer.ssh(), &key);
+    (t, writer, ssh)
+}
+
+/// A replica of the bucket under `prefix` (plus `extra` config lines), once it serves
+/// `fingerprint`: its data directory, server and HTTPS client.
+fn start_replica(
+    cluster: &GarageCluster,
+    prefix: &str,
+    extra: &str,
+    fingerprint: &str,
+) -> (TestDir, Server, HttpsClient) {
+    let r = s3_dir(cluster, prefix, extra);
+    let replica = serve(&r, cluster, true);
+    let client = https(&r, &replica);
+    wait_serving(&client, fingerprint);
+    (r, replica, client)
+}
+
 /// Uploads `files` with scp and imports them with `ssh import`; returns the import's output.
 fn publish(ssh: &Client, files: &[&Path], alias: &str) -> String {
     let sent = ssh.scp(&[], files, "");
@@ -232,9 +256,7 @@ fn split_image(t: &TestDir, release: &'static str, noise: usize) -> (PathBuf, Pa
 fn published_over_ssh_then_lxc_incus_and_the_lxd_daemon_read_through_two_replicas() {
     let work = TestDir::new();
     let cluster = GarageCluster::start(&work.path().join("garage"));
-    let (t, key) = writer_dir(&cluster, "fleet/", "publisher");
-    let writer = serve(&t, &cluster, false);
-    let ssh = Client::new(writer.ssh(), &key);
+    let (t, _writer, ssh) = start_writer(&cluster, "fleet/");
 
     // A busybox container the daemon can run, split as LXD wants it.
     let unified = busybox_image(work.path(), "bb", 1_764_244_800);
@@ -335,15 +357,10 @@ fn published_over_ssh_then_lxc_incus_and_the_lxd_daemon_read_through_two_replica
 fn with_one_garage_node_killed_downloads_and_a_new_publication_still_work() {
     let work = TestDir::new();
     let mut cluster = GarageCluster::start(&work.path().join("garage"));
-    let (t, key) = writer_dir(&cluster, "", "publisher");
-    let writer = serve(&t, &cluster, false);
-    let ssh = Client::new(writer.ssh(), &key);
+    let (_t, _writer, ssh) = start_writer(&cluster, "");
     let (meta1, root1, v1) = split_image(&work, "one", 3 << 20);
     publish(&ssh, &[&meta1, &root1], "testos/one");
-    let r = s3_dir(&cluster, "", "");
-    let replica = serve(&r, &cluster, true);
-    let client = https(&r, &replica);
-    wait_serving(&client, &v1);
+    let (r, replica, client) = start_replica(&cluster, "", "", &v1);
 
     // Node 1 goes (node 0 is the endpoint both servers use; Garage forwards to the others).
     cluster.kill_node(1);
@@ -394,16 +411,11 @@ fn squashfs_path(client: &HttpsClient) -> String {
 fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
     let work = TestDir::new();
     let cluster = GarageCluster::start(&work.path().join("garage"));
-    let (t, key) = writer_dir(&cluster, "", "publisher");
-    let writer = serve(&t, &cluster, false);
-    let ssh = Client::new(writer.ssh(), &key);
+    let (_t, _writer, ssh) = start_writer(&cluster, "");
     // 40 MiB: the replica asks for 16 MiB ranges, several at a time.
     let (meta, root, fingerprint) = split_image(&work, "large", 40 << 20);
     publish(&ssh, &[&meta, &root], "testos/large");
-    let r = s3_dir(&cluster, "", "");
-    let replica = serve(&r, &cluster, true);
-    let client = https(&r, &replica);
-    wait_serving(&client, &fingerprint);
+    let (_r, replica, client) = start_replica(&cluster, "", "", &fingerprint);
 
     // Whole, over TLS (every file's size and sha256) and over plain HTTP.
     assert_eq!(
@@ -454,10 +466,7 @@ fn a_writer_killed_mid_publication_leaves_replicas_the_previous_whole_tree() {
     let ssh = Client::new(writer.ssh(), &key);
     let (meta1, root1, v1) = split_image(&work, "one", 1 << 20);
     publish(&ssh, &[&meta1, &root1], "testos/one");
-    let r = s3_dir(&cluster, "", "");
-    let replica = serve(&r, &cluster, true);
-    let client = https(&r, &replica);
-    wait_serving(&client, &v1);
+    let (_r, _replica, client) = start_replica(&cluster, "", "", &v1);
     let before = client.get("/streams/v1/images.json").body;
 
     // Version two has a 48 MiB root: the writer is SIGKILLed once 16 MiB of it went up.
@@ -603,16 +612,12 @@ fn a_replica_with_public_base_url_redirects_downloads_to_garages_web_endpoint() 
     let work = TestDir::new();
     let cluster = GarageCluster::start(&work.path().join("garage"));
     let web = cluster.serve_website(0);
-    let (t, key) = writer_dir(&cluster, "site/", "publisher");
-    let writer = serve(&t, &cluster, false);
-    let ssh = Client::new(writer.ssh(), &key);
+    let (_t, _writer, ssh) = start_writer(&cluster, "site/");
     let (meta, root, fingerprint) = split_image(&work, "web", 2 << 20);
     publish(&ssh, &[&meta, &root], "testos/web");
 
-    let r = s3_dir(&cluster, "site/", &format!("public_base_url = \"{web}\"\n"));
-    let replica = serve(&r, &cluster, true);
-    let client = https(&r, &replica);
-    wait_serving(&client, &fingerprint);
+    let base_url = format!("public_base_url = \"{web}\"\n");
+    let (r, replica, client) = start_replica(&cluster, "site/", &base_url, &fingerprint);
     let images: serde_json::Value =
         serde_json::from_slice(&client.get("/streams/v1/images.json").body).unwrap();
     let item = images["products"]

@@ -148,10 +148,11 @@ pub trait ObjectReader: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Up to `len` bytes at `offset` when they can be had without blocking a thread: at once (the local page cache), or later,
-    /// `cx` being woken when they come (a bucket's ranges in flight). `None` when this
-    /// reader cannot: the caller then reads with [`ObjectReader::read_at`] on the blocking
-    /// pool. Never blocks: called on the async threads.
+    /// Up to `len` bytes at `offset` when they can be had without blocking a thread: at once
+    /// (the local page cache), or later, `cx` being woken when they come (a bucket's ranges
+    /// in flight). `None` when this reader cannot: the caller then reads with
+    /// [`ObjectReader::read_at`] on the blocking pool. Never blocks: called on the async
+    /// threads.
     fn poll_read(
         &self,
         _cx: &mut Context<'_>,

@@ -1,7 +1,8 @@
 //! A small S3 client. rusty-s3 signs each request as a presigned URL (so no payload is hashed
 //! and file bodies stream from disk) and hyper sends it over HTTP/1.1, plain or TLS, reusing
-//! idle connections. Every method is async and runs on the client's own runtime; the tree
-//! calls them with [`Client::block_on`] from blocking threads.
+//! idle connections; the ranged GETs of downloads go on connections of their own, read
+//! without hyper ([`super::range_get`]). Every method is async and runs on the client's own
+//! runtime; the tree calls them with [`Client::block_on`] from blocking threads.
 
 use std::future::Future;
 use std::io;
@@ -833,15 +834,14 @@ fn header_text(headers: &HeaderMap, name: http::header::HeaderName) -> String {
         .to_string()
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 fn head_of(headers: &HeaderMap, size: Option<u64>) -> Head {
-    let size = size.unwrap_or_else(|| content_length(headers).unwrap_or(0));
+    let size = size.unwrap_or_else(|| {
+        headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
     Head {
         size,
         etag: header_text(headers, http::header::ETAG),

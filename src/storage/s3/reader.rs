@@ -46,7 +46,8 @@ const FEW_READS_AHEAD: ReadAhead = ReadAhead {
     piece: 256 << 10,
     pieces: 8,
 };
-/// With more reads: one range, 256 KiB queued (200 downloads hold about 75 MiB).
+/// With more reads: one range, 256 KiB queued and 128 KiB being filled (for 200 downloads,
+/// 75 MiB at most).
 const MANY_READS_AHEAD: ReadAhead = ReadAhead {
     ranges: 1,
     piece: 128 << 10,
