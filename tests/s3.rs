@@ -391,8 +391,8 @@ fn with_one_garage_node_killed_downloads_and_a_new_publication_still_work() {
     assert_eq!(assert_whole_tree(&client, "node 2 down"), both);
 }
 
-/// The path images.json gives for the (first) squashfs it names.
-fn squashfs_path(client: &HttpsClient) -> String {
+/// The (first) squashfs item the server's images.json names.
+fn squashfs_item(client: &HttpsClient) -> serde_json::Value {
     let images: serde_json::Value =
         serde_json::from_slice(&client.get("/streams/v1/images.json").body).unwrap();
     images["products"]
@@ -402,9 +402,8 @@ fn squashfs_path(client: &HttpsClient) -> String {
         .flat_map(|p| p["versions"].as_object().unwrap().values())
         .flat_map(|v| v["items"].as_object().unwrap().values())
         .find(|item| item["ftype"] == "squashfs")
-        .and_then(|item| item["path"].as_str())
         .expect("a squashfs is named")
-        .to_string()
+        .clone()
 }
 
 #[test]
@@ -423,7 +422,8 @@ fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
         vec![fingerprint.clone()]
     );
     let expected = std::fs::read(&root).unwrap();
-    let path = squashfs_path(&client);
+    let item = squashfs_item(&client);
+    let path = item["path"].as_str().unwrap();
     let request = format!("GET /{path} HTTP/1.1\r\nHost: replica\r\n\r\n");
     let (raw, _) =
         support::http::plain(replica.https(), request.as_bytes(), Duration::from_secs(60));
@@ -618,17 +618,7 @@ fn a_replica_with_public_base_url_redirects_downloads_to_garages_web_endpoint() 
 
     let base_url = format!("public_base_url = \"{web}\"\n");
     let (r, replica, client) = start_replica(&cluster, "site/", &base_url, &fingerprint);
-    let images: serde_json::Value =
-        serde_json::from_slice(&client.get("/streams/v1/images.json").body).unwrap();
-    let item = images["products"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p["versions"].as_object().unwrap().values())
-        .flat_map(|v| v["items"].as_object().unwrap().values())
-        .find(|item| item["ftype"] == "squashfs")
-        .unwrap()
-        .clone();
+    let item = squashfs_item(&client);
     let path = item["path"].as_str().unwrap();
 
     // The replica answers image files with a redirect into the website endpoint (JSON it
