@@ -2,7 +2,8 @@
 //! info, alias list, export with a fingerprint check) and headless Chromium driven through
 //! chromedriver (the catalog page renders every image with no console errors).
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -198,23 +199,36 @@ impl ChromeDriver {
     fn start() -> ChromeDriver {
         let chromedriver = require_tool("chromedriver", "chromium-driver");
         require_tool("chromium", "chromium");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
+        // Port 0 lets chromedriver pick a free port and print it: a port picked here and
+        // released could be taken by another test's connection before chromedriver binds it.
+        let mut child = Command::new(chromedriver)
+            .arg("--port=0")
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_until(Duration::from_secs(30), "chromedriver", || {
-            std::net::TcpStream::connect(addr).ok()
+        let stdout = child.stdout.take().unwrap();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        // Reads to the end so chromedriver's later log lines never fill the pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
+                }
+            }
         });
+        let port = wait_until(Duration::from_secs(30), "chromedriver's port", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("chromedriver exited before it listened: {status}");
+            }
+            port_rx.try_recv().ok()
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let driver = ChromeDriver { child, addr };
         wait_until(Duration::from_secs(30), "chromedriver ready", || {
             (driver.call("GET", "/status", None)["value"]["ready"] == true).then_some(())
