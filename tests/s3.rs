@@ -416,7 +416,7 @@ fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
     publish(&ssh, &[&meta, &root], "testos/large");
     let (_r, replica, client) = start_replica(&cluster, "", "", &fingerprint);
 
-    // Whole, over TLS (every file's size and sha256) and over plain HTTP.
+    // Whole, over TLS (every file's size and sha256) and over plain HTTP (spliced).
     assert_eq!(
         assert_whole_tree(&client, "replica"),
         vec![fingerprint.clone()]
@@ -442,6 +442,16 @@ fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
         let part = client.request("GET", &format!("/{path}"), &[("range", &range)]);
         assert_eq!(part.status, 206, "{range}");
         assert!(part.body == expected[start..=end], "{range}: other bytes");
+        // Over plain HTTP the bytes take another path (spliced from the store's socket).
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: replica\r\nRange: {range}\r\n\r\n");
+        let (raw, _) =
+            support::http::plain(replica.https(), request.as_bytes(), Duration::from_secs(60));
+        let part = support::http::parse_response(&raw);
+        assert_eq!(part.status, 206, "plain HTTP {range}");
+        assert!(
+            part.body == expected[start..=end],
+            "plain HTTP {range}: other bytes"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Static files from the published tree, for HTTPS and for the plain-HTTP first try alike:
 //! resolving a request path to an object and answering it (preconditions, ranges, the JSON
-//! cache). The bytes go out through [`super::body`] or, on plain HTTP, `sendfile(2)`.
+//! cache). The bytes go out through [`super::body`] or, on plain HTTP, `sendfile(2)` (a local
+//! file) or `splice(2)` (a bucket's object, [`crate::storage::ObjectReader::splice_to`]).
 //!
 //! A request path becomes an object in three checks, in this order:
 //! 1. [`clean_path`] decodes the path once and refuses what no published file can be named:
@@ -12,7 +13,7 @@
 //! 3. Only regular files are objects: directories are never listed.
 //!
 //! The answer (status, headers, body source) is a [`Reply`]; each front door sends it its own
-//! way: hyper streams an [`ObjectStream`] over TLS, the plain path uses `sendfile(2)`.
+//! way: hyper streams an [`ObjectStream`] over TLS, the plain path sends without a copy.
 
 use std::io;
 use std::sync::Arc;

@@ -13,6 +13,8 @@
 //! before the connection's handshake deadline and at most [`MAX_HEAD`] bytes. Bodies from a
 //! local file go out with `sendfile(2)`: page cache to socket, no copy through this process, the
 //! head corked in front of them (one segment for a small file, not a head segment and a body one).
+//! A bucket's objects are spliced from the store's socket when the reader can
+//! ([`crate::storage::ObjectReader::splice_to`]), else streamed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -233,13 +235,14 @@ async fn send(
         }
         ReplyBody::Object { reader, start, len } => {
             write_head_corked(stream, &head, limit).await?;
-            match reader.local_file() {
-                Some(file) => send_file(stream, file, start, len, limit).await,
-                None => {
-                    let body = ObjectStream::for_plain_socket(reader, start, len);
-                    send_stream(stream, body, limit).await
-                }
+            if let Some(file) = reader.local_file() {
+                return send_file(stream, file, start, len, limit).await;
             }
+            if let Some(sending) = reader.splice_to(stream, start, len, limit) {
+                return sending.await;
+            }
+            let body = ObjectStream::for_plain_socket(reader, start, len);
+            send_stream(stream, body, limit).await
         }
     }
 }

@@ -32,9 +32,10 @@ pub mod s3;
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -167,7 +168,24 @@ pub trait ObjectReader: Send + Sync + std::fmt::Debug {
     fn local_file(&self) -> Option<&File> {
         None
     }
+
+    /// Sends `len` bytes at `offset` into `socket` (a plain-HTTP body) without the bytes
+    /// passing through this process, when the reader can: a future giving the bytes sent, the
+    /// socket waited on for at most `limit` at a time. `None` when it cannot; the caller then
+    /// streams with [`ObjectReader::poll_read`].
+    fn splice_to<'a>(
+        &'a self,
+        _socket: &'a tokio::net::TcpStream,
+        _offset: u64,
+        _len: u64,
+        _limit: Duration,
+    ) -> Option<SpliceFuture<'a>> {
+        None
+    }
 }
+
+/// What [`ObjectReader::splice_to`] returns.
+pub type SpliceFuture<'a> = Pin<Box<dyn Future<Output = io::Result<u64>> + Send + 'a>>;
 
 /// An object read front to back as [`io::Read`] (verify, small JSON files).
 pub struct ObjectRead {

@@ -38,8 +38,22 @@ const UPLOAD_FRAME: usize = 256 * 1024;
 type RequestBody = BoxBody<Bytes, io::Error>;
 
 /// A connection to the store, plain or TLS.
-pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The socket, when the connection is plain TCP (its bytes can then be spliced).
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Stream for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Stream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
 
 /// A request body that can be made again (a retry on a fresh connection).
 #[derive(Debug, Clone)]
@@ -291,6 +305,11 @@ impl Client {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Whether connections to the store are plain TCP (an `http` endpoint).
+    pub(super) fn is_plain(&self) -> bool {
+        self.tls.is_none()
     }
 
     /// The store's key for a key of the tree.

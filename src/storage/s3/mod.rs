@@ -11,12 +11,15 @@
 //!   change. A replica ([`S3Tree::open_replica`]) takes a new pair only once every file its
 //!   images.json names is in the bucket with its size, so it never serves an index naming a
 //!   file it cannot serve; until then it keeps serving the pair it has.
-//! - Image files are read by [`reader::S3Object`]: one ranged GET streaming per download.
+//! - Image files are read by [`reader::S3Object`] in ranged GETs, several in flight; over
+//!   plain HTTP their bytes go from the store's socket to the client's through a pipe
+//!   ([`splice`]).
 //! - One writer: [`writer`] probes the store's conditional writes and holds a lease.
 
 mod client;
 mod range_get;
 pub mod reader;
+mod splice;
 pub mod writer;
 
 use std::collections::HashMap;

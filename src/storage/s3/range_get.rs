@@ -166,7 +166,25 @@ fn head_of(response: &httparse::Response<'_, '_>, early: &[u8]) -> io::Result<He
     })
 }
 
+/// A ranged GET's connection with its head read, for a caller that reads the body itself.
+pub struct RawBody {
+    pub stream: Box<dyn Stream>,
+    /// Body bytes read with the head (past `left` when the store sent more than the body).
+    pub early: Bytes,
+    /// The body's length, `early` included.
+    pub left: u64,
+}
+
 impl RangeBody<'_> {
+    /// The connection and what is left of the body; `None` when the connection is gone.
+    pub fn into_raw(self) -> Option<RawBody> {
+        Some(RawBody {
+            stream: self.stream?,
+            early: self.early,
+            left: self.left,
+        })
+    }
+
     /// The next piece of the body (`piece` bytes, fewer at its end); `None` after it, where the
     /// connection goes back to the client for the next GET.
     pub async fn next_piece(&mut self, piece: usize) -> io::Result<Option<Bytes>> {

@@ -15,16 +15,18 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::client::Client;
-use super::range_get;
-use crate::storage::{ObjectReader, shrank};
+use super::{range_get, splice};
+use crate::storage::{ObjectReader, SpliceFuture, shrank};
 
 /// Bytes asked for per GET.
-const RANGE_BYTES: u64 = 16 << 20;
+pub(super) const RANGE_BYTES: u64 = 16 << 20;
 
 /// How far a download reads ahead.
 #[derive(Clone, Copy)]
@@ -59,12 +61,33 @@ const FEW_READS: usize = 8;
 /// Reads of bucket objects in progress, across all downloads.
 static READS: AtomicUsize = AtomicUsize::new(0);
 
+/// One read of a bucket object in progress, counted in [`READS`] while it lives.
+pub(super) struct ReadCount {
+    /// Whether at most [`FEW_READS`] reads ran when it started: it may read ahead.
+    pub few: bool,
+}
+
+impl ReadCount {
+    pub(super) fn start() -> ReadCount {
+        let reads = READS.fetch_add(1, Ordering::Relaxed) + 1;
+        ReadCount {
+            few: reads <= FEW_READS,
+        }
+    }
+}
+
+impl Drop for ReadCount {
+    fn drop(&mut self) {
+        READS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An object of the bucket, fetched as it is read.
 pub struct S3Object {
-    client: Arc<Client>,
-    key: String,
-    etag: String,
-    size: u64,
+    pub(super) client: Arc<Client>,
+    pub(super) key: String,
+    pub(super) etag: String,
+    pub(super) size: u64,
     flow: Mutex<Option<Flow>>,
 }
 
@@ -85,12 +108,7 @@ struct Flow {
     ranges: VecDeque<RangeFetch>,
     asked_to: u64,
     ahead: ReadAhead,
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        READS.fetch_sub(1, Ordering::Relaxed);
-    }
+    _count: ReadCount,
 }
 
 /// One ranged GET streaming its body into a queue; the range ends at `end`.
@@ -164,17 +182,18 @@ impl S3Object {
 
     /// A read from `offset` on, its first ranges asked for.
     fn flow_from(&self, offset: u64) -> Flow {
-        let reads = READS.fetch_add(1, Ordering::Relaxed) + 1;
+        let count = ReadCount::start();
         let mut flow = Flow {
             offset,
             pending: Bytes::new(),
             ranges: VecDeque::new(),
             asked_to: offset,
-            ahead: if reads > FEW_READS {
-                MANY_READS_AHEAD
-            } else {
+            ahead: if count.few {
                 FEW_READS_AHEAD
+            } else {
+                MANY_READS_AHEAD
             },
+            _count: count,
         };
         flow.ask_ahead(self);
         flow
@@ -277,6 +296,21 @@ impl ObjectReader for S3Object {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(Some(flow.take(len))))
+    }
+
+    /// Through a pipe ([`splice::send`]) when the store is reached over plain TCP.
+    fn splice_to<'a>(
+        &'a self,
+        socket: &'a TcpStream,
+        offset: u64,
+        len: u64,
+        limit: Duration,
+    ) -> Option<SpliceFuture<'a>> {
+        let sending = self
+            .client
+            .is_plain()
+            .then(|| splice::send(self, socket, offset, len, limit));
+        sending.map(|sending| Box::pin(sending) as SpliceFuture<'a>)
     }
 }
 
