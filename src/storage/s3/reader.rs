@@ -7,6 +7,9 @@
 //! them at once (what multi-part downloaders such as rclone and the AWS CLI do). A read that
 //! does not continue where the last ended (a seek) starts over from there.
 //!
+//! Plain-HTTP downloads from a store reached over `http` skip these queues: [`super::splice`]
+//! moves the same ranges from socket to socket.
+//!
 //! Read-ahead is for a few downloads: with many at once the store is kept busy by them all, and
 //! each download then holds one range and a short queue, so memory stays bounded.
 
@@ -87,7 +90,7 @@ pub struct S3Object {
     pub(super) client: Arc<Client>,
     pub(super) key: String,
     pub(super) etag: String,
-    pub(super) size: u64,
+    size: u64,
     flow: Mutex<Option<Flow>>,
 }
 

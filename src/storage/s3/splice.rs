@@ -5,11 +5,13 @@
 //! this one 0.40-0.50).
 //!
 //! Ranges are asked for ahead as [`super::reader`] does, each GET on its own connection. A
-//! range whose turn has not come waits in its socket's receive buffer, raised to hold the
-//! whole range through the socket's receive low mark (`SO_RCVLOWAT`; the kernel would grow the
-//! buffer only as it is read), so the store works on all of them at once. Measured on the
-//! bench's Garage, without that the ranges ahead stalled at 128 KiB and a download ran at
-//! 0.81-0.94x a straight GET; with it, 0.94-1.15x. The low mark of the range being sent is
+//! range whose turn has not come waits in its socket's receive buffer, raised through the
+//! socket's receive low mark (`SO_RCVLOWAT`; the kernel would grow the buffer only as it is
+//! read) to hold the range, or half of `net.ipv4.tcp_rmem`'s maximum where that is less (3 MiB
+//! with Linux's default of 6 MiB), so the store works on all of them at once. Measured on the
+//! bench's Garage (tcp_rmem maximum 32 MiB): without that the ranges ahead stalled at 128 KiB
+//! and a download ran at 0.81-0.94x a straight GET; with 4 MiB 0.81-1.07x, with 16 MiB
+//! 0.94-1.15x. The low mark of the range being sent is
 //! 256 KiB: fewer wake-ups. Only for a plain `http` endpoint: a TLS connection to the store
 //! must be decrypted here.
 
