@@ -407,7 +407,7 @@ fn squashfs_item(client: &HttpsClient) -> serde_json::Value {
 }
 
 #[test]
-fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
+fn a_replica_sends_a_large_file_whole_from_any_offset_and_twelve_at_once() {
     let work = TestDir::new();
     let cluster = GarageCluster::start(&work.path().join("garage"));
     let (_t, _writer, ssh) = start_writer(&cluster, "");
@@ -451,6 +451,26 @@ fn a_replica_reads_a_large_file_in_ranges_whole_and_from_any_offset() {
         assert!(
             part.body == expected[start..=end],
             "plain HTTP {range}: other bytes"
+        );
+    }
+
+    // Twelve plain downloads at once: past eight, each reads one range at a time through a
+    // smaller pipe, and they share the pool of connections to the store.
+    let addr = replica.https();
+    let downloads: Vec<_> = (0..12)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                support::http::plain(addr, request.as_bytes(), Duration::from_secs(120)).0
+            })
+        })
+        .collect();
+    for download in downloads {
+        let response = support::http::parse_response(&download.join().unwrap());
+        assert_eq!(response.status, 200);
+        assert!(
+            response.body == expected,
+            "one of twelve plain downloads: other bytes"
         );
     }
 }
