@@ -33,9 +33,9 @@ pub(super) const RANGE_BYTES: u64 = 16 << 20;
 
 /// How far a download reads ahead.
 #[derive(Clone, Copy)]
-struct ReadAhead {
+pub(super) struct ReadAhead {
     /// GETs in flight: the one being read and those after it.
-    ranges: usize,
+    pub(super) ranges: usize,
     /// Bytes per piece a range's body is read in (one wake-up of the reader each).
     piece: usize,
     /// Pieces queued per range.
@@ -67,7 +67,7 @@ static READS: AtomicUsize = AtomicUsize::new(0);
 /// One read of a bucket object in progress, counted in [`READS`] while it lives.
 pub(super) struct ReadCount {
     /// Whether at most [`FEW_READS`] reads ran when it started: it may read ahead.
-    pub few: bool,
+    pub(super) few: bool,
 }
 
 impl ReadCount {
@@ -75,6 +75,15 @@ impl ReadCount {
         let reads = READS.fetch_add(1, Ordering::Relaxed) + 1;
         ReadCount {
             few: reads <= FEW_READS,
+        }
+    }
+
+    /// How far this read may read ahead.
+    pub(super) fn ahead(&self) -> ReadAhead {
+        if self.few {
+            FEW_READS_AHEAD
+        } else {
+            MANY_READS_AHEAD
         }
     }
 }
@@ -191,11 +200,7 @@ impl S3Object {
             pending: Bytes::new(),
             ranges: VecDeque::new(),
             asked_to: offset,
-            ahead: if count.few {
-                FEW_READS_AHEAD
-            } else {
-                MANY_READS_AHEAD
-            },
+            ahead: count.ahead(),
             _count: count,
         };
         flow.ask_ahead(self);

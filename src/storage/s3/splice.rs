@@ -29,8 +29,6 @@ use super::range_get::{self, RawBody};
 use super::reader::{RANGE_BYTES, ReadCount, S3Object};
 use crate::storage::shrank;
 
-/// GETs in flight while few reads run (the one being sent and those after it); one otherwise.
-const FEW_READS_RANGES: usize = 3;
 /// The pipe's size while few reads run: bytes moved per pair of calls.
 const FEW_READS_PIPE: usize = 1 << 20;
 /// The pipe's size with many reads at once (kernel memory each holds while it is full).
@@ -45,11 +43,12 @@ pub(super) async fn send(
     limit: Duration,
 ) -> io::Result<u64> {
     let count = ReadCount::start();
-    let (ranges_ahead, pipe_size) = match count.few {
-        true => (FEW_READS_RANGES, FEW_READS_PIPE),
-        false => (1, MANY_READS_PIPE),
-    };
-    let pipe = Pipe::new(pipe_size)?;
+    let ranges_ahead = count.ahead().ranges;
+    let pipe = Pipe::new(if count.few {
+        FEW_READS_PIPE
+    } else {
+        MANY_READS_PIPE
+    })?;
     let end = offset + len;
     let mut asked_to = offset;
     let mut ranges = VecDeque::new();
@@ -124,8 +123,8 @@ impl Pipe {
         Ok(Pipe { read, write, size })
     }
 
-    /// Moves one range's body from `body`'s connection to `socket`: the bytes read with the
-    /// head first, then the rest through the pipe. The connection goes back to `client` for
+    /// Moves one range's body from `body`'s connection to `socket` through the pipe: the bytes
+    /// read with the head first, then the rest. The connection goes back to `client` for
     /// another GET when it carried exactly the body.
     async fn relay(
         &self,
@@ -142,11 +141,18 @@ impl Pipe {
         let Some(from) = stream.plain_tcp() else {
             return Err(io::Error::other("the store's connection is not plain TCP"));
         };
-        let early_body = &early[..early.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
-        write_all(socket, early_body, limit).await?;
-        let mut rest = left - early_body.len() as u64;
+        // Into the empty pipe (never refused), and out before more goes in.
+        let early_len = early.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut pending = &early[..early_len];
+        while !pending.is_empty() {
+            let filled = rustix::io::write(&self.write, pending)?;
+            pending = &pending[filled..];
+            self.drain(socket, filled, limit).await?;
+        }
+        let mut rest = left - early_len as u64;
+        let mut low_mark = 0;
         while rest > 0 {
-            let filled = self.fill(from, rest).await?;
+            let filled = self.fill(from, rest, &mut low_mark).await?;
             rest -= filled as u64;
             self.drain(socket, filled, limit).await?;
         }
@@ -159,10 +165,14 @@ impl Pipe {
     }
 
     /// Moves what the store has sent, up to `rest` bytes and the pipe's size, into the
-    /// (empty) pipe, waiting for it as long as a store's answer may take.
-    async fn fill(&self, from: &TcpStream, rest: u64) -> io::Result<usize> {
+    /// (empty) pipe, waiting for it as long as a store's answer may take. `low_mark` is the
+    /// socket's, set here when it must change.
+    async fn fill(&self, from: &TcpStream, rest: u64, low_mark: &mut usize) -> io::Result<usize> {
         let want = rest.min(self.size as u64) as usize;
-        set_receive_low_mark(from, want.min(LOW_MARK))?;
+        if *low_mark != want.min(LOW_MARK) {
+            *low_mark = want.min(LOW_MARK);
+            set_receive_low_mark(from, *low_mark)?;
+        }
         loop {
             tokio::time::timeout(RESPONSE_TIMEOUT, from.readable())
                 .await
@@ -243,22 +253,6 @@ fn set_receive_low_mark(socket: &TcpStream, bytes: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Writes `bytes` whole into `socket`.
-async fn write_all(socket: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
-    while !bytes.is_empty() {
-        tokio::time::timeout(limit, socket.writable())
-            .await
-            .map_err(|_| client_stalled())??;
-        match socket.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn client_stalled() -> io::Error {
