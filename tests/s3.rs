@@ -473,6 +473,24 @@ fn a_replica_sends_a_large_file_whole_from_any_offset_and_twelve_at_once() {
             "one of twelve plain downloads: other bytes"
         );
     }
+
+    // A replica reading the store through a relay that hands answers on in 16 KiB batches:
+    // each answer's head comes with body bytes, read together with it, which go first.
+    let endpoint = cluster.endpoint();
+    let relay =
+        CountingRelay::start_coalescing(endpoint.trim_start_matches("http://").parse().unwrap());
+    let r = TestDir::new();
+    write_config(
+        &r,
+        &cluster.storage_toml_at(&format!("http://{}", relay.addr), ""),
+    );
+    let batched = serve(&r, &cluster, true);
+    wait_serving(&https(&r, &batched), &fingerprint);
+    let (raw, _) =
+        support::http::plain(batched.https(), request.as_bytes(), Duration::from_secs(60));
+    let whole = support::http::parse_response(&raw);
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == expected, "through batches: other bytes");
 }
 
 #[test]

@@ -107,6 +107,16 @@ pub struct CountingRelay {
 
 impl CountingRelay {
     pub fn start(upstream: std::net::SocketAddr) -> CountingRelay {
+        Self::start_with(upstream, false)
+    }
+
+    /// The same, handing the upstream's bytes on in batches of 16 KiB (or what came before a
+    /// 50 ms pause): an answer's head then reaches the client together with body bytes.
+    pub fn start_coalescing(upstream: std::net::SocketAddr) -> CountingRelay {
+        Self::start_with(upstream, true)
+    }
+
+    fn start_with(upstream: std::net::SocketAddr, coalesce: bool) -> CountingRelay {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
@@ -141,7 +151,10 @@ impl CountingRelay {
                 });
                 let (mut server_read, mut client_write) = (server, client);
                 std::thread::spawn(move || {
-                    let _ = io::copy(&mut server_read, &mut client_write);
+                    let _ = match coalesce {
+                        true => copy_in_batches(&mut server_read, &mut client_write),
+                        false => io::copy(&mut server_read, &mut client_write).map(|_| ()),
+                    };
                     let _ = client_write.shutdown(std::net::Shutdown::Write);
                 });
             }
@@ -152,5 +165,33 @@ impl CountingRelay {
     /// Bytes clients sent through so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Copies `from` to `to` in writes of at least 16 KiB, or of what came before a 50 ms pause.
+fn copy_in_batches(from: &mut std::net::TcpStream, to: &mut std::net::TcpStream) -> io::Result<()> {
+    from.set_read_timeout(Some(std::time::Duration::from_millis(50)))?;
+    let mut batch = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match io::Read::read(from, &mut buf) {
+            Ok(0) => return io::Write::write_all(to, &batch),
+            Ok(n) => batch.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                io::Write::write_all(to, &batch)?;
+                batch.clear();
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        if batch.len() >= 16 << 10 {
+            io::Write::write_all(to, &batch)?;
+            batch.clear();
+        }
     }
 }
