@@ -411,7 +411,7 @@ fn a_replica_sends_a_large_file_whole_from_any_offset_and_twelve_at_once() {
     let work = TestDir::new();
     let cluster = GarageCluster::start(&work.path().join("garage"));
     let (_t, _writer, ssh) = start_writer(&cluster, "");
-    // 40 MiB: the replica asks for 16 MiB ranges, several at a time.
+    // 40 MiB: the replica asks for 32 MiB ranges, several at a time.
     let (meta, root, fingerprint) = split_image(&work, "large", 40 << 20);
     publish(&ssh, &[&meta, &root], "testos/large");
     let (_r, replica, client) = start_replica(&cluster, "", "", &fingerprint);

@@ -28,8 +28,10 @@ use super::client::Client;
 use super::{range_get, splice};
 use crate::storage::{ObjectReader, SpliceFuture, shrank};
 
-/// Bytes asked for per GET.
-pub(super) const RANGE_BYTES: u64 = 16 << 20;
+/// Bytes asked for per GET. Measured on a 3-node Garage (plain HTTP through a replica,
+/// alternating, 6 tries): 32 MiB ranges went 443-484 MiB/s against 417-488 MiB/s with 16 MiB
+/// ones, with less of Garage's CPU (fewer requests); 64 MiB ones were slower.
+pub(super) const RANGE_BYTES: u64 = 32 << 20;
 
 /// How far a download reads ahead.
 #[derive(Clone, Copy)]
