@@ -30,6 +30,7 @@ use super::access_log::AccessRecord;
 use super::body::ObjectStream;
 use super::files::{self, Reply, ReplyBody};
 use crate::metrics::Scheme;
+use crate::storage::{client_stalled, shrank};
 
 /// Largest request head accepted, in every protocol (431 beyond it).
 pub(super) const MAX_HEAD: usize = 16 * 1024;
@@ -256,7 +257,7 @@ async fn write_all(
     while !bytes.is_empty() {
         let n = tokio::time::timeout(limit, stream.write(bytes))
             .await
-            .map_err(|_| timed_out())??;
+            .map_err(|_| client_stalled())??;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -275,7 +276,7 @@ async fn write_head_corked(
     while !head.is_empty() {
         tokio::time::timeout(limit, stream.writable())
             .await
-            .map_err(|_| timed_out())??;
+            .map_err(|_| client_stalled())??;
         let result = stream.try_io(Interest::WRITABLE, || {
             rustix::net::send(stream, head, rustix::net::SendFlags::MORE)
                 .map_err(std::io::Error::from)
@@ -288,13 +289,6 @@ async fn write_head_corked(
         }
     }
     Ok(())
-}
-
-fn timed_out() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "the client read nothing for the send timeout",
-    )
 }
 
 /// `sendfile(2)` from `file` at `start`, `len` bytes, waiting for the socket as needed.
@@ -313,7 +307,7 @@ async fn send_file(
     while sent < len {
         tokio::time::timeout(limit, stream.writable())
             .await
-            .map_err(|_| timed_out())??;
+            .map_err(|_| client_stalled())??;
         let count = (len - sent).min(MAX_SENDFILE) as usize;
         let result = stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut offset), count)
@@ -321,12 +315,7 @@ async fn send_file(
                 .map_err(std::io::Error::from)
         });
         match result {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was being sent",
-                ));
-            }
+            Ok(0) => return Err(shrank()),
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

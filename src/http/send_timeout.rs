@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::storage::client_stalled;
+
 /// Wraps a stream so that a write stalled for `limit` fails with `TimedOut`.
 pub struct SendTimeout<S> {
     inner: S,
@@ -47,10 +49,7 @@ impl<S> SendTimeout<S> {
             self.deadline.as_mut().reset(deadline);
         }
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the send timeout",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(client_stalled())),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -215,6 +215,15 @@ pub fn shrank() -> io::Error {
     )
 }
 
+/// The error for a send to a client that took nothing for its time limit (the HTTP side's
+/// send timeout, and [`ObjectReader::splice_to`]'s `limit`).
+pub fn client_stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client read nothing for the send timeout",
+    )
+}
+
 /// A vector holding `pad` zero bytes, with room for `len` more, such that the data appended
 /// after them starts 32 bytes into a 64-byte cache line. Hand out `bytes.slice(pad..)`.
 ///

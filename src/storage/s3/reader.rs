@@ -316,11 +316,10 @@ impl ObjectReader for S3Object {
         len: u64,
         limit: Duration,
     ) -> Option<SpliceFuture<'a>> {
-        let sending = self
-            .client
-            .is_plain()
-            .then(|| splice::send(self, socket, offset, len, limit));
-        sending.map(|sending| Box::pin(sending) as SpliceFuture<'a>)
+        if !self.client.is_plain() {
+            return None;
+        }
+        Some(Box::pin(splice::send(self, socket, offset, len, limit)))
     }
 }
 

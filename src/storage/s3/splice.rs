@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::client::{Client, RESPONSE_TIMEOUT};
 use super::range_get::{self, RawBody};
 use super::reader::{RANGE_BYTES, ReadCount, S3Object};
-use crate::storage::shrank;
+use crate::storage::{client_stalled, shrank};
 
 /// The pipe's size while few reads run: bytes moved per pair of calls.
 const FEW_READS_PIPE: usize = 1 << 20;
@@ -253,11 +253,4 @@ fn set_receive_low_mark(socket: &TcpStream, bytes: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-fn client_stalled() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "the client read nothing for the send timeout",
-    )
 }
